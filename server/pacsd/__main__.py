@@ -1,0 +1,5 @@
+"""`python -m pacsd` is the `pacsd` command."""
+
+from pacsd.cli import main
+
+main()

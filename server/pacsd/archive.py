@@ -1,0 +1,159 @@
+"""The archive: stores a received instance in files and index, or refuses it with a reason.
+
+Blob first, index second, compensate: the file is durable before its index row is written, the
+row is committed before the peer hears success, and a failed index write removes the new file.
+Nothing here knows about pynetdicom; services/storage.py adapts C-STORE to `Archive.store`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.exc import OperationalError
+
+from pacsd.dicom.instance import ParsedInstance, parse_part10
+from pacsd.dicom.part10 import encode_file_meta
+from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
+from pacsd.index.database import IndexDatabase
+from pacsd.index.ingest import IngestOutcome, InstanceRecord, record_instance, stored_file_of
+from pacsd.settings import DuplicatePolicy
+from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
+
+# Upper bound for an inflated Deflated Explicit VR Little Endian data set held in memory.
+MAX_INFLATED_SIZE = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IncomingInstance:
+    """A received data set in a Part 10 spool file, with what the C-STORE request said of it."""
+
+    spool_path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae_title: str
+
+
+class StoreOutcome(enum.Enum):
+    """What the archive did with an instance it accepted."""
+
+    STORED = "stored"
+    DUPLICATE_KEPT_FIRST = "duplicate-kept-first"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The outcome of a successful store and how many data set bytes arrived."""
+
+    outcome: StoreOutcome
+    dataset_size: int
+    transfer_syntax_uid: str
+
+
+class Archive:
+    """Files plus index, under one duplicate policy."""
+
+    def __init__(
+        self, files: FilesystemStore, index: IndexDatabase, duplicate_policy: DuplicatePolicy
+    ) -> None:
+        self.files = files
+        self.index = index
+        self.duplicate_policy = duplicate_policy
+
+    def store(self, incoming: IncomingInstance) -> StoreResult:
+        """Store `incoming` durably, or raise a DicomStatusError saying why not."""
+        with incoming.spool_path.open("rb") as spool:
+            self.files.ensure_free_space(incoming.spool_path.stat().st_size)
+            parsed = parse_part10(spool, MAX_INFLATED_SIZE)
+            _check_matches_request(incoming, parsed)
+            syntax = str(parsed.layout.transfer_syntax_uid)
+            if self._is_known_duplicate(incoming.sop_instance_uid):
+                return StoreResult(StoreOutcome.DUPLICATE_KEPT_FIRST, parsed.dataset_size, syntax)
+            stored = self._write_file(incoming, parsed, spool)
+        outcome = self._index(incoming, parsed, stored)
+        return StoreResult(outcome, parsed.dataset_size, syntax)
+
+    def _is_known_duplicate(self, sop_instance_uid: str) -> bool:
+        """Apply keep-first / reject before writing anything (overwrite always writes)."""
+        if self.duplicate_policy is DuplicatePolicy.OVERWRITE:
+            return False
+        with _index_errors(), self.index.reading() as session:
+            present = stored_file_of(session, sop_instance_uid) is not None
+        if present and self.duplicate_policy is DuplicatePolicy.REJECT:
+            raise DuplicateRejected("SOP Instance UID already stored")
+        return present
+
+    def _write_file(
+        self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
+    ) -> StoredFile:
+        attributes = parsed.attributes
+        head = encode_file_meta(
+            attributes.sop_class_uid,
+            attributes.sop_instance_uid,
+            str(parsed.layout.transfer_syntax_uid),
+            incoming.calling_ae_title,
+        )
+        directory = instance_directory(
+            attributes.study_instance_uid, attributes.series_instance_uid
+        )
+        stem = uid_hash(attributes.sop_instance_uid)
+        return self.files.write(directory, stem, head, spool, parsed.layout.dataset_offset)
+
+    def _index(
+        self, incoming: IncomingInstance, parsed: ParsedInstance, stored: StoredFile
+    ) -> StoreOutcome:
+        record = InstanceRecord(
+            attributes=parsed.attributes,
+            transfer_syntax_uid=str(parsed.layout.transfer_syntax_uid),
+            file_path=stored.relative_path,
+            file_size=stored.size,
+            file_sha256=stored.sha256,
+            received_at=datetime.now(UTC),
+            calling_ae_title=incoming.calling_ae_title,
+            header=parsed.header,
+        )
+        replace = self.duplicate_policy is DuplicatePolicy.OVERWRITE
+        try:
+            with _index_errors(), self.index.writing() as session:
+                result = record_instance(session, record, replace=replace)
+        except BaseException:
+            self._undo_write(stored)
+            raise
+        if result.outcome is IngestOutcome.ALREADY_PRESENT:
+            # Another association stored the same instance between our check and our insert.
+            self._undo_write(stored)
+            if self.duplicate_policy is DuplicatePolicy.REJECT:
+                raise DuplicateRejected("SOP Instance UID already stored")
+            return StoreOutcome.DUPLICATE_KEPT_FIRST
+        superseded = result.superseded_file_path
+        if superseded is not None and superseded != stored.relative_path:
+            self.files.remove(superseded)
+        return StoreOutcome.REPLACED if superseded else StoreOutcome.STORED
+
+    def _undo_write(self, stored: StoredFile) -> None:
+        if not stored.pre_existed:
+            self.files.remove(stored.relative_path)
+
+
+def _check_matches_request(incoming: IncomingInstance, parsed: ParsedInstance) -> None:
+    """PS3.4 B.2.3: the data set must be the instance the C-STORE request announced."""
+    attributes = parsed.attributes
+    if attributes.sop_class_uid != incoming.sop_class_uid:
+        raise DatasetMismatch("SOP Class UID differs from Affected SOP Class UID")
+    if attributes.sop_instance_uid != incoming.sop_instance_uid:
+        raise DatasetMismatch("SOP Instance UID differs from Affected SOP Instance")
+
+
+@contextmanager
+def _index_errors() -> Iterator[None]:
+    """Turn an unreachable or failing index database into Out of Resources (peers retry)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise OutOfResources("index database unavailable") from exc

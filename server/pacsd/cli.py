@@ -1,0 +1,167 @@
+"""The `pacsd` command. Exit codes: 0 ok, 2 configuration error, 1 anything else."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+from sqlalchemy.engine import make_url
+
+from pacsd import __version__
+from pacsd.settings import ConfigError, Settings, config_path_from, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Configuration file (default: $PACSD_CONFIG, else the embedded default).",
+)
+
+
+def _fail(lines: list[str], code: int) -> NoReturn:
+    for line in lines:
+        click.echo(f"pacsd: {line}", err=True)
+    sys.exit(code)
+
+
+def _settings(config_path: Path | None) -> tuple[Settings, Path | None]:
+    path = config_path_from(config_path)
+    try:
+        return load_settings(path), path
+    except ConfigError as exc:
+        _fail(exc.lines, EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pacsd")
+def main() -> None:
+    """pacsd: a PACS-style DICOM server daemon."""
+
+
+@main.command()
+@CONFIG_OPTION
+def serve(config_path: Path | None) -> None:
+    """Run the server in the foreground, logging to stdout."""
+    from pacsd.daemon import serve as run_daemon
+    from pacsd.index.schema import SchemaOutOfDate
+    from pacsd.logs import configure_logging, get_logger
+
+    settings, path = _settings(config_path)
+    logging_settings = settings.logging
+    configure_logging(
+        logging_settings.format, logging_settings.level, logging_settings.pynetdicom_level
+    )
+    try:
+        code = run_daemon(settings, path)
+    except SchemaOutOfDate as exc:
+        get_logger("pacsd").error("cannot start", problem=str(exc))
+        _fail([str(exc)], EXIT_FAILURE)
+    except OSError as exc:
+        get_logger("pacsd").error("cannot start", problem=str(exc))
+        _fail([f"cannot start: {exc}"], EXIT_FAILURE)
+    sys.exit(code)
+
+
+@main.group()
+def config() -> None:
+    """Check or show configuration."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def config_check(file: Path) -> None:
+    """Validate FILE (with PACSD_* overrides) without starting anything."""
+    settings, _ = _settings(file)
+    click.echo(f"{file}: ok (AE {settings.ae_title}, port {settings.network.port})")
+
+
+@config.command("show")
+@CONFIG_OPTION
+def config_show(config_path: Path | None) -> None:
+    """Print the effective configuration as YAML, secrets masked."""
+    settings, _ = _settings(config_path)
+    click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with passwords replaced by ***."""
+    document: dict[str, Any] = settings.model_dump(mode="json")
+    document["database"]["url"] = make_url(settings.database.url).render_as_string(
+        hide_password=True
+    )
+    return document
+
+
+@main.group()
+def db() -> None:
+    """Manage the index database."""
+
+
+@db.command("upgrade")
+@CONFIG_OPTION
+def db_upgrade(config_path: Path | None) -> None:
+    """Apply pending schema migrations."""
+    from pacsd.index.database import create_index_engine
+    from pacsd.index.schema import upgrade
+
+    settings, _ = _settings(config_path)
+    engine = create_index_engine(settings.database.url, pool_size=1)
+    try:
+        status = upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"database schema at revision {', '.join(status.current)}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--host", default=None, help="Server address (default: the configured bind host).")
+@click.option("--port", type=int, default=None, help="Server port (default: the configured port).")
+@click.option("--aet", default="PACSD-ECHO", show_default=True, help="Calling AE title.")
+@click.option("--called-aet", default=None, help="Called AE title (default: configured AE).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+def echo(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    aet: str,
+    called_aet: str | None,
+    timeout: float,
+) -> None:
+    """Send a C-ECHO (exit 0 when it succeeds): for health checks and people."""
+    from pacsd.echo import send_echo
+
+    settings, _ = _settings(config_path)
+    target_host = host or _reachable(settings.network.host)
+    target_port = port or settings.network.port
+    called = called_aet or settings.ae_title
+    started = time.perf_counter()
+    status, problem = send_echo(target_host, target_port, aet, called, timeout)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    where = f"{called}@{target_host}:{target_port}"
+    if status == 0x0000:
+        click.echo(f"C-ECHO {where}: success (0x0000) in {elapsed_ms:.1f} ms")
+        return
+    shown = f"0x{status:04X}" if status is not None else "no response"
+    _fail([f"C-ECHO {where}: {problem or 'failed'} ({shown})"], EXIT_FAILURE)
+
+
+def _reachable(bind_host: str) -> str:
+    """Where to reach a server bound to `bind_host` from this machine."""
+    try:
+        address = ipaddress.ip_address(bind_host)
+    except ValueError:
+        return bind_host
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return bind_host

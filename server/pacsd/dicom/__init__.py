@@ -1,0 +1,1 @@
+"""DICOM helpers with no network or database: parsing, file meta, attributes."""

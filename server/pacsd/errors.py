@@ -1,0 +1,41 @@
+"""Domain errors that carry the DIMSE status a peer should receive.
+
+Storage, index and DICOM helpers raise these; `services.guard` is the one place that turns them
+into responses. Messages become the response's Error Comment (0000,0902), LO: 64 characters.
+"""
+
+from __future__ import annotations
+
+
+class DicomStatusError(Exception):
+    """A failure with a DIMSE status (PS3.7 Annex C) and a short comment for the peer."""
+
+    status: int = 0xC000
+
+    def __init__(self, comment: str) -> None:
+        super().__init__(comment)
+        self.comment = comment
+
+
+class OutOfResources(DicomStatusError):
+    """PS3.4 B.2.3: Refused: Out of Resources (disk space, database unavailable)."""
+
+    status = 0xA700
+
+
+class DatasetMismatch(DicomStatusError):
+    """PS3.4 B.2.3: Error: Data Set does not match SOP Class (or the request's UIDs)."""
+
+    status = 0xA900
+
+
+class CannotUnderstand(DicomStatusError):
+    """PS3.4 B.2.3: Error: Cannot understand (the data set cannot be parsed)."""
+
+    status = 0xC000
+
+
+class DuplicateRejected(DicomStatusError):
+    """PS3.7 C.5: Duplicate SOP Instance (0x0111), used by the `reject` duplicate policy."""
+
+    status = 0x0111

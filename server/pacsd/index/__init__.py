@@ -1,0 +1,1 @@
+"""The index database: SQLAlchemy models, engine and sessions, ingest."""

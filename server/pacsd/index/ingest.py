@@ -1,0 +1,211 @@
+"""Record a stored instance in the index: patient, study, series and instance in one transaction.
+
+Concurrent associations may create the same patient, study or series at the same moment; every
+insert is `INSERT ... ON CONFLICT DO NOTHING` followed by a lookup, so the unique constraints
+decide and nobody fails. The first instance of a study or series sets its attributes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import TextClause, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from pacsd.dicom.header import InstanceAttributes
+from pacsd.index.models import Base, Instance, Patient, Series, Study
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored instance."""
+
+    attributes: InstanceAttributes
+    transfer_syntax_uid: str
+    file_path: str
+    file_size: int
+    file_sha256: str
+    received_at: datetime
+    calling_ae_title: str
+    header: dict[str, Any]
+
+
+class IngestOutcome(enum.Enum):
+    """What recording an instance did."""
+
+    CREATED = "created"
+    ALREADY_PRESENT = "already-present"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome, and the file the index no longer points to (after a replacement)."""
+
+    outcome: IngestOutcome
+    superseded_file_path: str | None = None
+
+
+def stored_file_of(session: Session, sop_instance_uid: str) -> str | None:
+    """The file path recorded for a SOP Instance UID, or None when the index lacks it."""
+    return session.scalar(
+        select(Instance.file_path).where(Instance.sop_instance_uid == sop_instance_uid)
+    )
+
+
+def record_instance(session: Session, record: InstanceRecord, replace: bool) -> IngestResult:
+    """Add the instance (creating its patient/study/series), or replace it when `replace`."""
+    series_pk = _series_pk(session, record.attributes)
+    values = _instance_values(record, series_pk)
+    for _attempt in range(2):
+        if replace:
+            superseded = _replace_instance(session, values)
+            if superseded is not None:
+                return IngestResult(IngestOutcome.REPLACED, superseded)
+        created = _insert_ignoring_conflict(session, Instance, values, [Instance.sop_instance_uid])
+        if created is not None:
+            return IngestResult(IngestOutcome.CREATED)
+        if not replace:
+            return IngestResult(IngestOutcome.ALREADY_PRESENT)
+    raise RuntimeError("instance row neither insertable nor replaceable")  # pragma: no cover
+
+
+def _instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:
+    attributes = record.attributes
+    return {
+        "series_fk": series_pk,
+        "sop_instance_uid": attributes.sop_instance_uid,
+        "sop_class_uid": attributes.sop_class_uid,
+        "instance_number": attributes.instance_number,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "file_path": record.file_path,
+        "file_size": record.file_size,
+        "file_sha256": record.file_sha256,
+        "received_at": record.received_at,
+        "calling_ae_title": record.calling_ae_title,
+        "header": record.header,
+    }
+
+
+def _replace_instance(session: Session, values: dict[str, Any]) -> str | None:
+    """Point an existing row at the new file; return the old file path (None: no row)."""
+    row = session.execute(
+        select(Instance.pk, Instance.file_path)
+        .where(Instance.sop_instance_uid == values["sop_instance_uid"])
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        return None
+    session.execute(update(Instance).where(Instance.pk == row.pk).values(**values))
+    return str(row.file_path)
+
+
+def _insert_ignoring_conflict(
+    session: Session,
+    model: type[Base],
+    values: dict[str, Any],
+    conflict_columns: list[InstrumentedAttribute[Any]],
+    conflict_where: TextClause | None = None,
+) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING pk: the new key, or None on conflict."""
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    statement = (
+        insert(model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=conflict_columns, index_where=conflict_where)
+        .returning(model.__table__.c.pk)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def _patient_pk(session: Session, attributes: InstanceAttributes) -> int:
+    values = {
+        "patient_id": attributes.patient_id,
+        "issuer_of_patient_id": attributes.issuer_of_patient_id,
+        "patient_name": attributes.patient_name,
+        "patient_birth_date": attributes.patient_birth_date,
+        "patient_sex": attributes.patient_sex,
+    }
+    if not attributes.patient_id:  # nobody to match: a patient row of its own
+        return session.execute(insert(Patient).values(**values).returning(Patient.pk)).scalar_one()
+    created = _insert_ignoring_conflict(
+        session,
+        Patient,
+        values,
+        [Patient.patient_id, Patient.issuer_of_patient_id],
+        text("patient_id <> ''"),
+    )
+    if created is not None:
+        return created
+    return session.execute(
+        select(Patient.pk).where(
+            Patient.patient_id == attributes.patient_id,
+            Patient.issuer_of_patient_id == attributes.issuer_of_patient_id,
+        )
+    ).scalar_one()
+
+
+def _study_pk(session: Session, attributes: InstanceAttributes) -> int:
+    uid = attributes.study_instance_uid
+    existing = session.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
+    if existing is not None:
+        return existing
+    values = {
+        "patient_fk": _patient_pk(session, attributes),
+        "study_instance_uid": uid,
+        "study_date": attributes.study_date,
+        "study_time": attributes.study_time,
+        "accession_number": attributes.accession_number,
+        "study_id": attributes.study_id,
+        "referring_physician_name": attributes.referring_physician_name,
+        "study_description": attributes.study_description,
+        "modalities_in_study": "",
+    }
+    created = _insert_ignoring_conflict(session, Study, values, [Study.study_instance_uid])
+    if created is not None:
+        return created
+    return session.execute(select(Study.pk).where(Study.study_instance_uid == uid)).scalar_one()
+
+
+def _series_pk(session: Session, attributes: InstanceAttributes) -> int:
+    uid = attributes.series_instance_uid
+    existing = session.scalar(select(Series.pk).where(Series.series_instance_uid == uid))
+    if existing is not None:
+        return existing
+    study_pk = _study_pk(session, attributes)
+    # Lock the study so that concurrent new series of one study update its modalities in turn.
+    session.execute(select(Study.pk).where(Study.pk == study_pk).with_for_update())
+    values = {
+        "study_fk": study_pk,
+        "series_instance_uid": uid,
+        "modality": attributes.modality,
+        "series_number": attributes.series_number,
+        "series_description": attributes.series_description,
+        "body_part_examined": attributes.body_part_examined,
+        "series_date": attributes.series_date,
+        "series_time": attributes.series_time,
+    }
+    created = _insert_ignoring_conflict(session, Series, values, [Series.series_instance_uid])
+    if created is None:
+        return session.execute(
+            select(Series.pk).where(Series.series_instance_uid == uid)
+        ).scalar_one()
+    _refresh_modalities_in_study(session, study_pk)
+    return created
+
+
+def _refresh_modalities_in_study(session: Session, study_pk: int) -> None:
+    """ModalitiesInStudy (0008,0061): the distinct modalities of the study's series."""
+    modalities = session.scalars(
+        select(Series.modality).where(Series.study_fk == study_pk, Series.modality != "").distinct()
+    ).all()
+    session.execute(
+        update(Study)
+        .where(Study.pk == study_pk)
+        .values(modalities_in_study="\\".join(sorted(modalities))[:256])
+    )

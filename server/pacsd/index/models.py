@@ -1,0 +1,133 @@
+"""The index schema: patient -> study -> series -> instance (PS3.4 C.6.1 information model).
+
+Text columns hold DICOM values as decoded text (DA as YYYYMMDD, TM as received, multiple values
+joined by backslash) clipped to INDEX_TEXT_LIMIT; `instance.header` keeps every non-bulk
+attribute in the DICOM JSON model so that C-FIND can return any key. The schema changes only
+through migrations/ (Alembic); `alembic check` in CI keeps these models and the migrations equal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID = String(64)  # PS3.5 9.1: a UID is at most 64 characters
+IndexText = String(256)  # matches dicom.header.INDEX_TEXT_LIMIT
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+# 64-bit keys on PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY is the rowid alias.
+Key = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the constraint naming convention Alembic relies on."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Patient(Base):
+    """A patient, identified by Patient ID and Issuer of Patient ID when the ID is present."""
+
+    __tablename__ = "patient"
+    __table_args__ = (
+        # An empty Patient ID identifies nobody: such studies each get their own patient row.
+        Index(
+            "uq_patient_identity",
+            "patient_id",
+            "issuer_of_patient_id",
+            unique=True,
+            sqlite_where=text("patient_id <> ''"),
+            postgresql_where=text("patient_id <> ''"),
+        ),
+        Index("ix_patient_patient_name", "patient_name"),
+    )
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(IndexText)
+    issuer_of_patient_id: Mapped[str] = mapped_column(IndexText)
+    patient_name: Mapped[str] = mapped_column(IndexText)
+    patient_birth_date: Mapped[str] = mapped_column(String(16))
+    patient_sex: Mapped[str] = mapped_column(String(16))
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    """A study (PS3.4 C.6.1.1.3 study level keys)."""
+
+    __tablename__ = "study"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(Key, ForeignKey("patient.pk"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str] = mapped_column(String(16), index=True)
+    study_time: Mapped[str] = mapped_column(String(32))
+    accession_number: Mapped[str] = mapped_column(IndexText, index=True)
+    study_id: Mapped[str] = mapped_column(IndexText, index=True)
+    referring_physician_name: Mapped[str] = mapped_column(IndexText)
+    study_description: Mapped[str] = mapped_column(IndexText)
+    modalities_in_study: Mapped[str] = mapped_column(IndexText)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    """A series (PS3.4 C.6.1.1.4 series level keys)."""
+
+    __tablename__ = "series"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    study_fk: Mapped[int] = mapped_column(Key, ForeignKey("study.pk"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str] = mapped_column(String(16), index=True)
+    series_number: Mapped[int | None] = mapped_column(BigInteger)
+    series_description: Mapped[str] = mapped_column(IndexText)
+    body_part_examined: Mapped[str] = mapped_column(IndexText)
+    series_date: Mapped[str] = mapped_column(String(16))
+    series_time: Mapped[str] = mapped_column(String(32))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """A stored composite instance and the file that holds it."""
+
+    __tablename__ = "instance"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    series_fk: Mapped[int] = mapped_column(Key, ForeignKey("series.pk"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID, index=True)
+    instance_number: Mapped[int | None] = mapped_column(BigInteger)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    file_path: Mapped[str] = mapped_column(String(512))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    header: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+
+    series: Mapped[Series] = relationship(back_populates="instances")

@@ -1,0 +1,78 @@
+"""Schema authority: Alembic migrations, applied by `pacsd db upgrade` and checked at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+
+class SchemaOutOfDate(Exception):
+    """The database schema is not the one this pacsd needs."""
+
+
+def migrations_directory() -> Path:
+    """The Alembic environment: inside the installed package, else the source tree's migrations/."""
+    packaged = Path(__file__).resolve().parent.parent / "migrations"
+    if (packaged / "env.py").is_file():
+        return packaged
+    source_tree = Path(__file__).resolve().parents[3] / "migrations"
+    if (source_tree / "env.py").is_file():
+        return source_tree
+    raise FileNotFoundError("pacsd's migrations directory is missing from this installation")
+
+
+def alembic_config(engine: Engine) -> Config:
+    """An Alembic configuration bound to `engine` (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.attributes["engine"] = engine
+    return config
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where the database's schema stands relative to this pacsd's migrations."""
+
+    current: tuple[str, ...]
+    head: tuple[str, ...]
+    empty: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when the database is at the newest migration."""
+        return set(self.current) == set(self.head)
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Read the database's Alembic revision and whether it holds any table at all."""
+    head = tuple(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+    with engine.connect() as connection:
+        current = tuple(MigrationContext.configure(connection).get_current_heads())
+        empty = not set(inspect(connection).get_table_names()) - {"alembic_version"}
+    return SchemaStatus(current=current, head=head, empty=empty)
+
+
+def upgrade(engine: Engine) -> SchemaStatus:
+    """Apply every pending migration."""
+    command.upgrade(alembic_config(engine), "head")
+    return schema_status(engine)
+
+
+def ensure_schema(engine: Engine) -> SchemaStatus:
+    """Create the schema in an empty database; refuse an out-of-date one (start-up check)."""
+    status = schema_status(engine)
+    if status.up_to_date:
+        return status
+    if status.empty:
+        return upgrade(engine)
+    current = ", ".join(status.current) or "none"
+    raise SchemaOutOfDate(
+        f"database schema is at revision {current}, this pacsd needs {', '.join(status.head)}: "
+        "run `pacsd db upgrade` (back up the database first)"
+    )

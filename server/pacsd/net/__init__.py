@@ -1,0 +1,1 @@
+"""The DICOM listener and the per-association client handle."""

@@ -1,0 +1,151 @@
+"""The DICOM listener: pynetdicom's AE and server, configured and wired to pacsd's handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsd.logs import get_logger
+from pacsd.net.contexts import placeholder_contexts
+from pacsd.net.handle import ClientHandle, HandleRegistry
+from pacsd.net.negotiation import Negotiator, RulesProvider
+from pacsd.services.guard import guarded
+from pacsd.services.storage import StorageService
+from pacsd.services.verification import on_c_echo
+from pacsd.settings import Settings
+
+log = get_logger("pacsd.listener")
+
+
+def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
+    """Process-wide pynetdicom settings; call once before the listener starts.
+
+    Chunked receive writes each incoming data set to a Part 10 spool file instead of memory;
+    the spool lives under the storage root (tempfile's directory) so that it is cleaned at
+    start-up and fills the same file system the free-space check watches.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = log_identifiers
+    _config.LOG_RESPONSE_IDENTIFIERS = log_identifiers
+    tempfile.tempdir = str(spool_dir)
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket.
+
+    Without it, a DIMSE request/response exchange can wait ~40 ms for a delayed ACK
+    (PYNETDICOM_NOTES.md, "Sockets and measurement").
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = super().get_request()
+        client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client_socket, address
+
+
+class Listener:
+    """Accepts associations on the configured address until stopped."""
+
+    def __init__(self, settings: Settings, storage: StorageService, rules: RulesProvider) -> None:
+        self.settings = settings
+        self.handles = HandleRegistry()
+        self.negotiator = Negotiator(rules, self.handles)
+        self.ae = self._build_ae(settings)
+        self.storage = storage
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _build_ae(settings: Settings) -> AE:
+        network = settings.network
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_pdu_size = network.max_pdu_size
+        ae.maximum_associations = network.max_associations
+        ae.acse_timeout = network.acse_timeout
+        ae.dimse_timeout = network.dimse_timeout
+        ae.network_timeout = network.network_timeout
+        ae.connection_timeout = network.connection_timeout
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        return ae
+
+    def _handlers(self) -> list[Any]:
+        negotiator = self.negotiator
+        return [
+            (evt.EVT_CONN_OPEN, negotiator.on_connection_open),
+            (evt.EVT_REQUESTED, negotiator.on_requested),
+            (evt.EVT_ACCEPTED, negotiator.on_accepted),
+            (evt.EVT_REJECTED, negotiator.on_rejected),
+            (evt.EVT_RELEASED, negotiator.on_released),
+            (evt.EVT_ABORTED, negotiator.on_aborted),
+            (evt.EVT_CONN_CLOSE, negotiator.on_connection_close),
+            (evt.EVT_C_ECHO, guarded("C-ECHO", on_c_echo, self.handle_of)),
+            (evt.EVT_C_STORE, guarded("C-STORE", self.storage.on_c_store, self.handle_of)),
+        ]
+
+    def handle_of(self, event: Event) -> ClientHandle:
+        """The client handle of the association an event belongs to."""
+        return self.handles.get(event.assoc)
+
+    def start(self) -> tuple[str, int]:
+        """Bind the configured address and serve in a background thread; return the address."""
+        network = self.settings.network
+        server = self.ae.make_server(  # returns an instance of server_class
+            (network.host, network.port),
+            contexts=placeholder_contexts(),
+            evt_handlers=self._handlers(),
+            server_class=_Server,
+        )
+        self._server = cast(_Server, server)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="pacsd-listener"
+        )
+        self._thread.start()
+        host, port = server.server_address[:2]
+        return str(host), int(port)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; running associations continue."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # Servers from make_server are not in ae._servers, so shutdown() ends in a ValueError
+        # after it has stopped serving (PYNETDICOM_NOTES.md).
+        with contextlib.suppress(ValueError):
+            server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def active_associations(self) -> list[Association]:
+        """Associations whose threads are still running."""
+        return list(self.ae.active_associations)
+
+    def drain(self, grace_period: float, interrupted: threading.Event) -> bool:
+        """Wait up to `grace_period` for running associations to end; False if some remain."""
+        deadline = time.monotonic() + grace_period
+        while self.active_associations():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or interrupted.wait(min(0.1, remaining)):
+                return False
+        return True
+
+    def abort_all(self, join_timeout: float = 10.0) -> int:
+        """A-ABORT every running association and wait for their threads to finish."""
+        associations = self.active_associations()
+        for assoc in associations:
+            assoc.abort()
+        deadline = time.monotonic() + join_timeout
+        for assoc in associations:
+            assoc.join(timeout=max(0.0, deadline - time.monotonic()))
+        return len(associations)

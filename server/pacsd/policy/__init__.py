@@ -1,0 +1,1 @@
+"""Acceptance policies: pure decisions about associations and operations."""

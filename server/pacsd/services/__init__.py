@@ -1,0 +1,1 @@
+"""DICOM services: thin adapters from pynetdicom events to the archive and back."""

@@ -1,0 +1,1 @@
+"""Where instance files live: atomic, durable writes under one storage root."""

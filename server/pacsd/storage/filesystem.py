@@ -1,0 +1,155 @@
+"""Instance files under one storage root, written atomically and durably.
+
+A file is written to `<root>/.tmp/`, fsynced, and renamed into place; the directories created
+on the way are fsynced too, so after a power loss a file is either whole at its final path or
+absent. Paths come only from SHA-256 hashes of UIDs and of the file content: no received value
+ever becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from pacsd.errors import OutOfResources
+
+_COPY_CHUNK = 1 << 20
+_FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+TMP_DIR = ".tmp"
+SPOOL_DIR = ".spool"
+
+
+def uid_hash(uid: str) -> str:
+    """A fixed-length, path-safe name for a UID (hex SHA-256, first 32 characters)."""
+    return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def instance_directory(study_uid: str, series_uid: str) -> PurePosixPath:
+    """The directory of a series, relative to the storage root."""
+    study = uid_hash(study_uid)
+    return PurePosixPath(study[:2], study[2:], uid_hash(series_uid))
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A durable file in the store."""
+
+    relative_path: str
+    size: int
+    sha256: str
+    # True when a file of identical content was already at this path (the name holds its digest):
+    # whoever undoes this write must then leave the file alone.
+    pre_existed: bool = False
+
+
+class FilesystemStore:
+    """The storage root: atomic writes, free-space checks, removal."""
+
+    def __init__(self, root: Path, min_free_space: int) -> None:
+        self.root = root.resolve()
+        self.min_free_space = min_free_space
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where files are written before they are renamed into place."""
+        return self.root / TMP_DIR
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where incoming data sets are received before they are checked."""
+        return self.root / SPOOL_DIR
+
+    def prepare(self) -> int:
+        """Create the root and its work folders; remove leftovers of an interrupted run."""
+        removed = 0
+        for folder in (self.tmp_dir, self.spool_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            for leftover in folder.iterdir():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def ensure_free_space(self, incoming_bytes: int) -> None:
+        """Refuse (0xA700) when storing `incoming_bytes` would leave less than the minimum."""
+        free = shutil.disk_usage(self.root).free
+        if free - incoming_bytes < self.min_free_space:
+            raise OutOfResources(f"storage has {free // 1_000_000} MB free, below the minimum")
+
+    def absolute(self, relative_path: str) -> Path:
+        """The absolute path of a stored file; refuses anything outside the root."""
+        candidate = (self.root / relative_path).resolve()
+        if not candidate.is_relative_to(self.root) or candidate == self.root:
+            raise ValueError(f"path {relative_path!r} is outside the storage root")
+        return candidate
+
+    def write(
+        self, directory: PurePosixPath, stem: str, head: bytes, source: BinaryIO, offset: int
+    ) -> StoredFile:
+        """Durably write `head` + `source[offset:]` as `<directory>/<stem>-<digest>.dcm`."""
+        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            size, digest = _write_and_sync(temp_path, head, source, offset)
+            relative = directory / f"{stem}-{digest[:16]}.dcm"
+            final_path = self.root / relative
+            self._make_directories(final_path.parent)
+            pre_existed = final_path.exists()
+            os.replace(temp_path, final_path)
+            _fsync_directory(final_path.parent)
+        except OSError as exc:
+            temp_path.unlink(missing_ok=True)
+            if exc.errno in _FULL_DISK_ERRNOS:
+                raise OutOfResources("storage is full") from exc
+            raise
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+        return StoredFile(str(relative), size, digest, pre_existed)
+
+    def remove(self, relative_path: str) -> None:
+        """Delete a stored file (missing is fine: the goal is its absence)."""
+        self.absolute(relative_path).unlink(missing_ok=True)
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create `directory` below the root, fsyncing each parent that gains an entry."""
+        missing: list[Path] = []
+        current = directory
+        while current != self.root and not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # another association created it at the same moment
+            _fsync_directory(folder.parent)
+
+
+def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> tuple[int, str]:
+    hasher = hashlib.sha256(head)
+    size = len(head)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with open(descriptor, "wb") as out:
+        out.write(head)
+        source.seek(offset)
+        while chunk := source.read(_COPY_CHUNK):
+            hasher.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, hasher.hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
