@@ -123,22 +123,19 @@ class Archive:
             with _index_errors(), self.index.writing() as session:
                 result = record_instance(session, record, replace=replace)
         except BaseException:
-            self._undo_write(stored)
+            self.files.remove(stored.relative_path)
             raise
         if result.outcome is IngestOutcome.ALREADY_PRESENT:
             # Another association stored the same instance between our check and our insert.
-            self._undo_write(stored)
+            self.files.remove(stored.relative_path)
             if self.duplicate_policy is DuplicatePolicy.REJECT:
                 raise DuplicateRejected("SOP Instance UID already stored")
             return StoreOutcome.DUPLICATE_KEPT_FIRST
-        superseded = result.superseded_file_path
-        if superseded is not None and superseded != stored.relative_path:
-            self.files.remove(superseded)
-        return StoreOutcome.REPLACED if superseded else StoreOutcome.STORED
+        if result.superseded_file_path is None:
+            return StoreOutcome.STORED
+        self.files.remove(result.superseded_file_path)
+        return StoreOutcome.REPLACED
 
-    def _undo_write(self, stored: StoredFile) -> None:
-        if not stored.pre_existed:
-            self.files.remove(stored.relative_path)
 
 
 def _check_matches_request(incoming: IncomingInstance, parsed: ParsedInstance) -> None:

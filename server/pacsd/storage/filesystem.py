@@ -2,7 +2,7 @@
 
 A file is written to `<root>/.tmp/`, fsynced, and renamed into place; the directories created
 on the way are fsynced too, so after a power loss a file is either whole at its final path or
-absent. Paths come only from SHA-256 hashes of UIDs and of the file content: no received value
+absent. Paths come only from SHA-256 hashes of UIDs plus a random suffix: no received value
 ever becomes part of a path.
 """
 
@@ -43,9 +43,6 @@ class StoredFile:
     relative_path: str
     size: int
     sha256: str
-    # True when a file of identical content was already at this path (the name holds its digest):
-    # whoever undoes this write must then leave the file alone.
-    pre_existed: bool = False
 
 
 class FilesystemStore:
@@ -92,14 +89,19 @@ class FilesystemStore:
     def write(
         self, directory: PurePosixPath, stem: str, head: bytes, source: BinaryIO, offset: int
     ) -> StoredFile:
-        """Durably write `head` + `source[offset:]` as `<directory>/<stem>-<digest>.dcm`."""
-        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        """Durably write `head` + `source[offset:]` as a new file `<directory>/<stem>-<n>.dcm`.
+
+        Every write gets a name of its own (a random suffix): two associations storing the same
+        instance at once never share a file, so each can undo its own write without touching
+        the file another one indexed.
+        """
+        unique = uuid.uuid4().hex
+        temp_path = self.tmp_dir / f"{unique}.part"
+        relative = directory / f"{stem}-{unique[:16]}.dcm"
+        final_path = self.root / relative
         try:
             size, digest = _write_and_sync(temp_path, head, source, offset)
-            relative = directory / f"{stem}-{digest[:16]}.dcm"
-            final_path = self.root / relative
             self._make_directories(final_path.parent)
-            pre_existed = final_path.exists()
             os.replace(temp_path, final_path)
             _fsync_directory(final_path.parent)
         except OSError as exc:
@@ -110,7 +112,7 @@ class FilesystemStore:
         except BaseException:
             temp_path.unlink(missing_ok=True)
             raise
-        return StoredFile(str(relative), size, digest, pre_existed)
+        return StoredFile(str(relative), size, digest)
 
     def remove(self, relative_path: str) -> None:
         """Delete a stored file (missing is fine: the goal is its absence)."""
