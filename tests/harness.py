@@ -1,0 +1,185 @@
+"""Run a real `pacsd serve` for tests and benchmarks, on an ephemeral loopback port.
+
+The server binds port 0 and logs its real port in the "listening" line, so parallel runs never
+race for a port; readiness is a successful C-ECHO, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pynetdicom import AE
+
+VERIFICATION = "1.2.840.10008.1.1"
+START_TIMEOUT_S = 30.0
+
+
+def free_loopback_host() -> str:
+    """Tests and benchmarks only ever use loopback."""
+    return "127.0.0.1"
+
+
+def base_config(root: Path, database_url: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A configuration for a server confined to `root` on an ephemeral loopback port."""
+    config: dict[str, Any] = {
+        "ae_title": "PACSD",
+        "network": {"host": free_loopback_host(), "port": 0, "acse_timeout": 10},
+        "database": {"url": database_url or f"sqlite:///{root / 'index.sqlite'}"},
+        "storage": {"root": str(root / "storage"), "min_free_space": "1MB"},
+        "logging": {"format": "json", "level": "INFO"},
+        "daemon": {"shutdown_grace_period": 10},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **values}
+        else:
+            config[section] = values
+    return config
+
+
+@dataclass
+class PacsdProcess:
+    """A `pacsd serve` child process and the JSON lines it logged."""
+
+    config_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[str] | None = None
+    host: str = ""
+    port: int = 0
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    raw_lines: list[str] = field(default_factory=list)
+    _listening: threading.Event = field(default_factory=threading.Event)
+    _reader: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, folder: Path, config: dict[str, Any], **env: str) -> PacsdProcess:
+        """Write `config` to `folder/pacsd.yaml` and prepare (not start) a server for it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "pacsd.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return cls(config_path=path, env=env)
+
+    def start(self, timeout: float = START_TIMEOUT_S, ready_by_echo: bool = True) -> PacsdProcess:
+        """Start the server; wait until it answers C-ECHO (or only until it listens)."""
+        environment = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        environment.pop("PACSD_CONFIG", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pacsd", "serve", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
+            cwd=self.config_path.parent,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"pacsd did not start:\n{self.output()}")
+        if ready_by_echo:
+            wait_for_echo(self.host, self.port, timeout)
+        return self
+
+    def _read_output(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.raw_lines.append(raw.rstrip("\n"))
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            self.lines.append(line)
+            if line.get("event") == "listening":
+                self.host, self.port = line["host"], int(line["port"])
+                self._listening.set()
+
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return "\n".join(self.raw_lines)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The logged lines whose event is `name`."""
+        return [line for line in self.lines if line.get("event") == name]
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the server process (by its own pid)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.returncode()
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for exit (killing it after `timeout`); returns the exit code."""
+        assert self.process is not None
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self.returncode()
+
+    def kill(self) -> None:
+        """SIGKILL the server (cleanup of a failed test)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def returncode(self) -> int:
+        """The exit code (the process must have ended)."""
+        assert self.process is not None
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+def wait_for_echo(host: str, port: int, timeout: float) -> None:
+    """Poll C-ECHO until it succeeds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if echo(host, port):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no C-ECHO answer from {host}:{port} within {timeout} s")
+
+
+def echo(host: str, port: int, calling: str = "TESTSCU", called: str = "PACSD") -> bool:
+    """One association, one C-ECHO; True when it succeeds."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and int(status.Status) == 0x0000
+    finally:
+        assoc.release()
+
+
+def running(folder: Path, config: dict[str, Any], **env: str) -> Iterator[PacsdProcess]:
+    """Generator for fixtures: a started server, stopped (and checked) afterwards."""
+    server = PacsdProcess.from_config(folder, config, **env).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()

@@ -1,0 +1,194 @@
+"""Start, stop and restart: signals, drains, leftovers, schema checks, bind address."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine, text
+
+from tests import datagen
+from tests.harness import PacsdProcess, base_config, echo
+from tests.inspect_archive import assert_index_matches_files, dataset_bytes, work_files
+from tests.scu import associate, chunked_send, file_context
+
+ServerFactory = Callable[..., PacsdProcess]
+WAIT_S = 60.0
+
+
+class SendingClient(threading.Thread):
+    """Sends files over one association in the background, recording each status."""
+
+    def __init__(self, server: PacsdProcess, paths: list[Path]) -> None:
+        super().__init__(daemon=True)
+        self.server, self.paths = server, paths
+        self.statuses: list[int | None] = []
+        self.progress = threading.Semaphore(0)
+
+    def run(self) -> None:
+        contexts = [file_context(self.paths[0])]
+        with chunked_send(), associate(self.server.host, self.server.port, contexts) as assoc:
+            for path in self.paths:
+                if not assoc.is_established:
+                    break
+                response = assoc.send_c_store(path)
+                self.statuses.append(int(response.Status) if "Status" in response else None)
+                self.progress.release()
+
+    def wait_for_successes(self, count: int) -> None:
+        """Block until `count` stores were answered."""
+        for _ in range(count):
+            assert self.progress.acquire(timeout=WAIT_S), "client made no progress"
+
+    def succeeded(self) -> list[Path]:
+        """The files whose C-STORE was answered with success."""
+        return [p for p, s in zip(self.paths, self.statuses, strict=False) if s == 0x0000]
+
+
+def small_ct_files(folder: Path, count: int) -> list[Path]:
+    """`count` small CT files of one series."""
+    return list(datagen.ct_series(folder, count, size=32))
+
+
+def assert_stored_exactly(server: PacsdProcess, database_url: str, paths: list[Path]) -> None:
+    """Every acknowledged file is stored byte-identical; index and files agree; no .part."""
+    storage = server.config_path.parent / "storage"
+    rows = assert_index_matches_files(database_url, storage)
+    by_uid = {row["sop_instance_uid"]: row for row in rows}
+    for path in paths:
+        row = by_uid[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)]
+        assert dataset_bytes(storage / str(row["file_path"])) == dataset_bytes(path)
+    assert [p for p in work_files(storage) if p.suffix == ".part"] == []
+
+
+def test_sigterm_drains_a_running_transfer(
+    pacsd_server: ServerFactory, database_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM: no new associations, the running one completes, exit 0, everything stored."""
+    server = pacsd_server(database_url)
+    paths = small_ct_files(tmp_path / "in", 60)
+    client = SendingClient(server, paths)
+    client.start()
+    client.wait_for_successes(5)
+    server.send_signal(signal.SIGTERM)
+    client.join(WAIT_S)
+    assert server.wait(WAIT_S) == 0
+    assert client.statuses == [0x0000] * len(paths)
+    assert not echo(server.host, server.port), "the listener is closed"
+    assert_stored_exactly(server, database_url, paths)
+    assert not server.events("aborted associations still running after the grace period")
+
+
+def test_sigterm_aborts_after_the_grace_period_and_loses_nothing(
+    pacsd_server: ServerFactory, database_url: str, tmp_path: Path
+) -> None:
+    """After the grace period the transfer is aborted; every acknowledged instance is whole."""
+    server = pacsd_server(database_url, daemon={"shutdown_grace_period": 0.5})
+    paths = small_ct_files(tmp_path / "in", 400)
+    client = SendingClient(server, paths)
+    client.start()
+    client.wait_for_successes(20)
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(WAIT_S) == 0
+    client.join(WAIT_S)
+    acknowledged = client.succeeded()
+    assert 20 <= len(acknowledged) < len(paths), "the association was cut short"
+    assert server.events("aborted associations still running after the grace period")
+    assert_stored_exactly(server, database_url, acknowledged)
+
+    restarted = PacsdProcess(config_path=server.config_path).start()
+    try:
+        assert echo(restarted.host, restarted.port)
+        assert work_files(server.config_path.parent / "storage") == []
+    finally:
+        assert restarted.stop() == 0
+    assert_stored_exactly(restarted, database_url, acknowledged)
+
+
+def test_second_signal_stops_without_waiting(
+    pacsd_server: ServerFactory, database_url: str
+) -> None:
+    """A second SIGTERM skips the 30 s grace period; the idle association is aborted."""
+    server = pacsd_server(database_url, daemon={"shutdown_grace_period": 30})
+    contexts = [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]
+    with associate(server.host, server.port, contexts) as assoc:
+        server.send_signal(signal.SIGTERM)
+        _wait_for_event(server, "stopping: no new associations, draining")
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(WAIT_S) == 0
+        assert time.monotonic() - started < 10
+        _wait_until(lambda: not assoc.is_established)
+        assert assoc.is_aborted
+
+
+def _wait_for_event(server: PacsdProcess, event: str) -> None:
+    _wait_until(lambda: bool(server.events(event)))
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_listener_binds_only_the_configured_address(pacsd_server: ServerFactory) -> None:
+    """Bound to 127.0.0.1, pacsd is not reachable on another loopback address (127.0.0.2)."""
+    server = pacsd_server()
+    assert echo("127.0.0.1", server.port)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", server.port), 2).close()
+
+
+def test_listener_serves_ipv6_loopback(pacsd_server: ServerFactory) -> None:
+    """host: ::1 listens on IPv6 loopback."""
+    if not socket.has_ipv6 or not _ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback on this machine")
+    server = pacsd_server(network={"host": "::1"})
+    assert server.host == "::1"
+    assert echo("::1", server.port)
+
+
+def _ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def pacsd_command(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `pacsd <args> --config <config>` to completion (bounded)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pacsd", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+
+
+def test_serve_refuses_an_out_of_date_schema(database_url: str, tmp_path: Path) -> None:
+    """A database behind the migrations stops start-up (exit 1) until `pacsd db upgrade`."""
+    server = PacsdProcess.from_config(tmp_path, base_config(tmp_path, database_url))
+    upgraded = pacsd_command(server.config_path, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "revision 0001" in upgraded.stdout
+    engine = create_engine(database_url)
+    with engine.begin() as connection:  # as if the tables came from an older pacsd
+        connection.execute(text("DELETE FROM alembic_version"))
+    engine.dispose()
+
+    refused = pacsd_command(server.config_path, "serve")
+    assert refused.returncode == 1
+    assert "run `pacsd db upgrade`" in refused.stderr

@@ -1,0 +1,78 @@
+"""A pynetdicom Storage SCU for tests: sends Part 10 files byte for byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
+
+from tests.harness import VERIFICATION
+
+
+@contextmanager
+def chunked_send() -> Iterator[None]:
+    """Send data sets straight from their files (no decode/re-encode): bytes stay identical.
+
+    pynetdicom then takes the C-STORE's Affected SOP Class/Instance UIDs from the file meta.
+    """
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def file_context(path: Path) -> tuple[str, str]:
+    """(SOP class, transfer syntax) from a Part 10 file's meta."""
+    meta, _ = split_dataset(path)
+    return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+
+
+@contextmanager
+def associate(
+    host: str,
+    port: int,
+    contexts: Sequence[tuple[str, str]],
+    calling: str = "TESTSCU",
+    called: str = "PACSD",
+) -> Iterator[Association]:
+    """An established association proposing one context per (abstract, transfer) syntax."""
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 30
+    for abstract, transfer in dict.fromkeys(contexts):
+        ae.add_requested_context(abstract, [transfer])
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise ConnectionError(f"association with {host}:{port} not established")
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def status_of(response: Dataset | None) -> int | None:
+    """The Status of a DIMSE response (None when no response arrived)."""
+    if response is None or "Status" not in response:
+        return None
+    return int(response.Status)
+
+
+def store_files(
+    host: str, port: int, paths: Sequence[Path], calling: str = "TESTSCU"
+) -> list[tuple[int | None, str]]:
+    """C-STORE each file over one association: [(status, error comment)] in order."""
+    contexts = [file_context(path) for path in paths] + [(VERIFICATION, "1.2.840.10008.1.2")]
+    results: list[tuple[int | None, str]] = []
+    with chunked_send(), associate(host, port, contexts, calling=calling) as assoc:
+        for path in paths:
+            response = assoc.send_c_store(path)
+            comment = str(response.get("ErrorComment", "")) if response else ""
+            results.append((status_of(response), comment))
+    return results

@@ -1,0 +1,80 @@
+"""Parsing an incoming Part 10 file: index attributes and the bulk-free JSON header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless
+
+from pacsd.dicom.instance import ParsedInstance, parse_part10
+from pacsd.errors import CannotUnderstand, DatasetMismatch, OutOfResources
+from tests import datagen
+
+LIMIT = 64 * 1024 * 1024
+
+
+def parse(path: Path, limit: int = LIMIT) -> ParsedInstance:
+    """parse_part10 on a file."""
+    with path.open("rb") as fp:
+        return parse_part10(fp, limit)
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, RLELossless]
+)
+def test_attributes_in_any_syntax(tmp_path: Path, syntax: str) -> None:
+    """Index attributes are read the same from big endian, deflated and compressed files."""
+    study = datagen.StudyContext(patient_id="P-9", patient_name="Müller^Jürgen")
+    dataset = datagen.ct_image(study, 7, 32)
+    parsed = parse(datagen.write_part10(dataset, tmp_path / "ct.dcm", syntax))
+    attributes = parsed.attributes
+    assert attributes.patient_id == "P-9"
+    assert attributes.patient_name == "Müller^Jürgen"  # ISO_IR 100 decoded
+    assert attributes.study_instance_uid == study.study_instance_uid
+    assert attributes.modality == "CT"
+    assert attributes.series_number == 1
+    assert attributes.instance_number == 7
+    assert str(parsed.layout.transfer_syntax_uid) == syntax
+
+
+def test_header_keeps_text_and_drops_bulk(tmp_path: Path) -> None:
+    """The JSON header has every attribute except pixel data and other large binary values."""
+    dataset = datagen.encapsulated_pdf(datagen.StudyContext(), 1)
+    parsed = parse(datagen.write_part10(dataset, tmp_path / "pdf.dcm"))
+    header = parsed.header
+    assert header["00420012"]["Value"] == ["application/pdf"]
+    assert "00420011" not in header
+    assert header["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+
+
+def test_sequences_survive_in_the_header(tmp_path: Path) -> None:
+    """Sequence items are kept (DICOM JSON model, PS3.18 F.2)."""
+    dataset = datagen.basic_text_sr(datagen.StudyContext(), 1)
+    header = parse(datagen.write_part10(dataset, tmp_path / "sr.dcm")).header
+    [item] = header["0040A730"]["Value"]
+    assert item["0040A160"]["Value"] == ["No acute findings."]
+
+
+def test_missing_identifying_uid_is_a_mismatch(tmp_path: Path) -> None:
+    """Without a Series Instance UID the instance cannot be filed: DatasetMismatch."""
+    dataset = datagen.ct_image(datagen.StudyContext(), 1, 16)
+    del dataset.SeriesInstanceUID
+    with pytest.raises(DatasetMismatch, match="SeriesInstanceUID"):
+        parse(datagen.write_part10(dataset, tmp_path / "x.dcm"))
+
+
+def test_not_dicom_is_cannot_understand(tmp_path: Path) -> None:
+    """Random bytes are refused as not understood."""
+    path = tmp_path / "junk.dcm"
+    path.write_bytes(b"\x00" * 128 + b"JUNK" + b"\x01" * 300)
+    with pytest.raises(CannotUnderstand):
+        parse(path)
+
+
+def test_inflation_is_bounded(tmp_path: Path) -> None:
+    """A deflated data set inflating beyond the limit is refused before it is held."""
+    dataset = datagen.ct_image(datagen.StudyContext(), 1, 256)
+    path = datagen.write_part10(dataset, tmp_path / "big.dcm", DeflatedExplicitVRLittleEndian)
+    with pytest.raises(OutOfResources, match="inflates beyond"):
+        parse(path, limit=10_000)
