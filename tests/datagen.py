@@ -12,21 +12,19 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
+    BasicTextSRStorage,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EncapsulatedPDFStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    RLELossless,
-    generate_uid,
-)
-from pynetdicom.sop_class import (
-    BasicTextSRStorage,
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    EncapsulatedPDFStorage,
     MRImageStorage,
+    RLELossless,
     UltrasoundMultiFrameImageStorage,
+    generate_uid,
 )
 
 TEST_UID_ROOT = "1.2.826.0.1.3680043.10.1307."  # pydicom's documented test-UID arrangement

@@ -84,11 +84,14 @@ class PacsdProcess:
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
-        if not self._listening.wait(timeout):
+        try:
+            if not self._listening.wait(timeout):
+                raise RuntimeError(f"pacsd did not start:\n{self.output()}")
+            if ready_by_echo:
+                wait_for_echo(self.host, self.port, timeout)
+        except BaseException:
             self.kill()
-            raise RuntimeError(f"pacsd did not start:\n{self.output()}")
-        if ready_by_echo:
-            wait_for_echo(self.host, self.port, timeout)
+            raise
         return self
 
     def _read_output(self) -> None:
@@ -120,7 +123,9 @@ class PacsdProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            raise RuntimeError("pacsd was never started")
+        if self.process.poll() is not None:
             return self.returncode()
         self.process.send_signal(signal.SIGTERM)
         return self.wait(timeout)

@@ -41,10 +41,11 @@ def associate(
     contexts: Sequence[tuple[str, str]],
     calling: str = "TESTSCU",
     called: str = "PACSD",
+    timeout: float = 30,
 ) -> Iterator[Association]:
     """An established association proposing one context per (abstract, transfer) syntax."""
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     for abstract, transfer in dict.fromkeys(contexts):
         ae.add_requested_context(abstract, [transfer])
     assoc = ae.associate(host, port, ae_title=called)

@@ -35,7 +35,10 @@ class SendingClient(threading.Thread):
 
     def run(self) -> None:
         contexts = [file_context(self.paths[0])]
-        with chunked_send(), associate(self.server.host, self.server.port, contexts) as assoc:
+        # A short DIMSE timeout: after an A-ABORT, pynetdicom's SCU still waits that long for
+        # the response to the C-STORE in flight.
+        server = self.server
+        with chunked_send(), associate(server.host, server.port, contexts, timeout=5) as assoc:
             for path in self.paths:
                 if not assoc.is_established:
                     break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +62,35 @@ def test_c_echo_succeeds_and_logs_the_association(server: PacsdProcess) -> None:
         assert line["called_ae_title"] == "PACSD"
         assert line["peer"].startswith("127.0.0.1:")
     assert {line["event"] for line in lines} >= {"association accepted", "association closed"}
+
+
+def test_pynetdicom_records_share_the_json_format_and_context(
+    pacsd_server: Callable[..., PacsdProcess],
+) -> None:
+    """pynetdicom's own log records are JSON lines with the association's context."""
+    server = pacsd_server(logging={"pynetdicom_level": "INFO"})
+    assert echo(server.host, server.port, calling="CTXTEST")
+    server.stop()
+    records = [
+        line for line in server.lines if str(line.get("logger", "")).startswith("pynetdicom")
+    ]
+    assert records, "pynetdicom logged at INFO"
+    contextual = [line for line in records if line.get("calling_ae_title") == "CTXTEST"]
+    assert contextual, "association context reaches pynetdicom's threads"
+    assert all(line["peer"].startswith("127.0.0.1:") for line in contextual)
+
+
+def test_pacsd_echo_command_reaches_the_server(server: PacsdProcess) -> None:
+    """`pacsd echo` exits 0 against a running server and reports success."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pacsd", "echo", "--host", server.host, "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "success (0x0000)" in result.stdout
 
 
 def test_store_keeps_every_sop_class_and_syntax_byte_identical(
