@@ -137,7 +137,6 @@ class Archive:
         return StoreOutcome.REPLACED
 
 
-
 def _check_matches_request(incoming: IncomingInstance, parsed: ParsedInstance) -> None:
     """PS3.4 B.2.3: the data set must be the instance the C-STORE request announced."""
     attributes = parsed.attributes
