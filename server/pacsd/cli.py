@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from pacsd import __version__
 from pacsd.settings import ConfigError, Settings, config_path_from, load_settings
@@ -63,13 +64,18 @@ def serve(config_path: Path | None) -> None:
     )
     try:
         code = run_daemon(settings, path)
-    except SchemaOutOfDate as exc:
-        get_logger("pacsd").error("cannot start", problem=str(exc))
-        _fail([str(exc)], EXIT_FAILURE)
-    except OSError as exc:
-        get_logger("pacsd").error("cannot start", problem=str(exc))
-        _fail([f"cannot start: {exc}"], EXIT_FAILURE)
+    except (SchemaOutOfDate, OSError, OperationalError) as exc:
+        problem = _start_problem(exc)
+        get_logger("pacsd").error("cannot start", problem=problem)
+        _fail([f"cannot start: {problem}"], EXIT_FAILURE)
     sys.exit(code)
+
+
+def _start_problem(exc: Exception) -> str:
+    """One line an operator can act on, for the errors that stop start-up."""
+    if isinstance(exc, OperationalError):
+        return f"index database unreachable: {str(exc.orig).splitlines()[0]}"
+    return str(exc)
 
 
 @main.group()
@@ -118,6 +124,8 @@ def db_upgrade(config_path: Path | None) -> None:
     engine = create_index_engine(settings.database.url, pool_size=1)
     try:
         status = upgrade(engine)
+    except OperationalError as exc:
+        _fail([_start_problem(exc)], EXIT_FAILURE)
     finally:
         engine.dispose()
     click.echo(f"database schema at revision {', '.join(status.current)}")

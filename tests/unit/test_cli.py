@@ -99,3 +99,16 @@ def test_echo_without_a_server_exits_1() -> None:
     result = pacsd("echo", "--host", "127.0.0.1", "--port", str(port), "--timeout", "3")
     assert result.returncode == 1
     assert "no association" in result.stderr
+
+
+def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
+    """serve and db upgrade against a database nobody answers: exit 1, no traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/absent"
+    for command in (("serve",), ("db", "upgrade")):
+        result = pacsd(*command, cwd=tmp_path, PACSD_DATABASE__URL=url, PACSD_NETWORK__PORT="0")
+        assert result.returncode == 1, command
+        assert "index database unreachable: connection failed" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
