@@ -17,10 +17,7 @@ from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EncapsulatedPDFStorage,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
     MRImageStorage,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
@@ -178,13 +175,3 @@ def ct_series(
     study = study or StudyContext()
     for number in range(1, count + 1):
         yield write_part10(ct_image(study, number, size), folder / f"ct{number:05d}.dcm")
-
-
-ALL_TRANSFER_SYNTAXES_UNDER_TEST = (
-    ImplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
-    JPEG2000Lossless,
-)

@@ -13,16 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pynetdicom import AE
 
-VERIFICATION = "1.2.840.10008.1.1"
+from pacsd.echo import send_echo
+
 START_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 60.0
 
 
 def free_loopback_host() -> str:
@@ -108,6 +108,11 @@ class PacsdProcess:
                 self.host, self.port = line["host"], int(line["port"])
                 self._listening.set()
 
+    @property
+    def storage_root(self) -> Path:
+        """The storage root of a server configured by `base_config`."""
+        return self.config_path.parent / "storage"
+
     def output(self) -> str:
         """Everything the server printed so far."""
         return "\n".join(self.raw_lines)
@@ -166,25 +171,23 @@ def wait_for_echo(host: str, port: int, timeout: float) -> None:
 
 
 def echo(host: str, port: int, calling: str = "TESTSCU", called: str = "PACSD") -> bool:
-    """One association, one C-ECHO; True when it succeeds."""
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 5
-    assoc = ae.associate(host, port, ae_title=called)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0x0000
-    finally:
-        assoc.release()
+    """One association, one C-ECHO (pacsd's own client); True when it succeeds."""
+    status, _ = send_echo(host, port, calling, called, timeout=5)
+    return status == 0x0000
 
 
-def running(folder: Path, config: dict[str, Any], **env: str) -> Iterator[PacsdProcess]:
-    """Generator for fixtures: a started server, stopped (and checked) afterwards."""
-    server = PacsdProcess.from_config(folder, config, **env).start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            server.stop()
+def pacsd_command(
+    *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pacsd <args>` to completion (bounded), PACSD_CONFIG cleared."""
+    environment = {**os.environ, **env}
+    environment.pop("PACSD_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pacsd", *args],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        cwd=cwd,
+        env=environment,
+        check=False,
+    )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +14,7 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, text
 
 from tests import datagen
-from tests.harness import PacsdProcess, base_config, echo
+from tests.harness import VERIFICATION, PacsdProcess, base_config, echo, pacsd_command
 from tests.inspect_archive import assert_index_matches_files, dataset_bytes, work_files
 from tests.scu import associate, chunked_send, file_context
 
@@ -63,7 +61,7 @@ def small_ct_files(folder: Path, count: int) -> list[Path]:
 
 def assert_stored_exactly(server: PacsdProcess, database_url: str, paths: list[Path]) -> None:
     """Every acknowledged file is stored byte-identical; index and files agree; no .part."""
-    storage = server.config_path.parent / "storage"
+    storage = server.storage_root
     rows = assert_index_matches_files(database_url, storage)
     by_uid = {row["sop_instance_uid"]: row for row in rows}
     for path in paths:
@@ -110,7 +108,7 @@ def test_sigterm_aborts_after_the_grace_period_and_loses_nothing(
     restarted = PacsdProcess(config_path=server.config_path).start()
     try:
         assert echo(restarted.host, restarted.port)
-        assert work_files(server.config_path.parent / "storage") == []
+        assert work_files(server.storage_root) == []
     finally:
         assert restarted.stop() == 0
     assert_stored_exactly(restarted, database_url, acknowledged)
@@ -121,7 +119,7 @@ def test_second_signal_stops_without_waiting(
 ) -> None:
     """A second SIGTERM skips the 30 s grace period; the idle association is aborted."""
     server = pacsd_server(database_url, daemon={"shutdown_grace_period": 30})
-    contexts = [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]
+    contexts = [(VERIFICATION, "1.2.840.10008.1.2")]
     with associate(server.host, server.port, contexts) as assoc:
         server.send_signal(signal.SIGTERM)
         _wait_for_event(server, "stopping: no new associations, draining")
@@ -170,21 +168,10 @@ def _ipv6_loopback_available() -> bool:
         return False
 
 
-def pacsd_command(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `pacsd <args> --config <config>` to completion (bounded)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pacsd", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        check=False,
-    )
-
-
 def test_serve_refuses_an_out_of_date_schema(database_url: str, tmp_path: Path) -> None:
     """A database behind the migrations stops start-up (exit 1) until `pacsd db upgrade`."""
     server = PacsdProcess.from_config(tmp_path, base_config(tmp_path, database_url))
-    upgraded = pacsd_command(server.config_path, "db", "upgrade")
+    upgraded = pacsd_command("db", "upgrade", "--config", str(server.config_path))
     assert upgraded.returncode == 0, upgraded.stderr
     assert "revision 0001" in upgraded.stdout
     engine = create_engine(database_url)
@@ -192,6 +179,6 @@ def test_serve_refuses_an_out_of_date_schema(database_url: str, tmp_path: Path) 
         connection.execute(text("DELETE FROM alembic_version"))
     engine.dispose()
 
-    refused = pacsd_command(server.config_path, "serve")
+    refused = pacsd_command("serve", "--config", str(server.config_path))
     assert refused.returncode == 1
     assert "run `pacsd db upgrade`" in refused.stderr

@@ -33,16 +33,11 @@ def sop_instance_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def storage_of(server: PacsdProcess) -> Path:
-    """The storage root of a harness-started server."""
-    return server.config_path.parent / "storage"
-
-
 def assert_nothing_stored(server: PacsdProcess, database_url: str) -> None:
     """No index row, no instance file, no leftover work file."""
     assert index_rows(database_url) == []
-    assert stored_files(storage_of(server)) == {}
-    assert [p for p in work_files(storage_of(server)) if p.suffix == ".part"] == []
+    assert stored_files(server.storage_root) == {}
+    assert [p for p in work_files(server.storage_root) if p.suffix == ".part"] == []
 
 
 def assert_still_serving(server: PacsdProcess, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from pydicom.uid import (
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
 from tests import datagen
-from tests.harness import PacsdProcess, echo
+from tests.harness import PacsdProcess, echo, pacsd_command
 from tests.inspect_archive import assert_index_matches_files, dataset_bytes, file_meta
 from tests.scu import store_files
 
@@ -42,11 +40,6 @@ CASES: list[tuple[Callable[[datagen.StudyContext, int], Dataset], str]] = [
     (datagen.mr_image, JPEGBaseline8Bit),
     (datagen.us_multiframe, MPEG4HP41),
 ]
-
-
-def storage_root(server: PacsdProcess) -> Path:
-    """The storage root of a harness-started server."""
-    return server.config_path.parent / "storage"
 
 
 def test_c_echo_succeeds_and_logs_the_association(server: PacsdProcess) -> None:
@@ -82,13 +75,7 @@ def test_pynetdicom_records_share_the_json_format_and_context(
 
 def test_pacsd_echo_command_reaches_the_server(server: PacsdProcess) -> None:
     """`pacsd echo` exits 0 against a running server and reports success."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pacsd", "echo", "--host", server.host, "--port", str(server.port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = pacsd_command("echo", "--host", server.host, "--port", str(server.port))
     assert result.returncode == 0, result.stderr
     assert "success (0x0000)" in result.stdout
 
@@ -112,7 +99,7 @@ def test_store_keeps_every_sop_class_and_syntax_byte_identical(
     for source, (_, syntax) in zip(sources, CASES, strict=True):
         sent = dcmread(source, stop_before_pixels=True)
         row = rows[sent.SOPInstanceUID]
-        stored = storage_root(server) / row["file_path"]
+        stored = server.storage_root / row["file_path"]
         assert dataset_bytes(stored) == dataset_bytes(source), f"{syntax} changed in storage"
         meta = file_meta(stored)
         assert meta.TransferSyntaxUID == syntax
@@ -124,7 +111,7 @@ def test_store_keeps_every_sop_class_and_syntax_byte_identical(
 
 def index_rows_checked(server: PacsdProcess, database_url: str) -> list[dict[str, object]]:
     """The index rows, after checking that they and the files agree."""
-    return assert_index_matches_files(database_url, storage_root(server))
+    return assert_index_matches_files(database_url, server.storage_root)
 
 
 def assert_row_describes(row: dict[str, object], sent: Dataset, syntax: str, stored: Path) -> None:
@@ -196,7 +183,7 @@ def test_duplicate_policy(
 
     rows = index_rows_checked(server, database_url)
     assert len(rows) == 1, "one SOP instance, one row, one file"
-    kept = storage_root(server) / str(rows[0]["file_path"])
+    kept = server.storage_root / str(rows[0]["file_path"])
     if policy == "reject":
         assert (status, comment) == (0x0111, "SOP Instance UID already stored")
     else:

@@ -38,11 +38,6 @@ def storescu(server: PacsdProcess, files: Sequence[Path], *options: str) -> list
     return [*dcmtk_command(server, "storescu", *options), *map(str, files)]
 
 
-def storage_root(server: PacsdProcess) -> Path:
-    """The storage root of a harness-started server."""
-    return server.config_path.parent / "storage"
-
-
 def sop_instance_uids(files: Sequence[Path]) -> set[str]:
     """The SOP Instance UIDs of some files."""
     return {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files}
@@ -62,7 +57,7 @@ def test_storescu_folder_over_one_association(
     files = list(datagen.ct_series(tmp_path / "in", 210, size=64))
     result = run(storescu(server, [tmp_path / "in"], "+sd"))
     assert result.returncode == 0, result.stderr
-    rows = assert_index_matches_files(database_url, storage_root(server))
+    rows = assert_index_matches_files(database_url, server.storage_root)
     assert sorted(row["sop_instance_uid"] for row in rows) == sorted(sop_instance_uids(files))
     assert {row["calling_ae_title"] for row in rows} == {"DCMTKSCU"}
     server.stop()
@@ -86,7 +81,7 @@ def test_four_storescu_processes_at_once(
     for process in processes:
         _, stderr = process.communicate(timeout=TOOL_TIMEOUT_S)
         assert process.returncode == 0, stderr
-    rows = assert_index_matches_files(database_url, storage_root(server))
+    rows = assert_index_matches_files(database_url, server.storage_root)
     expected = sop_instance_uids([path for batch in batches for path in batch])
     assert len(rows) == len(expected) == 240
     assert {row["sop_instance_uid"] for row in rows} == expected
@@ -106,9 +101,9 @@ def test_concurrent_duplicates_are_indexed_once(
     for process in processes:
         _, stderr = process.communicate(timeout=TOOL_TIMEOUT_S)
         assert process.returncode == 0, stderr
-    rows = assert_index_matches_files(database_url, storage_root(server))
+    rows = assert_index_matches_files(database_url, server.storage_root)
     assert sorted(row["sop_instance_uid"] for row in rows) == sorted(sop_instance_uids(files))
-    assert [p for p in work_files(storage_root(server)) if p.suffix == ".part"] == []
+    assert [p for p in work_files(server.storage_root) if p.suffix == ".part"] == []
 
 
 @pytest.mark.parametrize(("syntax", "option"), [(RLELossless, "-xr"), (JPEG2000Lossless, "-xv")])
@@ -121,6 +116,6 @@ def test_storescu_compressed_syntax_is_stored_as_sent(
     )
     result = run(storescu(server, [source], option))
     assert result.returncode == 0, result.stderr
-    [row] = assert_index_matches_files(database_url, storage_root(server))
+    [row] = assert_index_matches_files(database_url, server.storage_root)
     assert row["transfer_syntax_uid"] == syntax
-    assert dataset_bytes(storage_root(server) / str(row["file_path"])) == dataset_bytes(source)
+    assert dataset_bytes(server.storage_root / str(row["file_path"])) == dataset_bytes(source)

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from pacsd import __version__
+from tests.harness import pacsd_command
 
-
-def pacsd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the pacsd command to completion (bounded)."""
-    environment = {**os.environ, **env}
-    environment.pop("PACSD_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pacsd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=environment,
-        check=False,
-    )
+pacsd = pacsd_command
 
 
 def test_version() -> None:

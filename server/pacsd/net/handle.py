@@ -136,8 +136,3 @@ class HandleRegistry:
         if handle is not None:
             handle.close()
         return handle
-
-    def snapshot(self) -> list[ClientHandle]:
-        """The live handles, oldest first."""
-        with self._lock:
-            return sorted(self._handles.values(), key=lambda h: h.connected_at)
