@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from pacsd.echo import send_echo
+from pacsd.net.contexts import VERIFICATION_SOP_CLASS
 
+VERIFICATION = VERIFICATION_SOP_CLASS  # for the tests that propose it
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 60.0
 
