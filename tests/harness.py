@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from pacsd.dicom.sop_classes import VERIFICATION as VERIFICATION_SOP_CLASS
 from pacsd.echo import send_echo
-from pacsd.net.contexts import VERIFICATION_SOP_CLASS
 
 VERIFICATION = VERIFICATION_SOP_CLASS  # for the tests that propose it
 START_TIMEOUT_S = 30.0
@@ -37,6 +37,7 @@ def base_config(root: Path, database_url: str | None = None, **overrides: Any) -
     config: dict[str, Any] = {
         "ae_title": "PACSD",
         "network": {"host": free_loopback_host(), "port": 0, "acse_timeout": 10},
+        "status": {"host": free_loopback_host(), "port": 0},
         "database": {"url": database_url or f"sqlite:///{root / 'index.sqlite'}"},
         "storage": {"root": str(root / "storage"), "min_free_space": "1MB"},
         "logging": {"format": "json", "level": "INFO"},
@@ -59,6 +60,7 @@ class PacsdProcess:
     process: subprocess.Popen[str] | None = None
     host: str = ""
     port: int = 0
+    status_url: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
     _listening: threading.Event = field(default_factory=threading.Event)
@@ -106,6 +108,8 @@ class PacsdProcess:
             except json.JSONDecodeError:
                 continue
             self.lines.append(line)
+            if line.get("event") == "status interface listening":
+                self.status_url = str(line["url"])
             if line.get("event") == "listening":
                 self.host, self.port = line["host"], int(line["port"])
                 self._listening.set()

@@ -2,7 +2,7 @@
 
 SIGTERM or SIGINT: stop accepting, let running associations finish within the grace period,
 abort the rest, wait for their handlers, close the database, exit 0. A second signal skips the
-rest of the grace period.
+rest of the grace period. SIGHUP: reload the policies and the peer table (runtime.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import get_logger
 from pacsd.net.listener import Listener, configure_pynetdicom
+from pacsd.net.status import StatusServer
+from pacsd.policy.rules import Match
+from pacsd.runtime import RuntimeConfig
 from pacsd.services.storage import StorageService
 from pacsd.settings import Settings
 from pacsd.storage.filesystem import FilesystemStore
@@ -26,39 +29,58 @@ from pacsd.storage.filesystem import FilesystemStore
 log = get_logger("pacsd.daemon")
 
 
-class StopSignals:
-    """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it."""
+class Signals:
+    """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
+
+    Handlers only set flags and wake the main thread, which does the work outside the handler.
+    """
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.force = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()
 
     def install(self) -> None:
         """Register the handlers (main thread only)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
-            log.warning("second signal: stopping now", signal=name)
             self.force.set()
-        else:
-            log.info("stopping: no new associations, draining", signal=name)
-            self.stop.set()
+        self.stop.set()
+        self.wake.set()
+
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _warn_about_insecure_settings(settings: Settings) -> None:
     host = settings.network.host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    accepts_anyone = any(rule.action == "accept" for rule in settings.policies)
-    if not loopback and accepts_anyone:
+    open_rules = [r.name for r in settings.policies if r.action == "accept" and r.match == Match()]
+    if not _is_loopback(host) and open_rules:
         log.warning(
-            "insecure: listening beyond loopback with a policy that accepts every peer",
+            "insecure: listening beyond loopback with a rule that accepts every peer",
             host=host,
+            rules=open_rules,
+        )
+    if settings.status.enabled and not _is_loopback(settings.status.host):
+        log.warning("the status interface listens beyond loopback", host=settings.status.host)
+    asserted = [r.name for r in settings.policies if r.match.username is not None]
+    if asserted:
+        log.warning(
+            "rules match on a username the peer asserts; pacsd does not verify it yet",
+            rules=asserted,
         )
     if settings.logging.log_patient_data:
         log.warning("logging.log_patient_data is on: logs will contain patient identifiers")
@@ -78,22 +100,60 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             log.info("removed leftovers of an interrupted run", files=removed)
         configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
         archive = Archive(files, index, settings.storage.duplicate_policy)
-        listener = Listener(settings, StorageService(archive), rules=lambda: settings.policies)
-        return _run_until_stopped(settings, listener)
+        runtime = RuntimeConfig(settings, config_source)
+        listener = Listener(settings, StorageService(archive), policy=runtime.policy)
+        return _run_until_stopped(settings, runtime, listener)
     finally:
         index.dispose()
         log.info("stopped")
 
 
-def _run_until_stopped(settings: Settings, listener: Listener) -> int:
-    signals = StopSignals()
+def _start_status(settings: Settings, listener: Listener) -> StatusServer | None:
+    status = settings.status
+    if not status.enabled:
+        return None
+    server = StatusServer(status.host, status.port, listener.status_snapshot)
+    server.start()
+    host, port = server.address
+    log.info("status interface listening", url=f"http://{_url_host(host)}:{port}/associations")
+    return server
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _run_until_stopped(settings: Settings, runtime: RuntimeConfig, listener: Listener) -> int:
+    signals = Signals()
     signals.install()
     host, port = listener.start()
-    log.info("listening", host=host, port=port, ae_title=settings.ae_title)
-    signals.stop.wait()
-    listener.stop_accepting()
+    status = None
+    try:
+        status = _start_status(settings, listener)
+        log.info("listening", host=host, port=port, ae_title=settings.ae_title)
+        _wait_for_stop(signals, runtime)
+    finally:
+        if status is not None:
+            status.stop()
+        listener.stop_accepting()
     grace = settings.daemon.shutdown_grace_period
     if not listener.drain(grace, signals.force):
         aborted = listener.abort_all()
         log.warning("aborted associations still running after the grace period", count=aborted)
     return 0
+
+
+def _wait_for_stop(signals: Signals, runtime: RuntimeConfig) -> None:
+    """Serve until SIGTERM/SIGINT, reloading the configuration on each SIGHUP."""
+    while True:
+        signals.wake.wait()
+        signals.wake.clear()
+        if signals.reload.is_set():
+            signals.reload.clear()
+            log.info("SIGHUP: reloading the configuration")
+            runtime.reload()
+        if signals.stop.is_set():
+            if signals.force.is_set():
+                log.warning("second signal: stopping now")
+            log.info("stopping: no new associations, draining")
+            return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pynetdicom import AE
 
-from pacsd.net.contexts import VERIFICATION_SOP_CLASS
+from pacsd.dicom.sop_classes import VERIFICATION
 
 
 def send_echo(
@@ -12,7 +12,7 @@ def send_echo(
 ) -> tuple[int | None, str]:
     """One association, one C-ECHO: (status or None, problem description or '')."""
     ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     assoc = ae.associate(host, port, ae_title=called_ae_title)

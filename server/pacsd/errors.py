@@ -39,3 +39,9 @@ class DuplicateRejected(DicomStatusError):
     """PS3.7 C.5: Duplicate SOP Instance (0x0111), used by the `reject` duplicate policy."""
 
     status = 0x0111
+
+
+class NotAuthorized(DicomStatusError):
+    """PS3.7 C.5.21: Refused: Not Authorized (0x0124): the policy forbids this operation."""
+
+    status = 0x0124

@@ -26,6 +26,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pacsd.policy.rules import PolicyRule, default_policies
+
 ENV_PREFIX = "PACSD_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV_VAR = "PACSD_CONFIG"
@@ -131,23 +133,12 @@ class Peer(StrictModel):
     description: str = ""
 
 
-class Service(StrEnum):
-    """Service groups a policy rule can grant."""
+class StatusSettings(StrictModel):
+    """The read-only status interface (`pacsd associations`): HTTP on a loopback address."""
 
-    VERIFICATION = "verification"
-    STORAGE = "storage"
-
-
-class PolicyRule(StrictModel):
-    """One acceptance rule. The full matcher set arrives with the policy engine (issue 3)."""
-
-    name: str = Field(min_length=1)
-    action: Literal["accept", "reject"] = "accept"
-    services: list[Service] = Field(default_factory=lambda: [Service.VERIFICATION, Service.STORAGE])
-
-
-def _default_policies() -> list[PolicyRule]:
-    return [PolicyRule(name="accept-all", action="accept")]
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=11113, ge=0, le=65535)
 
 
 class Settings(BaseSettings):
@@ -166,8 +157,9 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
+    status: StatusSettings = StatusSettings()
     peers: list[Peer] = Field(default_factory=list)
-    policies: list[PolicyRule] = Field(default_factory=_default_policies)
+    policies: list[PolicyRule] = Field(default_factory=default_policies)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pacsd.settings import ConfigError, DuplicatePolicy, Service, config_path_from, load_settings
+from pacsd.settings import ConfigError, DuplicatePolicy, config_path_from, load_settings
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,10 @@ def test_embedded_default_is_the_documented_one() -> None:
     assert settings.storage.duplicate_policy is DuplicatePolicy.KEEP_FIRST
     [rule] = settings.policies
     assert rule.action == "accept"
-    assert set(rule.services) == {Service.VERIFICATION, Service.STORAGE}
+    assert rule.match.calling_ae is None
+    assert rule.match.address is None
+    assert rule.sop_classes == ["verification", "storage", "query-retrieve"]
+    assert rule.peer_scp_role == ["storage"]
 
 
 def test_config_file_in_repository_equals_the_embedded_default() -> None:
@@ -86,7 +89,7 @@ def test_config_path_from_cli_then_environment(monkeypatch: pytest.MonkeyPatch) 
         ("storage:\n  min_free_space: lots\n", "storage.min_free_space:"),
         ("database:\n  url: mysql://x/y\n", "database.url: pacsd supports sqlite"),
         ("logging:\n  format: xml\n", "logging.format: Input should be"),
-        ("policies:\n  - {name: a, services: [printing]}\n", "policies.0.services.0:"),
+        ("policies:\n  - {name: a, sop_classes: [printing]}\n", "policies.0.sop_classes.0:"),
         ("network: 5\n", "network: Input should be a valid dictionary"),
     ],
 )

@@ -9,6 +9,7 @@ it), then lossless compression, and a lossy or video syntax only when nothing el
 from __future__ import annotations
 
 from pydicom.uid import (
+    UID,
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -52,3 +53,37 @@ OTHER = tuple(
 )
 STORAGE_PREFERENCE: tuple[str, ...] = (*UNCOMPRESSED, *LOSSLESS, *OTHER, *VIDEO)
 VERIFICATION_PREFERENCE: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+# Named groups a policy's `transfer_syntaxes` can use. "lossy" holds every syntax that is not
+# uncompressed, lossless or video: lossy (or possibly lossy) compression and referenced pixel data.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "uncompressed": UNCOMPRESSED,
+    "lossless": LOSSLESS,
+    "lossy": OTHER,
+    "video": VIDEO,
+    "all": STORAGE_PREFERENCE,
+}
+
+
+def resolve(token: str) -> tuple[str, ...]:
+    """The transfer syntax UIDs a policy entry names: a group, a keyword or a UID, in order.
+
+    Raises ValueError naming the entry when it is none of these.
+    """
+    if token in GROUPS:
+        return GROUPS[token]
+    for uid in STORAGE_PREFERENCE:
+        if token in (uid, UID(uid).keyword):
+            return (uid,)
+    raise ValueError(
+        f"{token!r} is not a transfer syntax group ({', '.join(GROUPS)}), "
+        "a transfer syntax keyword such as JPEG2000Lossless, or a transfer syntax UID"
+    )
+
+
+def group_of(uid: str) -> str:
+    """The group a transfer syntax belongs to, for explanations."""
+    for name in ("uncompressed", "lossless", "video"):
+        if uid in GROUPS[name]:
+            return name
+    return "lossy"

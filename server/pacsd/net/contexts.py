@@ -1,45 +1,74 @@
-"""Presentation contexts pacsd can accept, per service group, built once per process."""
+"""Presentation contexts for one association, built from its policy grant.
+
+pacsd accepts a context only where the policy grants the SOP class and pacsd serves the
+operation behind it; the order of each context's transfer syntaxes is the rule's preference,
+because pynetdicom picks the first of the acceptor's syntaxes that the peer proposed
+(presentation.py, negotiate_as_acceptor).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from functools import cache
 
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.presentation import PresentationContext
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
-from pacsd.dicom.transfer_syntaxes import STORAGE_PREFERENCE, VERIFICATION_PREFERENCE
-from pacsd.settings import Service
+from pacsd.dicom.sop_classes import operation_of
+from pacsd.policy.engine import Grant
 
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # PS3.4 A.4
+# The operations this version of pacsd has a service for.
+SERVED_OPERATIONS = frozenset({"echo", "store"})
 # Offered at server level only so that pynetdicom starts; no peer can propose it. If the per-
 # association policy step failed to run, negotiation would therefore accept nothing (fail closed).
 _PLACEHOLDER_ABSTRACT_SYNTAX = f"{IMPLEMENTATION_CLASS_UID}.0.1"
 
 
-def _context(abstract_syntax: str, transfer_syntaxes: Iterable[str]) -> PresentationContext:
+def is_served(sop_class_uid: str) -> bool:
+    """True when pacsd has a service for the SOP class."""
+    return operation_of(sop_class_uid) in SERVED_OPERATIONS
+
+
+def _context(
+    abstract_syntax: str,
+    transfer_syntaxes: Iterable[str],
+    scu_role: bool | None = None,
+    scp_role: bool | None = None,
+) -> PresentationContext:
     context = PresentationContext()
     context.abstract_syntax = abstract_syntax
     context.transfer_syntax = list(transfer_syntaxes)
+    # As acceptor: whether to accept the peer proposing the SCU / the SCP role (PS3.7 D.3.3.4).
+    context.scu_role = scu_role
+    context.scp_role = scp_role
     return context
 
 
-@cache
-def storage_sop_classes() -> tuple[str, ...]:
-    """Every storage SOP class pynetdicom knows."""
-    return tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+class ContextCache:
+    """The acceptor contexts of each grant, built once and shared (pynetdicom only reads them)."""
 
+    def __init__(self, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._built: dict[int, tuple[Grant, tuple[PresentationContext, ...]]] = {}
+        self._lock = threading.Lock()
 
-@cache
-def contexts_for(services: frozenset[Service]) -> tuple[PresentationContext, ...]:
-    """The supported contexts for a set of granted service groups (shared, read-only)."""
-    contexts: list[PresentationContext] = []
-    if Service.VERIFICATION in services:
-        contexts.append(_context(VERIFICATION_SOP_CLASS, VERIFICATION_PREFERENCE))
-    if Service.STORAGE in services:
-        contexts.extend(_context(uid, STORAGE_PREFERENCE) for uid in storage_sop_classes())
-    return tuple(contexts)
+    def contexts_for(self, grant: Grant) -> list[PresentationContext]:
+        """The supported contexts of an association the policy granted `grant`."""
+        with self._lock:
+            cached = self._built.get(id(grant))
+            if cached is not None and cached[0] is grant:
+                return list(cached[1])
+        contexts = tuple(
+            _context(uid, syntaxes, scu_role=True, scp_role=uid in grant.peer_scp)
+            for uid, syntaxes in grant.transfer_syntaxes.items()
+            if is_served(uid)
+        )
+        with self._lock:
+            if len(self._built) >= self._capacity:
+                self._built.clear()  # grants of replaced configurations
+            self._built[id(grant)] = (grant, contexts)
+        return list(contexts)
 
 
 def placeholder_contexts() -> list[PresentationContext]:

@@ -1,7 +1,8 @@
 """The client handle: one per connection, alive while the association is.
 
 Built when the connection opens, completed when the A-ASSOCIATE-RQ arrives and when negotiation
-ends, handed to every service handler as one typed object, and logged once when it closes.
+ends, handed to every service handler as one typed object, listed by the status interface, and
+logged once when it closes.
 """
 
 from __future__ import annotations
@@ -9,37 +10,65 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
 
+from pacsd.dicom.sop_classes import sop_class_keyword
 from pacsd.logs import ThreadContext, get_logger
 from pacsd.policy.engine import Decision
+from pacsd.policy.limits import Slot
 
 HandleState = Literal["connected", "requested", "established", "rejected", "released", "aborted"]
 
 
 @dataclass(frozen=True)
-class AcceptedContext:
-    """A negotiated presentation context (PS3.8 9.3.3.2)."""
+class NegotiatedContext:
+    """A presentation context after negotiation (PS3.8 9.3.3.2); roles are pacsd's own."""
 
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
-    scu_role: bool
-    scp_role: bool
+    result: int  # 0 acceptance, 1 user rejection, 3 abstract / 4 transfer syntax not supported
+    pacsd_scu: bool = False
+    pacsd_scp: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the SOP class keyword."""
+        return {**asdict(self), "sop_class": sop_class_keyword(self.abstract_syntax)}
+
+
+@dataclass
+class ServiceCounters:
+    """Operations of one DIMSE service on the association."""
+
+    invoked: int = 0
+    completed: int = 0
+    failed: int = 0
 
 
 @dataclass
 class Counters:
     """What happened on the association so far."""
 
-    operations: int = 0
-    failures: int = 0
+    services: dict[str, ServiceCounters] = field(default_factory=dict)
     instances_stored: int = 0
+    dataset_bytes_stored: int = 0
     bytes_received: int = 0
+    bytes_sent: int = 0
+
+    @property
+    def operations(self) -> int:
+        """Operations completed, all services together."""
+        return sum(c.completed for c in self.services.values())
+
+    @property
+    def failures(self) -> int:
+        """Operations that ended with a failure status."""
+        return sum(c.failed for c in self.services.values())
 
 
 @dataclass
@@ -53,8 +82,14 @@ class ClientHandle:
     calling_ae_title: str = ""
     called_ae_title: str = ""
     state: HandleState = "connected"
+    peer_implementation_class_uid: str = ""
+    peer_implementation_version_name: str = ""
+    username: str | None = None
+    peer_max_pdu_size: int | None = None  # what the peer receives (0: unlimited)
+    local_max_pdu_size: int | None = None  # what pacsd offered to receive
     decision: Decision | None = None
-    accepted_contexts: list[AcceptedContext] = field(default_factory=list)
+    slot: Slot | None = None
+    contexts: list[NegotiatedContext] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     log: structlog.stdlib.BoundLogger = field(init=False)
     _started: float = field(default_factory=time.monotonic, init=False)
@@ -89,18 +124,73 @@ class ClientHandle:
         self._thread_ids = thread_ids
         ThreadContext.bind(thread_ids, self.log_context())
 
-    def record_operation(self, failed: bool, stored: bool = False, size: int = 0) -> None:
-        """Count one DIMSE operation."""
+    @property
+    def accepted_contexts(self) -> list[NegotiatedContext]:
+        """The contexts the peer may use."""
+        return [cx for cx in self.contexts if cx.result == 0]
+
+    def operation_started(self, service: str) -> None:
+        """Count a DIMSE request as invoked."""
         with self._lock:
-            self.counters.operations += 1
-            self.counters.failures += int(failed)
+            self.counters.services.setdefault(service, ServiceCounters()).invoked += 1
+
+    def operation_finished(
+        self, service: str, failed: bool, stored: bool = False, size: int = 0
+    ) -> None:
+        """Count a DIMSE request as completed, with its outcome (`size`: data set bytes)."""
+        with self._lock:
+            counters = self.counters.services.setdefault(service, ServiceCounters())
+            counters.completed += 1
+            counters.failed += int(failed)
             self.counters.instances_stored += int(stored)
+            self.counters.dataset_bytes_stored += size if stored else 0
+
+    def data_received(self, size: int) -> None:
+        """Count bytes read from the peer (whole PDUs)."""
+        with self._lock:
             self.counters.bytes_received += size
+
+    def data_sent(self, size: int) -> None:
+        """Count bytes written to the peer (whole PDUs)."""
+        with self._lock:
+            self.counters.bytes_sent += size
 
     @property
     def duration_s(self) -> float:
         """Seconds since the connection opened."""
         return time.monotonic() - self._started
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an operator may want to see, JSON-ready."""
+        decision = self.decision
+        with self._lock:
+            services = {name: asdict(c) for name, c in self.counters.services.items()}
+            counters = {
+                "services": services,
+                "instances_stored": self.counters.instances_stored,
+                "dataset_bytes_stored": self.counters.dataset_bytes_stored,
+                "bytes_received": self.counters.bytes_received,
+                "bytes_sent": self.counters.bytes_sent,
+            }
+        return {
+            "association_id": self.association_id,
+            "state": self.state,
+            "peer_address": self.peer_address,
+            "peer_port": self.peer_port,
+            "calling_ae_title": self.calling_ae_title,
+            "called_ae_title": self.called_ae_title,
+            "connected_at": self.connected_at.isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "peer_implementation_class_uid": self.peer_implementation_class_uid,
+            "peer_implementation_version_name": self.peer_implementation_version_name,
+            "username": self.username,
+            "peer_max_pdu_size": self.peer_max_pdu_size,
+            "local_max_pdu_size": self.local_max_pdu_size,
+            "rule": decision.rule if decision else None,
+            "accepted_contexts": [cx.as_dict() for cx in self.accepted_contexts],
+            "rejected_contexts": [cx.as_dict() for cx in self.contexts if cx.result != 0],
+            "counters": counters,
+        }
 
     def close(self) -> None:
         """Forget the thread bindings; the handle stays readable for its final log line."""
@@ -129,6 +219,11 @@ class HandleRegistry:
                 handle = self._handles[key] = ClientHandle.connect("unknown", 0)
             return handle
 
+    def find(self, key: object) -> ClientHandle | None:
+        """The handle of `key` if it is registered."""
+        with self._lock:
+            return self._handles.get(key)
+
     def close(self, key: object) -> ClientHandle | None:
         """Remove and return the handle of `key`."""
         with self._lock:
@@ -136,3 +231,15 @@ class HandleRegistry:
         if handle is not None:
             handle.close()
         return handle
+
+    def close_finished(self, is_finished: Callable[[object], bool]) -> list[ClientHandle]:
+        """Remove the handles whose association ended without pacsd seeing it close."""
+        with self._lock:
+            keys = [key for key in self._handles if is_finished(key)]
+        return [handle for key in keys if (handle := self.close(key)) is not None]
+
+    def live(self) -> list[ClientHandle]:
+        """The registered handles, oldest first."""
+        with self._lock:
+            handles = list(self._handles.values())
+        return sorted(handles, key=lambda handle: handle.connected_at)

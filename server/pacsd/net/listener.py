@@ -15,11 +15,12 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsd import __version__
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsd.logs import get_logger
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
-from pacsd.net.negotiation import Negotiator, RulesProvider
+from pacsd.net.negotiation import Negotiator, PolicyProvider
 from pacsd.services.guard import guarded
 from pacsd.services.storage import StorageService
 from pacsd.services.verification import on_c_echo
@@ -57,10 +58,10 @@ class _Server(ThreadedAssociationServer):
 class Listener:
     """Accepts associations on the configured address until stopped."""
 
-    def __init__(self, settings: Settings, storage: StorageService, rules: RulesProvider) -> None:
+    def __init__(self, settings: Settings, storage: StorageService, policy: PolicyProvider) -> None:
         self.settings = settings
         self.handles = HandleRegistry()
-        self.negotiator = Negotiator(rules, self.handles)
+        self.negotiator = Negotiator(policy, self.handles, settings.network.max_pdu_size)
         self.ae = self._build_ae(settings)
         self.storage = storage
         self._server: _Server | None = None
@@ -71,7 +72,10 @@ class Listener:
         network = settings.network
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = network.max_pdu_size
-        ae.maximum_associations = network.max_associations
+        # pacsd counts associations itself (policy limits, network.max_associations) and answers
+        # "local limit exceeded"; pynetdicom's own count includes connections being rejected, so
+        # it only backs that up.
+        ae.maximum_associations = 2 * network.max_associations + 8
         ae.acse_timeout = network.acse_timeout
         ae.dimse_timeout = network.dimse_timeout
         ae.network_timeout = network.network_timeout
@@ -90,9 +94,25 @@ class Listener:
             (evt.EVT_RELEASED, negotiator.on_released),
             (evt.EVT_ABORTED, negotiator.on_aborted),
             (evt.EVT_CONN_CLOSE, negotiator.on_connection_close),
-            (evt.EVT_C_ECHO, guarded("C-ECHO", on_c_echo, self.handle_of)),
-            (evt.EVT_C_STORE, guarded("C-STORE", self.storage.on_c_store, self.handle_of)),
+            (evt.EVT_DATA_RECV, negotiator.on_data_received),
+            (evt.EVT_DATA_SENT, negotiator.on_data_sent),
+            (evt.EVT_C_ECHO, guarded("C-ECHO", "echo", on_c_echo, self.handle_of)),
+            (
+                evt.EVT_C_STORE,
+                guarded("C-STORE", "store", self.storage.on_c_store, self.handle_of),
+            ),
         ]
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What the status interface serves: this listener and its live client handles."""
+        handles = self.handles.live()
+        return {
+            "ae_title": self.settings.ae_title,
+            "pacsd_version": __version__,
+            "associations_accepted": self.negotiator.slots.total(),
+            "max_associations": self.settings.network.max_associations,
+            "associations": [handle.snapshot() for handle in handles],
+        }
 
     def handle_of(self, event: Event) -> ClientHandle:
         """The client handle of the association an event belongs to."""

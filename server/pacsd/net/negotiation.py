@@ -7,33 +7,42 @@ handler catches everything and rejects (fail closed); the server-level contexts 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import cast
 
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from pynetdicom.presentation import PresentationContext
 
-from pacsd.net.contexts import contexts_for
-from pacsd.net.handle import AcceptedContext, ClientHandle, HandleRegistry
+from pacsd.net.contexts import ContextCache
+from pacsd.net.handle import ClientHandle, HandleRegistry, NegotiatedContext
 from pacsd.policy.engine import (
     REJECT_TRANSIENT_NO_REASON,
     AssociationRequest,
     Decision,
-    decide,
+    Grant,
+    Policy,
 )
-from pacsd.settings import PolicyRule
+from pacsd.policy.limits import AssociationSlots
 
-RulesProvider = Callable[[], Sequence[PolicyRule]]
+PolicyProvider = Callable[[], Policy]
+_USERNAME_IDENTITY_TYPES = (1, 2)  # PS3.7 D.3.3.7: username, username and passcode
 
 
 class Negotiator:
     """Event handlers that fill the client handle and apply the policy decision."""
 
-    def __init__(self, rules: RulesProvider, handles: HandleRegistry) -> None:
-        self.rules = rules
+    def __init__(self, policy: PolicyProvider, handles: HandleRegistry, max_pdu_size: int) -> None:
+        self.policy = policy
         self.handles = handles
+        self.slots = AssociationSlots()
+        self.contexts = ContextCache()
+        self.max_pdu_size = max_pdu_size
 
     def on_connection_open(self, event: Event) -> None:
-        """EVT_CONN_OPEN: a handle for the new connection."""
+        """EVT_CONN_OPEN: a handle for the new connection; forget handles whose end was missed."""
+        self._close_finished()
         peer = event.assoc.requestor
         handle = self.handles.open(event.assoc, str(peer.address), int(peer.port or 0))
         handle.log.debug("connection opened")
@@ -43,69 +52,96 @@ class Negotiator:
         assoc = event.assoc
         handle = self.handles.get(assoc)
         try:
-            decision = self._decide(assoc, handle)
-            if decision.accepted:
-                assoc.acceptor.supported_contexts = list(contexts_for(decision.services))
+            request = self._read_request(assoc, handle)
+            decision, handle.slot = self.slots.admit(request, self.policy())
+            handle.decision = decision
+            if decision.grant is not None:
+                self._apply(assoc, handle, decision.grant)
         except Exception:
             handle.log.exception("policy evaluation failed; rejecting (fail closed)")
             decision = Decision.reject(REJECT_TRANSIENT_NO_REASON, "policy evaluation failed")
-        handle.decision = decision
+            handle.decision = decision
         if not decision.accepted:
             self._reject(assoc, handle, decision)
 
-    def _decide(self, assoc: Association, handle: ClientHandle) -> Decision:
-        primitive = assoc.requestor.primitive
+    def _read_request(self, assoc: Association, handle: ClientHandle) -> AssociationRequest:
+        requestor = assoc.requestor
+        primitive = requestor.primitive
         assert primitive is not None  # EVT_REQUESTED fires once the request has arrived
         handle.requested(
             calling_ae_title=str(primitive.calling_ae_title).strip(),
             called_ae_title=str(primitive.called_ae_title).strip(),
             thread_ids=(assoc.ident, assoc.dul.ident),
         )
-        request = AssociationRequest(
+        handle.peer_implementation_class_uid = str(requestor.implementation_class_uid or "")
+        handle.peer_implementation_version_name = str(requestor.implementation_version_name or "")
+        handle.peer_max_pdu_size = requestor.maximum_length
+        identity = requestor.user_identity
+        if identity is not None and identity.user_identity_type in _USERNAME_IDENTITY_TYPES:
+            handle.username = bytes(identity.primary_field or b"").decode("utf-8", "replace")
+        return AssociationRequest(
             calling_ae_title=handle.calling_ae_title,
             called_ae_title=handle.called_ae_title,
             peer_address=handle.peer_address,
             peer_port=handle.peer_port,
+            username=handle.username,
+            tls_subject=None,  # the TLS listener (security issue) fills this in
         )
-        return decide(request, self.rules())
+
+    def _apply(self, assoc: Association, handle: ClientHandle, grant: Grant) -> None:
+        acceptor = assoc.acceptor
+        acceptor.supported_contexts = self.contexts.contexts_for(grant)
+        limits = [size for size in (self.max_pdu_size, grant.max_pdu_size) if size]
+        acceptor.maximum_length = min(limits) if limits else 0
+        handle.local_max_pdu_size = acceptor.maximum_length
+        invoked, performed = assoc.requestor.asynchronous_operations
+        if grant.async_operations_window > 1 and (invoked, performed) != (1, 1):
+            # PS3.7 D.3.3.3: grant at most the rule's window (0 proposed means unlimited). pacsd
+            # performs operations one after another; the window lets a peer pipeline requests.
+            window = AsynchronousOperationsWindowNegotiation()
+            window.maximum_number_operations_invoked = min(
+                invoked or grant.async_operations_window, grant.async_operations_window
+            )
+            window.maximum_number_operations_performed = 1
+            acceptor.add_negotiation_item(window)
 
     def _reject(self, assoc: Association, handle: ClientHandle, decision: Decision) -> None:
         rejection = decision.rejection or REJECT_TRANSIENT_NO_REASON
         handle.state = "rejected"
+        self._release(handle)
         handle.log.warning(
-            "association rejected", reason=decision.reason, rejection=rejection.describe()
+            "association rejected",
+            reason=decision.reason,
+            rule=decision.rule,
+            rejection=rejection.describe(),
         )
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
         assoc.kill()  # without it the socket may close before the A-ASSOCIATE-RJ leaves
 
     def on_accepted(self, event: Event) -> None:
         """EVT_ACCEPTED: record the negotiated contexts and roles."""
-        handle = self.handles.get(event.assoc)
+        assoc = event.assoc
+        handle = self.handles.get(assoc)
         handle.state = "established"
-        handle.accepted_contexts = [
-            AcceptedContext(
-                context_id=int(cx.context_id or 0),
-                abstract_syntax=str(cx.abstract_syntax),
-                transfer_syntax=str(cx.transfer_syntax[0]),
-                scu_role=bool(cx.as_scu),
-                scp_role=bool(cx.as_scp),
-            )
-            for cx in event.assoc.accepted_contexts
+        handle.contexts = [
+            _negotiated(cx) for cx in [*assoc.accepted_contexts, *assoc.rejected_contexts]
         ]
-        rule = handle.decision.rule if handle.decision else None
         handle.log.info(
             "association accepted",
-            rule=rule,
+            rule=handle.decision.rule if handle.decision else None,
             accepted_contexts=len(handle.accepted_contexts),
-            rejected_contexts=len(event.assoc.rejected_contexts),
-            max_pdu=event.assoc.requestor.maximum_length,
+            rejected_contexts=len(handle.contexts) - len(handle.accepted_contexts),
+            peer_max_pdu=handle.peer_max_pdu_size,
+            max_pdu=handle.local_max_pdu_size,
+            peer_implementation=handle.peer_implementation_version_name,
         )
 
     def on_rejected(self, event: Event) -> None:
-        """EVT_REJECTED: pynetdicom's own rejections (e.g. too many associations)."""
+        """EVT_REJECTED: pynetdicom's own rejections (its association limit, ACSE checks)."""
         handle = self.handles.get(event.assoc)
         handle.state = "rejected"
-        handle.log.warning("association rejected", reason="local limit exceeded or ACSE check")
+        self._release(handle)
+        handle.log.warning("association rejected", reason="pynetdicom: local limit or ACSE check")
 
     def on_released(self, event: Event) -> None:
         """EVT_RELEASED."""
@@ -115,11 +151,39 @@ class Negotiator:
         """EVT_ABORTED."""
         self.handles.get(event.assoc).state = "aborted"
 
+    def on_data_received(self, event: Event) -> None:
+        """EVT_DATA_RECV: one whole PDU read from the peer."""
+        handle = self.handles.find(event.assoc)
+        if handle is not None:
+            handle.data_received(len(event.data))
+
+    def on_data_sent(self, event: Event) -> None:
+        """EVT_DATA_SENT: one whole PDU written to the peer."""
+        handle = self.handles.find(event.assoc)
+        if handle is not None:
+            handle.data_sent(len(event.data))
+
     def on_connection_close(self, event: Event) -> None:
-        """EVT_CONN_CLOSE: the handle's final line, then forget it."""
+        """EVT_CONN_CLOSE: give back the slot, log the handle's final line, forget it."""
         handle = self.handles.close(event.assoc)
-        if handle is None:
-            return
+        if handle is not None:
+            self._finish(handle)
+
+    def _close_finished(self) -> None:
+        def finished(key: object) -> bool:
+            assoc = cast(Association, key)
+            return assoc.ident is not None and not assoc.is_alive()
+
+        for handle in self.handles.close_finished(finished):
+            self._finish(handle, missed=True)
+
+    def _release(self, handle: ClientHandle) -> None:
+        slot, handle.slot = handle.slot, None
+        if slot is not None:
+            self.slots.release(slot)
+
+    def _finish(self, handle: ClientHandle, missed: bool = False) -> None:
+        self._release(handle)
         counters = handle.counters
         handle.log.info(
             "association closed",
@@ -129,4 +193,17 @@ class Negotiator:
             failures=counters.failures,
             instances_stored=counters.instances_stored,
             bytes_received=counters.bytes_received,
+            bytes_sent=counters.bytes_sent,
+            **({"close_event_missed": True} if missed else {}),
         )
+
+
+def _negotiated(context: PresentationContext) -> NegotiatedContext:
+    return NegotiatedContext(
+        context_id=int(context.context_id or 0),
+        abstract_syntax=str(context.abstract_syntax),
+        transfer_syntax=str(context.transfer_syntax[0]) if context.transfer_syntax else "",
+        result=int(context.result if context.result is not None else 0),
+        pacsd_scu=bool(context.as_scu),
+        pacsd_scp=bool(context.as_scp),
+    )

@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.events import Event
 
-from pacsd.errors import DicomStatusError
+from pacsd.errors import DicomStatusError, NotAuthorized
 from pacsd.net.handle import ClientHandle
+from pacsd.policy.engine import allow
 
 PROCESSING_FAILURE = 0x0110
 _NOT_LO_CHARACTERS = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
@@ -50,21 +51,35 @@ def _response(status: int, comment: str) -> Dataset:
     return response
 
 
+def _sop_class_uid(event: Event) -> str:
+    return str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+
+
 def _sop_class_name(event: Event) -> str:
-    uid = UID(str(getattr(event.request, "AffectedSOPClassUID", "") or ""))
+    uid = UID(_sop_class_uid(event))
     return uid.keyword or str(uid)
 
 
+def _authorize(handle: ClientHandle, policy_operation: str, event: Event) -> None:
+    """The policy's second question (PS: STYLE), asked per request: may this peer do this?"""
+    permission = allow(handle, policy_operation, _sop_class_uid(event))
+    if not permission.allowed:
+        handle.log.warning("operation refused by policy", reason=permission.reason)
+        raise NotAuthorized(permission.reason)
+
+
 def guarded(
-    operation_name: str, operation: Operation, handle_of: HandleLookup
+    operation_name: str, policy_operation: str, operation: Operation, handle_of: HandleLookup
 ) -> Callable[[Event], Dataset]:
-    """A pynetdicom handler that runs `operation` and never raises."""
+    """A pynetdicom handler that checks the policy, runs `operation`, and never raises."""
 
     def handler(event: Event) -> Dataset:
         handle = handle_of(event)
+        handle.operation_started(operation_name)
         started = time.perf_counter()
         comment = ""
         try:
+            _authorize(handle, policy_operation, event)
             result = operation(event, handle)
         except DicomStatusError as exc:
             result, comment = OperationResult(exc.status), exc.comment
@@ -72,7 +87,7 @@ def guarded(
             handle.log.exception("operation failed unexpectedly", operation=operation_name)
             result, comment = OperationResult(PROCESSING_FAILURE), "processing failure"
         failed = result.status not in (0x0000,) and not 0xB000 <= result.status <= 0xBFFF
-        handle.record_operation(failed=failed, stored=result.stored, size=result.size)
+        handle.operation_finished(operation_name, failed, stored=result.stored, size=result.size)
         log = handle.log.warning if failed else handle.log.info
         log(
             "dimse",

@@ -1,0 +1,181 @@
+"""SOP classes by name: the groups a policy can grant, keywords, and the operation of each class.
+
+Built from pydicom's UID dictionary (PS3.6 Table A-1) plus the few storage classes newer than it.
+A storage SOP class is a current SOP class whose standard name says "Storage" (PS3.4 Table
+B.5-1 names them so), other than Storage Commitment and the media directory. Storage sub-groups
+are chosen by that name too: "... Image Storage" is an image, "... SR Storage" a structured
+report, and so on. No pynetdicom here: the policy engine imports this module.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from pydicom._uid_dict import UID_dictionary
+
+VERIFICATION = "1.2.840.10008.1.1"  # PS3.4 A.4
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"  # PS3.4 J.3
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+# Operation names a policy grants (PS3.7 services as operators know them).
+OPERATIONS = ("echo", "store", "find", "get", "move", "worklist", "commit", "mpps")
+
+# Storage SOP classes newer than pydicom 3.0's dictionary (PS3.6 Table A-1): UID -> keyword.
+_NEWER_STORAGE = {
+    "1.2.840.10008.5.1.4.1.1.66.7": "LabelMapSegmentationStorage",
+    "1.2.840.10008.5.1.4.1.1.66.8": "HeightMapSegmentationStorage",
+    "1.2.840.10008.5.1.4.1.1.9.100.1": "WaveformPresentationStateStorage",
+    "1.2.840.10008.5.1.4.1.1.9.100.2": "WaveformAcquisitionPresentationStateStorage",
+}
+_QR_FIND = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.1",  # Patient Root FIND
+        "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
+        "1.2.840.10008.5.1.4.1.2.3.1",  # Patient/Study Only FIND (retired, still in use)
+    }
+)
+_QR_MOVE = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.2",
+        "1.2.840.10008.5.1.4.1.2.2.2",
+        "1.2.840.10008.5.1.4.1.2.3.2",
+        "1.2.840.10008.5.1.4.1.2.4.2",  # Composite Instance Root MOVE
+    }
+)
+_QR_GET = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.3",
+        "1.2.840.10008.5.1.4.1.2.2.3",
+        "1.2.840.10008.5.1.4.1.2.3.3",
+        "1.2.840.10008.5.1.4.1.2.4.3",  # Composite Instance Root GET
+        "1.2.840.10008.5.1.4.1.2.5.3",  # Composite Instance Retrieve Without Bulk Data GET
+    }
+)
+_WORKLIST = frozenset({"1.2.840.10008.5.1.4.31"})  # Modality Worklist FIND, PS3.4 K.6.1
+_MPPS = frozenset(
+    {
+        "1.2.840.10008.3.1.2.3.3",  # Modality Performed Procedure Step, PS3.4 F.7
+        "1.2.840.10008.3.1.2.3.4",  # ... Retrieve
+        "1.2.840.10008.3.1.2.3.5",  # ... Notification
+    }
+)
+
+
+def _sop_class_entries() -> dict[str, tuple[str, str]]:
+    """UID -> (name, keyword) of every SOP class pacsd can name."""
+    entries = {
+        uid: (str(entry[0]), str(entry[4]))
+        for uid, entry in UID_dictionary.items()
+        if entry[1] == "SOP Class"
+    }
+    entries.update({uid: (keyword, keyword) for uid, keyword in _NEWER_STORAGE.items()})
+    return entries
+
+
+@cache
+def _entries() -> dict[str, tuple[str, str]]:
+    return _sop_class_entries()
+
+
+@cache
+def storage_sop_classes() -> frozenset[str]:
+    """Every current storage SOP class of the standard (PS3.4 Annex B and friends)."""
+    return frozenset(
+        uid
+        for uid, (name, _) in _entries().items()
+        if "Storage" in name
+        and not name.startswith("Storage ")
+        and "Directory" not in name
+        and UID_dictionary.get(uid, ("", "", "", ""))[3] != "Retired"
+    )
+
+
+def sop_class_keyword(uid: str) -> str:
+    """The keyword of a SOP class, or the UID itself when the standard does not name it."""
+    entry = _entries().get(uid)
+    return entry[1] if entry else uid
+
+
+def _storage_where(*needles: str) -> frozenset[str]:
+    return frozenset(
+        uid
+        for uid in storage_sop_classes()
+        if any(needle in _entries()[uid][0] or needle in _entries()[uid][1] for needle in needles)
+    )
+
+
+@cache
+def groups() -> dict[str, frozenset[str]]:
+    """Named groups of SOP classes, as written in a policy's `sop_classes`."""
+    structured_reports = _storage_where(" SR ", "SRStorage", "Key Object Selection")
+    return {
+        "verification": frozenset({VERIFICATION}),
+        "storage": storage_sop_classes(),
+        "storage:image": _storage_where("Image"),
+        "storage:sr": structured_reports,
+        "storage:presentation-state": _storage_where("Presentation State", "PresentationState"),
+        "storage:waveform": _storage_where("Waveform"),
+        "storage:document": _storage_where("Encapsulated"),
+        "storage:rt": _storage_where("RT ", "Radiation") - structured_reports,
+        "query-retrieve": _QR_FIND | _QR_MOVE | _QR_GET,
+        "query-retrieve:find": _QR_FIND,
+        "query-retrieve:move": _QR_MOVE,
+        "query-retrieve:get": _QR_GET,
+        "worklist": _WORKLIST,
+        "storage-commitment": frozenset({STORAGE_COMMITMENT_PUSH}),
+        "mpps": _MPPS,
+    }
+
+
+@cache
+def _keywords() -> dict[str, str]:
+    """Keyword -> UID for every SOP class the standard names."""
+    return {keyword: uid for uid, (_, keyword) in _entries().items()}
+
+
+def resolve(token: str) -> frozenset[str]:
+    """The SOP class UIDs a policy entry names: a group, a keyword or a UID.
+
+    Raises ValueError naming the entry when it is none of these.
+    """
+    named = groups().get(token)
+    if named is not None:
+        return named
+    uid = _keywords().get(token)
+    if uid is not None:
+        return frozenset({uid})
+    if _UID_RE.match(token) and len(token) <= 64:
+        return frozenset({token})
+    raise ValueError(
+        f"{token!r} is not a SOP class group ({', '.join(groups())}), "
+        "a SOP class keyword such as CTImageStorage, or a UID"
+    )
+
+
+def operation_of(uid: str) -> str:
+    """The policy operation a SOP class is used for.
+
+    A UID that names no standard SOP class is taken for a (private) storage SOP class; a known
+    SOP class of a service pacsd does not offer (print management, say) gives "other".
+    """
+    if uid == VERIFICATION:
+        return "echo"
+    for operation, members in (
+        ("find", _QR_FIND),
+        ("move", _QR_MOVE),
+        ("get", _QR_GET),
+        ("worklist", _WORKLIST),
+        ("commit", {STORAGE_COMMITMENT_PUSH}),
+        ("mpps", _MPPS),
+    ):
+        if uid in members:
+            return operation
+    if uid in storage_sop_classes() or uid not in _entries():
+        return "store"
+    return "other"
+
+
+def is_storage(uid: str) -> bool:
+    """True for storage SOP classes, standard or private."""
+    return operation_of(uid) == "store"
