@@ -127,6 +127,15 @@ class PacsdProcess:
         """The logged lines whose event is `name`."""
         return [line for line in self.lines if line.get("event") == name]
 
+    def wait_for(self, event: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The logged lines named `event`, once there are `count` of them (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while len(lines := self.events(event)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} {event!r} lines in {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
+        return lines
+
     def send_signal(self, signum: int) -> None:
         """Signal the server process (by its own pid)."""
         assert self.process is not None

@@ -34,7 +34,6 @@ LOSSLESS = (
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
     "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
-    "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG Recompression (lossless of a JPEG)
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 )
 # Syntaxes newer than pydicom 3.0's list (PS3.5 Table A-1).
@@ -43,6 +42,8 @@ _NEWER = (
     "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
     "1.2.840.10008.1.2.4.112",  # JPEG XL
 )
+# JPEG XL JPEG Recompression (1.2.840.10008.1.2.4.111) repacks a JPEG without further loss, but
+# the pixels went through lossy JPEG first (PS3.5 A.4.11): it belongs with the lossy syntaxes.
 VIDEO = tuple(str(uid) for uid in MPEGTransferSyntaxes)
 # Everything else pacsd knows: lossy or possibly lossy image compression, referenced pixel data,
 # SMPTE ST 2110 essence. Stored as received, never decoded.
