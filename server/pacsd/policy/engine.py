@@ -169,7 +169,7 @@ def decide(request: AssociationRequest, policy: Policy, usage: Usage | None = No
     """Decide an association request. Never raises: an error rejects (fail closed)."""
     try:
         return _decide(request, policy, usage or NoUsage())
-    except Exception as exc:  # fail closed, PS: STYLE "a policy is a pure object"
+    except Exception as exc:  # fail closed (STYLE.md): an error never means "accept"
         return Decision.reject(
             REJECT_TRANSIENT_NO_REASON,
             f"policy evaluation failed: {type(exc).__name__}: {exc}",
