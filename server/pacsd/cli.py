@@ -109,6 +109,65 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 
 @main.group()
+def policy() -> None:
+    """Inspect the acceptance policies."""
+
+
+EXIT_DENIED = 3
+
+
+@policy.command("explain")
+@CONFIG_OPTION
+@click.option("--calling-ae", required=True, help="The peer's AE title.")
+@click.option("--called-ae", default=None, help="The AE title called (default: ae_title).")
+@click.option("--address", required=True, help="The peer's IP address.")
+@click.option("--username", default=None, help="User identity (username) the peer sends.")
+@click.option("--tls-subject", default=None, help="Client certificate subject (RFC 4514).")
+@click.option("--sop", default=None, help="SOP class: keyword, UID or group.")
+@click.option("--ts", default=None, help="Transfer syntax: keyword, UID or group (with --sop).")
+@click.option(
+    "--operation",
+    type=click.Choice(["echo", "store", "find", "get", "move", "worklist", "commit", "mpps"]),
+    default=None,
+)
+@click.option("--destination", default=None, help="C-MOVE destination AE title.")
+def policy_explain(config_path: Path | None, **options: Any) -> None:
+    """Which rule matches an association, what it would accept, and why; no server needed.
+
+    Exit status 0 when the association (and the SOP class, transfer syntax and operation asked
+    about) would be accepted, 3 when something would be refused, 2 for a configuration error.
+    """
+    from pacsd.dicom import sop_classes, transfer_syntaxes
+    from pacsd.explain import Question, explain
+    from pacsd.policy.engine import AssociationRequest
+
+    settings, _ = _settings(config_path)
+    checks = (
+        ("--sop", sop_classes.resolve),
+        ("--ts", transfer_syntaxes.resolve),
+        ("--address", ipaddress.ip_address),
+    )
+    for option, check in checks:
+        value = options[option.removeprefix("--")]
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=option) from None
+    request = AssociationRequest(
+        calling_ae_title=options["calling_ae"],
+        called_ae_title=options["called_ae"] or settings.ae_title,
+        peer_address=options["address"],
+        username=options["username"],
+        tls_subject=options["tls_subject"],
+    )
+    question = Question(options["sop"], options["ts"], options["operation"], options["destination"])
+    explanation = explain(settings, request, question)
+    click.echo("\n".join(explanation.lines))
+    sys.exit(EXIT_OK if explanation.allowed else EXIT_DENIED)
+
+
+@main.group()
 def db() -> None:
     """Manage the index database."""
 
@@ -173,3 +232,40 @@ def _reachable(bind_host: str) -> str:
     if address.is_unspecified:
         return "::1" if address.version == 6 else "127.0.0.1"
     return bind_host
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--url", default=None, help="Status URL (default: from the status settings).")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON as received.")
+def associations(config_path: Path | None, url: str | None, timeout: float, as_json: bool) -> None:
+    """List the open associations of a running server (its status interface)."""
+    from pacsd.status_client import StatusUnavailable, check_url, fetch_status, format_status
+
+    if url is not None:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+    target = url or _status_url(_settings(config_path)[0])
+    try:
+        document = fetch_status(target, timeout)
+    except StatusUnavailable as exc:
+        _fail([str(exc)], EXIT_FAILURE)
+    if as_json:
+        click.echo(document.text.rstrip("\n"))
+        return
+    click.echo("\n".join(format_status(document.content)))
+
+
+def _status_url(settings: Settings) -> str:
+    """The /associations URL of the configured status interface (exit 1 if there is none)."""
+    status = settings.status
+    if not status.enabled:
+        _fail(["the status interface is disabled (status.enabled: false)"], EXIT_FAILURE)
+    if status.port == 0:
+        _fail(["status.port is 0 (chosen at start-up): pass --url"], EXIT_FAILURE)
+    host = _reachable(status.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{status.port}/associations"

@@ -138,18 +138,24 @@ class Negotiator:
 
     def on_rejected(self, event: Event) -> None:
         """EVT_REJECTED: pynetdicom's own rejections (its association limit, ACSE checks)."""
-        handle = self.handles.get(event.assoc)
+        handle = self.handles.find(event.assoc)
+        if handle is None:
+            return
         handle.state = "rejected"
         self._release(handle)
         handle.log.warning("association rejected", reason="pynetdicom: local limit or ACSE check")
 
     def on_released(self, event: Event) -> None:
-        """EVT_RELEASED."""
-        self.handles.get(event.assoc).state = "released"
+        """EVT_RELEASED; after EVT_CONN_CLOSE (a race) there is no handle left to update."""
+        handle = self.handles.find(event.assoc)
+        if handle is not None:
+            handle.state = "released"
 
     def on_aborted(self, event: Event) -> None:
-        """EVT_ABORTED."""
-        self.handles.get(event.assoc).state = "aborted"
+        """EVT_ABORTED; for an abort by the peer it fires after EVT_CONN_CLOSE: nothing to do."""
+        handle = self.handles.find(event.assoc)
+        if handle is not None:
+            handle.state = "aborted"
 
     def on_data_received(self, event: Event) -> None:
         """EVT_DATA_RECV: one whole PDU read from the peer."""
@@ -167,6 +173,10 @@ class Negotiator:
         """EVT_CONN_CLOSE: give back the slot, log the handle's final line, forget it."""
         handle = self.handles.close(event.assoc)
         if handle is not None:
+            if handle.state == "established":
+                # Closed without A-RELEASE: the peer sent an A-ABORT (PS3.8 7.3) or dropped the
+                # connection (A-P-ABORT, PS3.8 7.4); pynetdicom fires EVT_ABORTED only later.
+                handle.state = "aborted"
             self._finish(handle)
 
     def _close_finished(self) -> None:
