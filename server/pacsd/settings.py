@@ -168,8 +168,9 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"peers: AE title listed twice: {', '.join(duplicates)}")
         names = [rule.name for rule in self.policies]
-        if len(set(names)) != len(names):
-            raise ValueError("policies: two rules share a name")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"policies: rule name used twice: {', '.join(repeated)}")
         return self
 
     @classmethod

@@ -78,16 +78,18 @@ def _entries() -> dict[str, tuple[str, str]]:
     return _sop_class_entries()
 
 
+def _names_storage(name: str) -> bool:
+    """True when a SOP class name says storage (not Storage Commitment, not the directory)."""
+    return "Storage" in name and not name.startswith("Storage ") and "Directory" not in name
+
+
 @cache
 def storage_sop_classes() -> frozenset[str]:
     """Every current storage SOP class of the standard (PS3.4 Annex B and friends)."""
     return frozenset(
         uid
         for uid, (name, _) in _entries().items()
-        if "Storage" in name
-        and not name.startswith("Storage ")
-        and "Directory" not in name
-        and UID_dictionary.get(uid, ("", "", "", ""))[3] != "Retired"
+        if _names_storage(name) and UID_dictionary.get(uid, ("", "", "", ""))[3] != "Retired"
     )
 
 
@@ -130,8 +132,8 @@ def groups() -> dict[str, frozenset[str]]:
 
 @cache
 def _keywords() -> dict[str, str]:
-    """Keyword -> UID for every SOP class the standard names."""
-    return {keyword: uid for uid, (_, keyword) in _entries().items()}
+    """Keyword -> UID for every SOP class the standard names (some retired ones have none)."""
+    return {keyword: uid for uid, (_, keyword) in _entries().items() if keyword}
 
 
 def resolve(token: str) -> frozenset[str]:
@@ -156,8 +158,9 @@ def resolve(token: str) -> frozenset[str]:
 def operation_of(uid: str) -> str:
     """The policy operation a SOP class is used for.
 
-    A UID that names no standard SOP class is taken for a (private) storage SOP class; a known
-    SOP class of a service pacsd does not offer (print management, say) gives "other".
+    A UID that names no standard SOP class is taken for a (private) storage SOP class, and so is
+    a retired storage SOP class an operator names (old modalities still send them); a known SOP
+    class of a service pacsd does not offer (print management, say) gives "other".
     """
     if uid == VERIFICATION:
         return "echo"
@@ -171,11 +174,12 @@ def operation_of(uid: str) -> str:
     ):
         if uid in members:
             return operation
-    if uid in storage_sop_classes() or uid not in _entries():
+    entry = _entries().get(uid)
+    if entry is None or _names_storage(entry[0]):
         return "store"
     return "other"
 
 
 def is_storage(uid: str) -> bool:
-    """True for storage SOP classes, standard or private."""
+    """True for storage SOP classes: standard (current or retired) or private."""
     return operation_of(uid) == "store"

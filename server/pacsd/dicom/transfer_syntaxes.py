@@ -41,9 +41,19 @@ _NEWER = (
     "1.2.840.10008.1.2.4.94",  # JPIP Referenced
     "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
     "1.2.840.10008.1.2.4.112",  # JPEG XL
+    # JPEG XL JPEG Recompression repacks a JPEG without further loss, but the pixels went
+    # through lossy JPEG first (PS3.5 A.4.11): it belongs with the lossy syntaxes.
+    "1.2.840.10008.1.2.4.111",
 )
-# JPEG XL JPEG Recompression (1.2.840.10008.1.2.4.111) repacks a JPEG without further loss, but
-# the pixels went through lossy JPEG first (PS3.5 A.4.11): it belongs with the lossy syntaxes.
+# Keywords pydicom 3.0's dictionary lacks (PS3.6 Table A-1). pynetdicom adds them to pydicom's
+# dictionary when it is imported; naming them here makes `resolve` give the same answer in
+# `pacsd config check` (no pynetdicom) as in the server.
+_NEWER_KEYWORDS = {
+    "1.2.840.10008.1.2.4.110": "JPEGXLLossless",
+    "1.2.840.10008.1.2.4.111": "JPEGXLJPEGRecompression",
+    "1.2.840.10008.1.2.4.112": "JPEGXL",
+    "1.2.840.10008.1.2.8.1": "DeflatedImageFrameCompression",
+}
 VIDEO = tuple(str(uid) for uid in MPEGTransferSyntaxes)
 # Everything else pacsd knows: lossy or possibly lossy image compression, referenced pixel data,
 # SMPTE ST 2110 essence. Stored as received, never decoded.
@@ -74,7 +84,8 @@ def resolve(token: str) -> tuple[str, ...]:
     if token in GROUPS:
         return GROUPS[token]
     for uid in STORAGE_PREFERENCE:
-        if token in (uid, UID(uid).keyword):
+        keyword = _NEWER_KEYWORDS.get(uid) or UID(uid).keyword
+        if token == uid or (keyword and token == keyword):
             return (uid,)
     raise ValueError(
         f"{token!r} is not a transfer syntax group ({', '.join(GROUPS)}), "

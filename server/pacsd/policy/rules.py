@@ -18,8 +18,11 @@ CALLING_AE = "$calling"  # in move_destinations: the calling AE title itself
 
 
 def _listify(value: object) -> object:
-    """One value or a list of values: YAML `calling_ae: CT1` means `[CT1]`."""
-    return [value] if isinstance(value, str | int) else value
+    """One value or a list of values: YAML `calling_ae: CT1` means `[CT1]`; `104` means "104"."""
+    values = [value] if isinstance(value, str | int) else value
+    if isinstance(values, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+    return values
 
 
 def _check_pattern(value: str) -> str:
@@ -50,8 +53,20 @@ def _check_destination(value: str) -> str:
     return value if value == CALLING_AE else _check_pattern(value)
 
 
+def _check_text_pattern(value: str) -> str:
+    if not value.strip() or any(ord(c) < 0x20 for c in value) or len(value) > 1024:
+        raise ValueError("a pattern is 1 to 1024 printable characters, e.g. CN=ct1.example.org*")
+    return value.strip()
+
+
 Pattern = Annotated[str, AfterValidator(_check_pattern)]
 Patterns = Annotated[list[Pattern], BeforeValidator(_listify), Field(min_length=1)]
+# TLS subjects (RFC 4514, with backslash escapes) and usernames are longer than AE titles.
+TextPatterns = Annotated[
+    list[Annotated[str, AfterValidator(_check_text_pattern)]],
+    BeforeValidator(_listify),
+    Field(min_length=1),
+]
 Networks = Annotated[
     list[Annotated[str, AfterValidator(_check_network)]],
     BeforeValidator(_listify),
@@ -80,8 +95,8 @@ class Match(RuleModel):
     calling_ae: Patterns | None = None
     called_ae: Patterns | None = None
     address: Networks | None = None
-    tls_subject: Patterns | None = None
-    username: Patterns | None = None
+    tls_subject: TextPatterns | None = None
+    username: TextPatterns | None = None
 
 
 class RejectReason(StrEnum):
