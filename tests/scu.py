@@ -1,17 +1,20 @@
-"""A pynetdicom Storage SCU for tests: sends Part 10 files byte for byte."""
+"""pynetdicom clients for tests: a Storage SCU that sends Part 10 files byte for byte, and
+association helpers for the policy tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
-from tests.harness import VERIFICATION
+from tests.harness import VERIFICATION, PacsdProcess
 
 
 @contextmanager
@@ -77,3 +80,44 @@ def store_files(
             comment = str(response.get("ErrorComment", "")) if response else ""
             results.append((status_of(response), comment))
     return results
+
+
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def request(
+    server: PacsdProcess,
+    calling: str = "TESTSCU",
+    called: str = "PACSD",
+    contexts: list[tuple[str, list[str]]] | None = None,
+    ext_neg: list[Any] | None = None,
+    roles: list[Any] | None = None,
+) -> Association:
+    """Ask pacsd for an association; the caller releases it."""
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for abstract, syntaxes in contexts or [(VERIFICATION, UNCOMPRESSED)]:
+        ae.add_requested_context(abstract, syntaxes)
+    return ae.associate(
+        server.host, server.port, ae_title=called, ext_neg=[*(ext_neg or []), *(roles or [])]
+    )
+
+
+def rejection_of(assoc: Association) -> tuple[int, int, int]:
+    """(result, source, reason) of an A-ASSOCIATE-RJ."""
+    assert assoc.is_rejected, "the association was not rejected"
+    answer = assoc.acceptor.primitive
+    assert answer is not None
+    return int(answer.result), int(answer.result_source), int(answer.diagnostic)
+
+
+@contextmanager
+def established(server: PacsdProcess, **kwargs: Any) -> Iterator[Association]:
+    """An association that must be accepted; released afterwards."""
+    assoc = request(server, **kwargs)
+    assert assoc.is_established, "the association was not accepted"
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess
-from tests.integration.test_policy import UNCOMPRESSED, established, rejection_of, request
+from tests.scu import UNCOMPRESSED, established, rejection_of, request
 
 ServerFactory = Callable[..., PacsdProcess]
 HOSPITAL = Path(__file__).resolve().parents[2] / "config" / "examples" / "hospital.yaml"

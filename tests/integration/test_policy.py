@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import (
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
 )
-from pynetdicom import AE, build_role
-from pynetdicom.association import Association
+from pynetdicom import build_role
 from pynetdicom.pdu_primitives import (
     AsynchronousOperationsWindowNegotiation,
     UserIdentityNegotiation,
@@ -25,52 +23,14 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess
 from tests.inspect_archive import index_rows, stored_files
+from tests.scu import UNCOMPRESSED, established, rejection_of, request
 
 ServerFactory = Callable[..., PacsdProcess]
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def rule(name: str, **fields: Any) -> dict[str, Any]:
     """A policy rule as an operator writes it."""
     return {"name": name, **fields}
-
-
-def request(
-    server: PacsdProcess,
-    calling: str = "TESTSCU",
-    called: str = "PACSD",
-    contexts: list[tuple[str, list[str]]] | None = None,
-    ext_neg: list[Any] | None = None,
-    roles: list[Any] | None = None,
-) -> Association:
-    """Ask pacsd for an association; the caller releases it."""
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    for abstract, syntaxes in contexts or [(VERIFICATION, UNCOMPRESSED)]:
-        ae.add_requested_context(abstract, syntaxes)
-    return ae.associate(
-        server.host, server.port, ae_title=called, ext_neg=[*(ext_neg or []), *(roles or [])]
-    )
-
-
-def rejection_of(assoc: Association) -> tuple[int, int, int]:
-    """(result, source, reason) of an A-ASSOCIATE-RJ."""
-    assert assoc.is_rejected, "the association was not rejected"
-    answer = assoc.acceptor.primitive
-    assert answer is not None
-    return int(answer.result), int(answer.result_source), int(answer.diagnostic)
-
-
-@contextmanager
-def established(server: PacsdProcess, **kwargs: Any) -> Iterator[Association]:
-    """An association that must be accepted; released afterwards."""
-    assoc = request(server, **kwargs)
-    assert assoc.is_established, "the association was not accepted"
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def ct_file(tmp_path: Path, name: str = "ct.dcm") -> Path:
