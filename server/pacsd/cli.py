@@ -266,6 +266,6 @@ def _status_url(settings: Settings) -> str:
         _fail(["the status interface is disabled (status.enabled: false)"], EXIT_FAILURE)
     if status.port == 0:
         _fail(["status.port is 0 (chosen at start-up): pass --url"], EXIT_FAILURE)
-    host = _reachable(status.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{status.port}/associations"
+    from pacsd.net.status import associations_url
+
+    return associations_url(_reachable(status.host), status.port)

@@ -19,7 +19,7 @@ from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import get_logger
 from pacsd.net.listener import Listener, configure_pynetdicom
-from pacsd.net.status import StatusServer
+from pacsd.net.status import StatusServer, associations_url
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
 from pacsd.services.storage import StorageService
@@ -115,12 +115,8 @@ def _start_status(settings: Settings, listener: Listener) -> StatusServer | None
     server = StatusServer(status.host, status.port, listener.status_snapshot)
     server.start()
     host, port = server.address
-    log.info("status interface listening", url=f"http://{_url_host(host)}:{port}/associations")
+    log.info("status interface listening", url=associations_url(host, port))
     return server
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _run_until_stopped(settings: Settings, runtime: RuntimeConfig, listener: Listener) -> int:

@@ -88,7 +88,7 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
         if members & accepted
     ]
     unserved = sorted(sop_classes.sop_class_keyword(uid) for uid in accepted if not is_served(uid))
-    sizes = [size for size in (settings.network.max_pdu_size, grant.max_pdu_size) if size]
+    offered = grant.offered_pdu_size(settings.network.max_pdu_size)
     lines = [
         f"  SOP classes granted: {len(accepted)} ({', '.join(counts) or 'by UID only'})",
         f"  operations: {', '.join(sorted(grant.operations)) or 'none'}",
@@ -96,7 +96,7 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
         + (f"{len(grant.peer_scp)} SOP classes" if grant.peer_scp else "none (SCU only)"),
         "  C-MOVE destinations: "
         + (", ".join(grant.move_destinations) if "move" in grant.operations else "(no C-MOVE)"),
-        f"  maximum PDU offered: {min(sizes) if sizes else 'unlimited'}; "
+        f"  maximum PDU offered: {offered or 'unlimited'}; "
         f"asynchronous operations window: {grant.async_operations_window}",
     ]
     if unserved:

@@ -62,7 +62,8 @@ _MPPS = frozenset(
 )
 
 
-def _sop_class_entries() -> dict[str, tuple[str, str]]:
+@cache
+def _entries() -> dict[str, tuple[str, str]]:
     """UID -> (name, keyword) of every SOP class pacsd can name."""
     entries = {
         uid: (str(entry[0]), str(entry[4]))
@@ -71,11 +72,6 @@ def _sop_class_entries() -> dict[str, tuple[str, str]]:
     }
     entries.update({uid: (keyword, keyword) for uid, keyword in _NEWER_STORAGE.items()})
     return entries
-
-
-@cache
-def _entries() -> dict[str, tuple[str, str]]:
-    return _sop_class_entries()
 
 
 def _names_storage(name: str) -> bool:

@@ -8,8 +8,8 @@ because pynetdicom picks the first of the acceptor's syntaxes that the peer prop
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
+from functools import lru_cache
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext
@@ -45,30 +45,14 @@ def _context(
     return context
 
 
-class ContextCache:
-    """The acceptor contexts of each grant, built once and shared (pynetdicom only reads them)."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._capacity = capacity
-        self._built: dict[int, tuple[Grant, tuple[PresentationContext, ...]]] = {}
-        self._lock = threading.Lock()
-
-    def contexts_for(self, grant: Grant) -> list[PresentationContext]:
-        """The supported contexts of an association the policy granted `grant`."""
-        with self._lock:
-            cached = self._built.get(id(grant))
-            if cached is not None and cached[0] is grant:
-                return list(cached[1])
-        contexts = tuple(
-            _context(uid, syntaxes, scu_role=True, scp_role=uid in grant.peer_scp)
-            for uid, syntaxes in grant.transfer_syntaxes.items()
-            if is_served(uid)
-        )
-        with self._lock:
-            if len(self._built) >= self._capacity:
-                self._built.clear()  # grants of replaced configurations
-            self._built[id(grant)] = (grant, contexts)
-        return list(contexts)
+@lru_cache(maxsize=64)  # grants compare by identity: one entry per rule per configuration
+def contexts_for(grant: Grant) -> tuple[PresentationContext, ...]:
+    """The supported contexts of an association the policy granted `grant` (shared, read-only)."""
+    return tuple(
+        _context(uid, syntaxes, scu_role=True, scp_role=uid in grant.peer_scp)
+        for uid, syntaxes in grant.transfer_syntaxes.items()
+        if is_served(uid)
+    )
 
 
 def placeholder_contexts() -> list[PresentationContext]:

@@ -15,7 +15,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.presentation import PresentationContext
 
-from pacsd.net.contexts import ContextCache
+from pacsd.net.contexts import contexts_for
 from pacsd.net.handle import ClientHandle, HandleRegistry, NegotiatedContext
 from pacsd.policy.engine import (
     REJECT_TRANSIENT_NO_REASON,
@@ -37,7 +37,6 @@ class Negotiator:
         self.policy = policy
         self.handles = handles
         self.slots = AssociationSlots()
-        self.contexts = ContextCache()
         self.max_pdu_size = max_pdu_size
 
     def on_connection_open(self, event: Event) -> None:
@@ -90,9 +89,8 @@ class Negotiator:
 
     def _apply(self, assoc: Association, handle: ClientHandle, grant: Grant) -> None:
         acceptor = assoc.acceptor
-        acceptor.supported_contexts = self.contexts.contexts_for(grant)
-        limits = [size for size in (self.max_pdu_size, grant.max_pdu_size) if size]
-        acceptor.maximum_length = min(limits) if limits else 0
+        acceptor.supported_contexts = list(contexts_for(grant))
+        acceptor.maximum_length = grant.offered_pdu_size(self.max_pdu_size)
         handle.local_max_pdu_size = acceptor.maximum_length
         invoked, performed = assoc.requestor.asynchronous_operations
         if grant.async_operations_window > 1 and (invoked, performed) != (1, 1):

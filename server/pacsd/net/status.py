@@ -21,6 +21,12 @@ log = get_logger("pacsd.status")
 Snapshot = Callable[[], dict[str, Any]]
 
 
+def associations_url(host: str, port: int) -> str:
+    """The URL of the association list served on `host`:`port`."""
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/associations"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _StatusServer
     server_version = f"pacsd/{__version__}"

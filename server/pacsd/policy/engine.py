@@ -60,9 +60,9 @@ class AssociationRequest:
     tls_subject: str | None = None  # the client certificate's subject, RFC 4514
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Grant:
-    """What an accepting rule allows, expanded to UIDs."""
+    """What an accepting rule allows, expanded to UIDs; compared (and hashed) by identity."""
 
     transfer_syntaxes: Mapping[str, tuple[str, ...]]  # SOP class UID -> syntaxes, preferred first
     peer_scp: frozenset[str]  # SOP classes for which the peer may take the SCP role
@@ -75,6 +75,11 @@ class Grant:
     def sop_classes(self) -> frozenset[str]:
         """The accepted SOP class UIDs."""
         return frozenset(self.transfer_syntaxes)
+
+    def offered_pdu_size(self, network_max_pdu_size: int) -> int:
+        """The maximum PDU pacsd offers: the smaller of the network's and the rule's; 0 = none."""
+        sizes = [size for size in (network_max_pdu_size, self.max_pdu_size) if size]
+        return min(sizes) if sizes else 0
 
 
 @dataclass(frozen=True)
