@@ -1,0 +1,102 @@
+"""C-FIND response identifiers: every requested key, filled from the stored header.
+
+PS3.4 C.4.1.1.3.2: a response carries each key of the request, with its stored value or zero
+length when the entity has none, and nothing else. Values come from the header kept in the DICOM
+JSON model; computed keys (counts, ModalitiesInStudy, SOPClassesInStudy) come with the match.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+
+from pacsd.dicom.matching import JsonRecord, Key
+
+UTF8 = "ISO_IR 192"
+_COMPUTED_VR = {"00080061": "CS", "00080062": "UI"}
+
+
+def response_json(
+    keys: Sequence[Key], header: Mapping[str, Any], computed: Mapping[int, list[str]]
+) -> dict[str, Any]:
+    """The DICOM JSON of a response identifier for `keys` (before character set and level)."""
+    document: dict[str, Any] = {}
+    for key in keys:
+        name = f"{key.tag:08X}"
+        if key.tag in computed:
+            document[name] = _computed_element(name, key.vr, computed[key.tag])
+        elif key.vr == "SQ" and key.item_keys and name in header:
+            document[name] = {"vr": "SQ", "Value": _items(key, header[name])}
+        elif name in header:
+            document[name] = header[name]
+        else:
+            document[name] = {"vr": key.vr}
+    return document
+
+
+def _computed_element(name: str, vr: str, values: list[str]) -> dict[str, Any]:
+    vr = _COMPUTED_VR.get(name, "IS" if vr in ("", "UN") else vr)
+    if not values:
+        return {"vr": vr}
+    return {"vr": vr, "Value": [int(v) for v in values] if vr == "IS" else list(values)}
+
+
+def _items(key: Key, element: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """C.2.2.2.6: the stored items that match the query item, each with the item's keys."""
+    matchers = [k.matcher for k in key.item_keys if k.matcher is not None]
+    items = [item for item in element.get("Value", []) if isinstance(item, dict)]
+    return [
+        response_json(key.item_keys, item, {})
+        for item in items
+        if all(matcher.matches(JsonRecord(item)) for matcher in matchers)
+    ]
+
+
+def response_dataset(document: dict[str, Any], request_charset: Sequence[str]) -> Dataset:
+    """The response Dataset, with a Specific Character Set that can encode its values.
+
+    The request's character set is kept when it can encode every value (ASCII needs none);
+    otherwise the response is in UTF-8 (ISO_IR 192), which encodes anything stored.
+    """
+    dataset = Dataset.from_json(document)
+    dataset.SpecificCharacterSet = choose_charset(document, request_charset)
+    return dataset
+
+
+def choose_charset(document: Mapping[str, Any], request_charset: Sequence[str]) -> str | list[str]:
+    """The Specific Character Set for a response carrying `document`."""
+    texts = [text for text in _texts(document) if not text.isascii()]
+    requested = [term for term in request_charset if term]
+    if not texts:
+        return requested[0] if len(requested) == 1 else list(requested) if requested else ""
+    if len(requested) == 1 and _encodes(requested[0], texts):
+        return requested[0]
+    return UTF8
+
+
+def _encodes(term: str, texts: list[str]) -> bool:
+    codec = python_encoding.get(term)
+    if codec is None or term.startswith("ISO 2022"):
+        return False
+    try:
+        codecs.lookup(codec)
+        for text in texts:
+            text.encode(codec)
+    except (LookupError, UnicodeError):
+        return False
+    return True
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
