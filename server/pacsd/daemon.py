@@ -18,10 +18,12 @@ from pacsd.archive import Archive
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import get_logger
-from pacsd.net.listener import Listener, configure_pynetdicom
+from pacsd.net.listener import Listener, Services, configure_pynetdicom
 from pacsd.net.status import StatusServer, associations_url
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
+from pacsd.services.query import QueryService
+from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
 from pacsd.settings import Settings
 from pacsd.storage.filesystem import FilesystemStore
@@ -101,7 +103,12 @@ def serve(settings: Settings, config_source: Path | None) -> int:
         configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
         archive = Archive(files, index, settings.storage.duplicate_policy)
         runtime = RuntimeConfig(settings, config_source)
-        listener = Listener(settings, StorageService(archive), policy=runtime.policy)
+        services = Services(
+            storage=StorageService(archive),
+            query=QueryService(index, settings.query, settings.ae_title),
+            retrieve=RetrieveService(index, files, runtime.peers),
+        )
+        listener = Listener(settings, services, policy=runtime.policy)
         return _run_until_stopped(settings, runtime, listener)
     finally:
         index.dispose()

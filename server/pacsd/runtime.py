@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pacsd.logs import get_logger
 from pacsd.policy.engine import Policy
-from pacsd.settings import ConfigError, Settings, load_settings
+from pacsd.settings import ConfigError, Peer, Settings, load_settings
 
 log = get_logger("pacsd.config")
 
@@ -53,6 +53,10 @@ class RuntimeConfig:
     def policy(self) -> Policy:
         """The policy new associations are decided by."""
         return self._active.policy
+
+    def peers(self) -> dict[str, Peer]:
+        """The AE table in force, by AE title (C-MOVE destinations)."""
+        return {peer.ae_title: peer for peer in self._active.settings.peers}
 
     def reload(self) -> bool:
         """Read the configuration again; True when the new policies and peers are in force."""

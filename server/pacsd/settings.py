@@ -118,6 +118,15 @@ class LoggingSettings(StrictModel):
     log_patient_data: bool = False
 
 
+class QuerySettings(StrictModel):
+    """C-FIND: what a query may cost and how person names match."""
+
+    # Matches beyond this end the query with 0xA700 and an Error Comment asking to narrow it.
+    max_results: int = Field(default=10_000, ge=1)
+    # PS3.4 C.2.2.2.1 lets PN literal matching ignore case; pacsd matches exactly by default.
+    person_name_case_insensitive: bool = False
+
+
 class DaemonSettings(StrictModel):
     """Process life cycle."""
 
@@ -158,6 +167,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
     status: StatusSettings = StatusSettings()
+    query: QuerySettings = QuerySettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
 

@@ -15,10 +15,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from pacsd.dicom.qr_models import MODELS
 from pacsd.dicom.sop_classes import operation_of
 from pacsd.policy.engine import Grant
 
-# The operations this version of pacsd has a service for.
+# The operations this version of pacsd has a service for; of find/get/move, the information
+# models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
 SERVED_OPERATIONS = frozenset({"echo", "store"})
 # Offered at server level only so that pynetdicom starts; no peer can propose it. If the per-
 # association policy step failed to run, negotiation would therefore accept nothing (fail closed).
@@ -27,7 +29,7 @@ _PLACEHOLDER_ABSTRACT_SYNTAX = f"{IMPLEMENTATION_CLASS_UID}.0.1"
 
 def is_served(sop_class_uid: str) -> bool:
     """True when pacsd has a service for the SOP class."""
-    return operation_of(sop_class_uid) in SERVED_OPERATIONS
+    return operation_of(sop_class_uid) in SERVED_OPERATIONS or sop_class_uid in MODELS
 
 
 def _context(

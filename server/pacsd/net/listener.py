@@ -7,6 +7,7 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +22,15 @@ from pacsd.logs import get_logger
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
-from pacsd.services.guard import guarded
+from pacsd.services.guard import (
+    guarded,
+    guarded_stream,
+    refuse_find,
+    refuse_get,
+    refuse_move,
+)
+from pacsd.services.query import QueryService
+from pacsd.services.retrieve import RetrieveService, install_sender
 from pacsd.services.storage import StorageService
 from pacsd.services.verification import on_c_echo
 from pacsd.settings import Settings
@@ -37,6 +46,8 @@ def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
     start-up and fills the same file system the free-space check watches.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # C-GET/C-MOVE sub-operations send stored files from disk, undecoded (services/retrieve).
+    _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = log_identifiers
     _config.LOG_RESPONSE_IDENTIFIERS = log_identifiers
     tempfile.tempdir = str(spool_dir)
@@ -55,22 +66,55 @@ class _Server(ThreadedAssociationServer):
         return client_socket, address
 
 
+def no_delay(event: Event) -> None:
+    """TCP_NODELAY on an outgoing association's socket, as on the accepted ones."""
+    transport = event.assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _AE(AE):
+    """pynetdicom's AE whose outgoing associations send stored files (C-MOVE sub-operations).
+
+    pynetdicom opens a C-MOVE sub-association through `AE.associate` and hands it the datasets
+    the handler yields; `install_sender` lets those be stored files streamed from disk, and
+    TCP_NODELAY spares each C-STORE a ~40 ms delayed-ACK wait (measured: 18 instances/s to a
+    DCMTK storescp without it).
+    """
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:
+        handlers = kwargs.get("evt_handlers") or []
+        kwargs["evt_handlers"] = [*handlers, (evt.EVT_CONN_OPEN, no_delay)]
+        assoc = super().associate(*args, **kwargs)
+        install_sender(assoc)
+        return assoc
+
+
+@dataclass(frozen=True)
+class Services:
+    """The DIMSE services the listener routes requests to."""
+
+    storage: StorageService
+    query: QueryService
+    retrieve: RetrieveService
+
+
 class Listener:
     """Accepts associations on the configured address until stopped."""
 
-    def __init__(self, settings: Settings, storage: StorageService, policy: PolicyProvider) -> None:
+    def __init__(self, settings: Settings, services: Services, policy: PolicyProvider) -> None:
         self.settings = settings
         self.handles = HandleRegistry()
         self.negotiator = Negotiator(policy, self.handles, settings.network.max_pdu_size)
         self.ae = self._build_ae(settings)
-        self.storage = storage
+        self.services = services
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @staticmethod
     def _build_ae(settings: Settings) -> AE:
         network = settings.network
-        ae = AE(ae_title=settings.ae_title)
+        ae = _AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = network.max_pdu_size
         # pacsd counts associations itself (policy limits, network.max_associations) and answers
         # "local limit exceeded"; pynetdicom's own count includes connections being rejected, so
@@ -85,7 +129,7 @@ class Listener:
         return ae
 
     def _handlers(self) -> list[Any]:
-        negotiator = self.negotiator
+        negotiator, services = self.negotiator, self.services
         return [
             (evt.EVT_CONN_OPEN, negotiator.on_connection_open),
             (evt.EVT_REQUESTED, negotiator.on_requested),
@@ -99,7 +143,25 @@ class Listener:
             (evt.EVT_C_ECHO, guarded("C-ECHO", "echo", on_c_echo, self.handle_of)),
             (
                 evt.EVT_C_STORE,
-                guarded("C-STORE", "store", self.storage.on_c_store, self.handle_of),
+                guarded("C-STORE", "store", services.storage.on_c_store, self.handle_of),
+            ),
+            (
+                evt.EVT_C_FIND,
+                guarded_stream(
+                    "C-FIND", "find", services.query.on_c_find, self.handle_of, refuse_find
+                ),
+            ),
+            (
+                evt.EVT_C_GET,
+                guarded_stream(
+                    "C-GET", "get", services.retrieve.on_c_get, self.handle_of, refuse_get
+                ),
+            ),
+            (
+                evt.EVT_C_MOVE,
+                guarded_stream(
+                    "C-MOVE", "move", services.retrieve.on_c_move, self.handle_of, refuse_move
+                ),
             ),
         ]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -43,7 +44,7 @@ def error_comment(text: str) -> str:
     return _NOT_LO_CHARACTERS.sub("?", text)[:64]
 
 
-def _response(status: int, comment: str) -> Dataset:
+def status_dataset(status: int, comment: str = "") -> Dataset:
     response = Dataset()
     response.Status = status
     if comment:
@@ -62,7 +63,10 @@ def _sop_class_name(event: Event) -> str:
 
 def _authorize(handle: ClientHandle, policy_operation: str, event: Event) -> None:
     """The policy's second question (PS: STYLE), asked per request: may this peer do this?"""
-    permission = allow(handle, policy_operation, _sop_class_uid(event))
+    destination = None
+    if policy_operation == "move":
+        destination = str(getattr(event.request, "MoveDestination", "") or "").strip()
+    permission = allow(handle, policy_operation, _sop_class_uid(event), destination)
     if not permission.allowed:
         handle.log.warning("operation refused by policy", reason=permission.reason)
         raise NotAuthorized(permission.reason)
@@ -88,17 +92,134 @@ def guarded(
             result, comment = OperationResult(PROCESSING_FAILURE), "processing failure"
         failed = result.status not in (0x0000,) and not 0xB000 <= result.status <= 0xBFFF
         handle.operation_finished(operation_name, failed, stored=result.stored, size=result.size)
-        log = handle.log.warning if failed else handle.log.info
-        log(
-            "dimse",
-            operation=operation_name,
-            sop_class=_sop_class_name(event),
+        _log_operation(
+            handle,
+            event,
+            operation_name,
+            failed,
+            started,
+            comment,
             status=f"0x{result.status:04X}",
             bytes=result.size,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
             **({"outcome": result.outcome} if result.outcome else {}),
-            **({"error_comment": error_comment(comment)} if comment else {}),
         )
-        return _response(result.status, comment)
+        return status_dataset(result.status, comment)
 
     return handler
+
+
+def _log_operation(
+    handle: ClientHandle,
+    event: Event,
+    operation_name: str,
+    is_failure: bool,
+    started: float,
+    comment: str,
+    **fields: Any,
+) -> None:
+    """The one canonical log line of a DIMSE operation."""
+    log = handle.log.warning if is_failure else handle.log.info
+    log(
+        "dimse",
+        operation=operation_name,
+        sop_class=_sop_class_name(event),
+        **fields,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **({"error_comment": error_comment(comment)} if comment else {}),
+    )
+
+
+@dataclass
+class StreamReport:
+    """What a streaming operation (C-FIND, C-GET, C-MOVE) did, filled in as it runs.
+
+    `started_stream` turns True once the service has made the yields pynetdicom needs before
+    statuses (C-GET: the count; C-MOVE: destination and count); `status` is the final status
+    the peer receives, `fields` extra log fields (matches, sub-operation counts).
+    """
+
+    status: int = 0x0000
+    comment: str = ""
+    started_stream: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+StreamOperation = Callable[[Event, ClientHandle, StreamReport], Iterator[Any]]
+Refusal = Callable[[StreamReport, int, str], Iterator[Any]]
+
+
+def refuse_find(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
+    """C-FIND: a failure is one final response."""
+    yield status_dataset(status, comment), None
+
+
+def refuse_get(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
+    """C-GET: pynetdicom wants the sub-operation count first; a failure follows it."""
+    if not report.started_stream:
+        yield 1  # pynetdicom answers 0 sub-operations with Success, so announce one
+    yield status_dataset(status, comment), None
+
+
+def refuse_move(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
+    """C-MOVE: before the destination, pynetdicom's only refusal is 0xA801 (PS3.4 C.4.2.1.5).
+
+    A policy refusal therefore answers "Move Destination unknown" and pacsd's log says why; any
+    other error before streaming is raised, which pynetdicom answers with 0xC514 (unable to
+    process).
+    """
+    if report.started_stream:
+        yield status_dataset(status, comment), None
+        return
+    if status in (NotAuthorized.status, MOVE_DESTINATION_UNKNOWN):
+        report.status = MOVE_DESTINATION_UNKNOWN
+        yield None, None
+        return
+    report.status = 0xC514
+    raise RuntimeError(comment)
+
+
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+def guarded_stream(
+    operation_name: str,
+    policy_operation: str,
+    operation: StreamOperation,
+    handle_of: HandleLookup,
+    refusal: Refusal,
+) -> Callable[[Event], Iterator[Any]]:
+    """A pynetdicom generator handler that checks the policy and maps errors to statuses."""
+
+    def handler(event: Event) -> Iterator[Any]:
+        handle = handle_of(event)
+        handle.operation_started(operation_name)
+        started = time.perf_counter()
+        report = StreamReport()
+        try:
+            _authorize(handle, policy_operation, event)
+            yield from operation(event, handle, report)
+        except DicomStatusError as exc:
+            report.status, report.comment = exc.status, exc.comment
+            yield from refusal(report, exc.status, exc.comment)
+        except Exception:
+            handle.log.exception("operation failed unexpectedly", operation=operation_name)
+            report.status, report.comment = UNABLE_TO_PROCESS, "processing failure"
+            yield from refusal(report, UNABLE_TO_PROCESS, "processing failure")
+        finally:
+            failed = report.status not in (0x0000, 0xFE00) and not 0xB000 <= report.status <= 0xBFFF
+            handle.operation_finished(operation_name, failed)
+            _log_operation(
+                handle,
+                event,
+                operation_name,
+                failed,
+                started,
+                report.comment,
+                status=f"0x{report.status:04X}",
+                **report.fields,
+            )
+
+    return handler
+
+
+UNABLE_TO_PROCESS = 0xC000

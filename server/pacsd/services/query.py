@@ -1,0 +1,126 @@
+"""Query/Retrieve - FIND (PS3.4 C.4.1): identifier in, matches streamed as pending responses.
+
+The identifier's level and hierarchy are checked (qr_models), its keys parsed into matchers
+(dicom/matching), the index streams the matches (index/query) and each becomes a response
+holding every requested key (dicom/find_response). A C-CANCEL is honoured between two matches
+(0xFE00); more matches than `query.max_results` end the query with 0xA700. (pynetdicom drops a
+C-CANCEL that arrives before it hands the request to the handler: Association._serve_request
+clears dimse.cancel_req, so a cancel is seen once the first response is out.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
+from pacsd.dicom.find_response import response_dataset, response_json
+from pacsd.dicom.matching import MatchOptions, parse_identifier
+from pacsd.dicom.qr_models import (
+    QUERY_RETRIEVE_LEVEL,
+    Level,
+    check_find_hierarchy,
+    level_of,
+    model_of,
+)
+from pacsd.errors import CannotUnderstand, OutOfResources
+from pacsd.index.database import IndexDatabase
+from pacsd.index.query import find, usable_keys
+from pacsd.net.handle import ClientHandle
+from pacsd.services.guard import StreamReport
+from pacsd.settings import QuerySettings
+
+PENDING = 0xFF00
+# PS3.4 C.4.1.1.4: pending, "one or more Optional Keys were not supported".
+PENDING_KEYS_UNSUPPORTED = 0xFF01
+CANCELLED = 0xFE00
+RETRIEVE_AE_TITLE = int(Tag("RetrieveAETitle"))
+INSTANCE_AVAILABILITY = int(Tag("InstanceAvailability"))
+
+
+def decoded_identifier(event: Event) -> Dataset:
+    """The request identifier, or Cannot Understand (0xC000) when it does not decode."""
+    try:
+        identifier: Dataset = event.identifier
+        identifier.decode()  # apply its Specific Character Set now, not while matching
+    except Exception as exc:
+        raise CannotUnderstand(f"identifier cannot be decoded: {exc}") from None
+    return identifier
+
+
+def wait_until_sent(assoc: Association, timeout: float = 30.0) -> None:
+    """Wait (bounded) until pynetdicom has put every queued PDU of `assoc` on the wire.
+
+    pynetdicom's DUL thread reads the peer's PDUs only when it has nothing left to send
+    (dul.py, DULServiceProvider.run_reactor: send first, `elif` receive), so a handler that
+    yields responses faster than they are sent would not see a C-CANCEL until the whole result
+    was queued, and would hold all of it in memory. Pacing each response to the send queue
+    keeps both bounded.
+    """
+    outgoing = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + timeout
+    while outgoing.qsize() and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(SEND_POLL_S)
+
+
+SEND_POLL_S = 0.0005
+
+
+class QueryService:
+    """C-FIND SCP over the index."""
+
+    def __init__(self, index: IndexDatabase, settings: QuerySettings, ae_title: str) -> None:
+        self.index = index
+        self.settings = settings
+        self.ae_title = ae_title
+        self.options = MatchOptions(settings.person_name_case_insensitive)
+
+    def on_c_find(
+        self, event: Event, handle: ClientHandle, report: StreamReport
+    ) -> Iterator[tuple[Any, Dataset | None]]:
+        """Yield (0xFF00 or 0xFF01, identifier) per match; pynetdicom then answers Success."""
+        identifier = decoded_identifier(event)
+        model = model_of(str(event.request.AffectedSOPClassUID))
+        level = level_of(identifier, model)
+        check_find_hierarchy(identifier, model, level)
+        keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
+        usable, refused = usable_keys(keys, level)
+        pending = PENDING_KEYS_UNSUPPORTED if refused else PENDING
+        charset = _charset_terms(identifier)
+        report.fields.update(query_level=level.name, model=model.name, matches=0)
+        if refused:
+            report.fields["unsupported_keys"] = [key.keyword for key in refused]
+        for count, match in enumerate(find(self.index, level, usable), start=1):
+            wait_until_sent(event.assoc)
+            if event.is_cancelled:
+                report.status = CANCELLED
+                yield CANCELLED, None
+                return
+            if count > self.settings.max_results:
+                raise OutOfResources(
+                    f"more than {self.settings.max_results} matches: narrow the query"
+                )
+            document = response_json(keys, match.header, match.computed)
+            self._fill_fixed_keys(document, level)
+            report.fields["matches"] = count
+            yield pending, response_dataset(document, charset)
+
+    def _fill_fixed_keys(self, document: dict[str, Any], level: Level) -> None:
+        """Query/Retrieve Level, and Retrieve AE Title / Instance Availability when asked."""
+        document[f"{QUERY_RETRIEVE_LEVEL:08X}"] = {"vr": "CS", "Value": [level.name]}
+        if f"{RETRIEVE_AE_TITLE:08X}" in document:
+            document[f"{RETRIEVE_AE_TITLE:08X}"] = {"vr": "AE", "Value": [self.ae_title]}
+        if f"{INSTANCE_AVAILABILITY:08X}" in document:
+            document[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+
+
+def _charset_terms(identifier: Dataset) -> list[str]:
+    value = identifier.get("SpecificCharacterSet", "")
+    if not value:
+        return []
+    return [str(term) for term in value] if not isinstance(value, str) else [value]
