@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from tests.harness import PacsdProcess, base_config
 
 POSTGRES_ENV = "PACSD_TEST_DATABASE_URL"
-DCMTK_TOOLS = ("echoscu", "storescu")
+DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
 
 
 def _backends() -> list[Any]:
