@@ -1,0 +1,57 @@
+"""The benchmarks still run: each on a tiny workload, its own correctness checks included.
+
+A benchmark exits 1 when an answer was wrong (an instance not stored, a C-FIND result that is
+not the expected set, a retrieve that did not deliver everything), so exit 0 here means its
+checks passed on a real pacsd, DCMTK storescu/storescp/getscu and, for the query benchmark,
+pynetdicom SCUs. No figure is asserted: speed is for the benchmark's own report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+REPOSITORY = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+
+
+def run_benchmark(module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.<module>` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *arguments],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_query_benchmark_runs_and_its_answers_are_right(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "query",
+        "--instances",
+        "40",
+        "--repeat",
+        "2",
+        "--bulk-studies",
+        "3",
+        "--work",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| PatientName wildcard | 2 |" in result.stdout
+    assert "| C-MOVE, bulk | 1 | 15 |" in result.stdout  # three studies of five instances
+    assert "| C-GET (getscu), bulk | 1 | 15 |" in result.stdout
+
+
+def test_ingest_benchmark_runs_and_stores_everything(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "ingest", "--count", "4", "--associations", "1,2", "--reference", "--work", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "problem" not in result.stdout.lower(), result.stdout
