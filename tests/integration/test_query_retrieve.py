@@ -30,6 +30,7 @@ from pynetdicom.dsutils import split_dataset
 
 from tests import datagen, qr_archive
 from tests.conftest import POSTGRES_ENV, _fresh_postgresql_database
+from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.qr_archive import Entry
 from tests.qr_scu import (
@@ -369,6 +370,32 @@ def assert_identical(qr: QRServer, received: Received, uids: set[str]) -> None:
     for uid, (raw, syntax) in received.datasets.items():
         assert syntax == ExplicitVRLittleEndian
         assert raw == original_dataset(paths[uid]), f"{uid} differs from what was stored"
+
+
+def long_uid_list(wanted: list[str]) -> list[str]:
+    """`wanted` among unknown UIDs, > 64 kB in all: Explicit VR can then only encode it as UN."""
+    unknown = [f"{TEST_UID_ROOT}8.{number}.{'1' * 28}" for number in range(1, 1300)]
+    uids = unknown[:650] + wanted + unknown[650:]
+    assert len("\\".join(uids)) > 0xFFFF
+    return uids
+
+
+@pytest.mark.filterwarnings("ignore:The value for the data element")  # pydicom: UI -> UN
+def test_a_uid_list_longer_than_64_kb_still_matches(qr: QRServer) -> None:
+    entry = next(e for e in qr.entries if e.accession == "ACC-101")
+    series = sorted(e.sop_instance_uid for e in qr.entries if e.series_uid == entry.series_uid)
+    keys = identifier(
+        "IMAGE",
+        StudyInstanceUID=entry.study_uid,
+        SeriesInstanceUID=entry.series_uid,
+        SOPInstanceUID=long_uid_list(series[:2]),
+    )
+    found = find(qr, "S", keys)
+    assert found.final_status == 0x0000
+    assert found.values("SOPInstanceUID") == set(series[:2])
+    responses, received = get(qr, "S", keys)
+    assert responses.final_status == 0x0000
+    assert_identical(qr, received, set(series[:2]))
 
 
 @pytest.mark.parametrize("model", ["P", "S"])

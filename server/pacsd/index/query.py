@@ -218,7 +218,12 @@ def _value_condition(
             return None
         return column.in_(numbers)
     alternatives: list[ColumnElement[bool]] = []
-    for value in matcher.literals + matcher.patterns:
+    plain = not matcher.case_insensitive and matcher.vr != "PN"
+    if plain and matcher.literals:
+        # One IN, not an OR per value: SQLite refuses an expression tree deeper than 1000,
+        # and a C-MOVE may list thousands of UIDs.
+        alternatives.append(column.in_(matcher.literals))
+    for value in matcher.patterns if plain else matcher.literals + matcher.patterns:
         clause = _like(column, matcher, value)
         if clause is None:
             return None

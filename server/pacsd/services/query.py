@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom.association import Association
@@ -48,9 +51,57 @@ def decoded_identifier(event: Event) -> Dataset:
     try:
         identifier: Dataset = event.identifier
         identifier.decode()  # apply its Specific Character Set now, not while matching
+        _restore_text_vrs(identifier)
     except Exception as exc:
         raise CannotUnderstand(f"identifier cannot be decoded: {exc}") from None
     return identifier
+
+
+# Values of these VRs are text; a list of them can outgrow a 16-bit length (PS3.5 6.2.2).
+TEXT_VRS = frozenset(
+    [
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    ]
+)
+SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UR", "UT"})
+
+
+def _restore_text_vrs(identifier: Dataset) -> None:
+    """Give UN elements of a known text attribute their VR back (PS3.5 6.2.2, 7.1.2).
+
+    In Explicit VR, a value longer than 64 kB cannot have a 16-bit length VR such as UI, so an
+    SCU encodes it as UN (pydicom does, e.g. a C-MOVE listing 2,000 Study Instance UIDs);
+    pydicom keeps such an element as UN bytes, which would match nothing.
+    """
+    encodings = convert_encodings(identifier.get("SpecificCharacterSet") or "ISO_IR 6")
+    for element in list(identifier):
+        if element.VR != "UN" or not isinstance(element.value, bytes):
+            continue
+        try:
+            vr = dictionary_VR(element.tag)
+        except KeyError:
+            continue
+        if vr not in TEXT_VRS:
+            continue
+        text = decode_bytes(element.value, encodings, set()).rstrip("\0 ")
+        values = [text] if vr in SINGLE_VALUED_VRS else text.split("\\")
+        identifier[element.tag] = DataElement(element.tag, vr, values)
 
 
 def wait_until_sent(assoc: Association, timeout: float = 30.0) -> None:
