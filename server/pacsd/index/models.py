@@ -131,3 +131,37 @@ class Instance(Base):
     header: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class WorklistItem(Base):
+    """A Modality Worklist item (PS3.4 K.6.1): one Scheduled Procedure Step to perform.
+
+    The columns are what modalities match on; `document` is the whole item in the DICOM JSON
+    model, with exactly one item in its Scheduled Procedure Step Sequence, as a worklist
+    response carries it (PS3.4 K.6.1.2.2).
+    """
+
+    __tablename__ = "worklist_item"
+    __table_args__ = (
+        Index(
+            "uq_worklist_item_step",
+            "accession_number",
+            "requested_procedure_id",
+            "scheduled_procedure_step_id",
+            unique=True,
+        ),
+    )
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(IndexText, index=True)
+    patient_name: Mapped[str] = mapped_column(IndexText)
+    accession_number: Mapped[str] = mapped_column(IndexText)
+    requested_procedure_id: Mapped[str] = mapped_column(IndexText)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(IndexText)
+    scheduled_station_ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    start_date: Mapped[str] = mapped_column(String(16), index=True)
+    start_time: Mapped[str] = mapped_column(String(32))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    document: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
