@@ -76,7 +76,7 @@ def header_json(dataset: Dataset) -> dict[str, Any]:
     return result
 
 
-def _text(dataset: Dataset, keyword: str) -> str:
+def index_text(dataset: Dataset, keyword: str) -> str:
     """A value as index text ('' when absent or unreadable); multiple values joined by '\\'."""
     try:
         value = dataset.get(keyword)
@@ -89,7 +89,7 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
-    text = _text(dataset, keyword).split("\\")[0]
+    text = index_text(dataset, keyword).split("\\")[0]
     try:
         return int(float(text)) if text else None
     except ValueError:
@@ -130,29 +130,29 @@ _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SO
 def extract_attributes(dataset: Dataset) -> InstanceAttributes:
     """Index attributes of `dataset`; the four identifying UIDs must be present."""
     for keyword in _REQUIRED_UIDS:
-        if not _text(dataset, keyword):
+        if not index_text(dataset, keyword):
             raise DatasetMismatch(f"data set has no {keyword}")
     return InstanceAttributes(
-        patient_id=_text(dataset, "PatientID"),
-        issuer_of_patient_id=_text(dataset, "IssuerOfPatientID"),
-        patient_name=_text(dataset, "PatientName"),
-        patient_birth_date=_text(dataset, "PatientBirthDate"),
-        patient_sex=_text(dataset, "PatientSex"),
-        study_instance_uid=_text(dataset, "StudyInstanceUID"),
-        study_date=_text(dataset, "StudyDate"),
-        study_time=_text(dataset, "StudyTime"),
-        accession_number=_text(dataset, "AccessionNumber"),
-        study_id=_text(dataset, "StudyID"),
-        referring_physician_name=_text(dataset, "ReferringPhysicianName"),
-        study_description=_text(dataset, "StudyDescription"),
-        series_instance_uid=_text(dataset, "SeriesInstanceUID"),
-        modality=_text(dataset, "Modality"),
+        patient_id=index_text(dataset, "PatientID"),
+        issuer_of_patient_id=index_text(dataset, "IssuerOfPatientID"),
+        patient_name=index_text(dataset, "PatientName"),
+        patient_birth_date=index_text(dataset, "PatientBirthDate"),
+        patient_sex=index_text(dataset, "PatientSex"),
+        study_instance_uid=index_text(dataset, "StudyInstanceUID"),
+        study_date=index_text(dataset, "StudyDate"),
+        study_time=index_text(dataset, "StudyTime"),
+        accession_number=index_text(dataset, "AccessionNumber"),
+        study_id=index_text(dataset, "StudyID"),
+        referring_physician_name=index_text(dataset, "ReferringPhysicianName"),
+        study_description=index_text(dataset, "StudyDescription"),
+        series_instance_uid=index_text(dataset, "SeriesInstanceUID"),
+        modality=index_text(dataset, "Modality"),
         series_number=_integer(dataset, "SeriesNumber"),
-        series_description=_text(dataset, "SeriesDescription"),
-        body_part_examined=_text(dataset, "BodyPartExamined"),
-        series_date=_text(dataset, "SeriesDate"),
-        series_time=_text(dataset, "SeriesTime"),
-        sop_instance_uid=_text(dataset, "SOPInstanceUID"),
-        sop_class_uid=_text(dataset, "SOPClassUID"),
+        series_description=index_text(dataset, "SeriesDescription"),
+        body_part_examined=index_text(dataset, "BodyPartExamined"),
+        series_date=index_text(dataset, "SeriesDate"),
+        series_time=index_text(dataset, "SeriesTime"),
+        sop_instance_uid=index_text(dataset, "SOPInstanceUID"),
+        sop_class_uid=index_text(dataset, "SOPClassUID"),
         instance_number=_integer(dataset, "InstanceNumber"),
     )

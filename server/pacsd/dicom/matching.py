@@ -298,8 +298,12 @@ def _sequence_key(element: DataElement, options: MatchOptions) -> Key:
     items: list[Dataset] = list(element.value or [])
     if len(items) > 1:
         return Key(tag, "SQ", supported=False)  # C.2.2.2.6: the query holds at most one item
+    # Date and time inside the item combine too (C.2.2.2.5: Scheduled Procedure Step Start
+    # Date and Time in a worklist query's Scheduled Procedure Step Sequence).
     item_keys = (
-        tuple(parse_key(item_element, options) for item_element in items[0]) if items else ()
+        tuple(combine_date_time([parse_key(item_element, options) for item_element in items[0]]))
+        if items
+        else ()
     )
     matchers = tuple(key.matcher for key in item_keys if key.matcher is not None)
     supported = all(key.supported for key in item_keys)

@@ -177,21 +177,21 @@ def _rows(
 def _condition(key: Key) -> ColumnElement[bool] | None:
     """A SQL condition selecting a superset of the key's matches, or None (no narrowing)."""
     if key.tag == MODALITIES_IN_STUDY:
-        clause = _column_condition(Series.modality, key)
+        clause = column_condition(Series.modality, key)
         if clause is None:
             return None
         return exists(select(Series.pk).where(Series.study_fk == Study.pk, clause))
     if key.tag == SOP_CLASSES_IN_STUDY:
-        clause = _column_condition(Instance.sop_class_uid, key)
+        clause = column_condition(Instance.sop_class_uid, key)
         if clause is None:
             return None
         in_study = select(Instance.pk).join(Series, Instance.series_fk == Series.pk)
         return exists(in_study.where(Series.study_fk == Study.pk, clause))
     mapped = COLUMNS.get(key.tag)
-    return _column_condition(mapped[1], key) if mapped is not None else None
+    return column_condition(mapped[1], key) if mapped is not None else None
 
 
-def _column_condition(column: InstrumentedAttribute[Any], key: Key) -> ColumnElement[bool] | None:
+def column_condition(column: InstrumentedAttribute[Any], key: Key) -> ColumnElement[bool] | None:
     matcher = key.matcher
     if isinstance(matcher, ValueMatcher):
         return _value_condition(column, matcher)

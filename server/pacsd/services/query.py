@@ -11,7 +11,7 @@ clears dimse.cancel_req, so a cancel is seen once the first response is out.)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -142,35 +142,49 @@ class QueryService:
         keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
         usable, refused = usable_keys(keys, level)
         pending = PENDING_KEYS_UNSUPPORTED if refused else PENDING
-        charset = _charset_terms(identifier)
+        charset = charset_terms(identifier)
         report.fields.update(query_level=level.name, model=model.name, matches=0)
         if refused:
             report.fields["unsupported_keys"] = [key.keyword for key in refused]
-        for count, match in enumerate(find(self.index, level, usable), start=1):
-            wait_until_sent(event.assoc)
-            if event.is_cancelled:
-                report.status = CANCELLED
-                yield CANCELLED, None
-                return
-            if count > self.settings.max_results:
-                raise OutOfResources(
-                    f"more than {self.settings.max_results} matches: narrow the query"
-                )
-            document = response_json(keys, match.header, match.computed)
-            self._fill_fixed_keys(document, level)
-            report.fields["matches"] = count
-            yield pending, response_dataset(document, charset)
+        documents = (
+            self._filled(response_json(keys, match.header, match.computed), level)
+            for match in find(self.index, level, usable)
+        )
+        yield from stream_matches(event, report, documents, pending, charset, self.settings)
 
-    def _fill_fixed_keys(self, document: dict[str, Any], level: Level) -> None:
+    def _filled(self, document: dict[str, Any], level: Level) -> dict[str, Any]:
         """Query/Retrieve Level, and Retrieve AE Title / Instance Availability when asked."""
         document[f"{QUERY_RETRIEVE_LEVEL:08X}"] = {"vr": "CS", "Value": [level.name]}
         if f"{RETRIEVE_AE_TITLE:08X}" in document:
             document[f"{RETRIEVE_AE_TITLE:08X}"] = {"vr": "AE", "Value": [self.ae_title]}
         if f"{INSTANCE_AVAILABILITY:08X}" in document:
             document[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+        return document
 
 
-def _charset_terms(identifier: Dataset) -> list[str]:
+def stream_matches(
+    event: Event,
+    report: StreamReport,
+    documents: Iterable[dict[str, Any]],
+    pending: int,
+    charset: list[str],
+    settings: QuerySettings,
+) -> Iterator[tuple[int, Dataset | None]]:
+    """One pending response per matching document, paced to the socket; C-CANCEL and the
+    `max_results` cap end the stream (0xFE00, 0xA700)."""
+    for count, document in enumerate(documents, start=1):
+        wait_until_sent(event.assoc)
+        if event.is_cancelled:
+            report.status = CANCELLED
+            yield CANCELLED, None
+            return
+        if count > settings.max_results:
+            raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
+        report.fields["matches"] = count
+        yield pending, response_dataset(document, charset)
+
+
+def charset_terms(identifier: Dataset) -> list[str]:
     value = identifier.get("SpecificCharacterSet", "")
     if not value:
         return []
