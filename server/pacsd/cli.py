@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import yaml
@@ -15,6 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 from pacsd import __version__
 from pacsd.settings import ConfigError, Settings, config_path_from, load_settings
+
+if TYPE_CHECKING:
+    from pacsd.index.database import IndexDatabase
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -188,6 +194,108 @@ def db_upgrade(config_path: Path | None) -> None:
     finally:
         engine.dispose()
     click.echo(f"database schema at revision {', '.join(status.current)}")
+
+
+@main.group()
+def worklist() -> None:
+    """Manage the Modality Worklist: the steps modalities fetch with a worklist C-FIND."""
+
+
+@contextmanager
+def _index(config_path: Path | None) -> Iterator[IndexDatabase]:
+    """The configured index database, its schema created or checked as at start-up."""
+    from pacsd.index.database import IndexDatabase, create_index_engine
+    from pacsd.index.schema import SchemaOutOfDate, ensure_schema
+
+    settings, _ = _settings(config_path)
+    database = IndexDatabase(create_index_engine(settings.database.url, pool_size=1))
+    try:
+        ensure_schema(database.engine)
+        yield database
+    except (OperationalError, SchemaOutOfDate) as exc:
+        _fail([_start_problem(exc)], EXIT_FAILURE)
+    finally:
+        database.dispose()
+
+
+@worklist.command("add")
+@CONFIG_OPTION
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+def worklist_add(config_path: Path | None, files: tuple[Path, ...]) -> None:
+    """Add the items in FILES (DICOM files, or DICOM JSON: an object or an array).
+
+    An item with several Scheduled Procedure Steps becomes one worklist item per step. Nothing
+    is added unless every item of every file is valid.
+    """
+    from pacsd.dicom.worklist_item import WorklistItemError, entries_of, read_items
+    from pacsd.index.worklist import add_entries
+
+    try:
+        entries = [
+            entry for path in files for item in read_items(path) for entry in entries_of(item)
+        ]
+    except WorklistItemError as exc:
+        _fail([str(exc)], EXIT_FAILURE)
+    with _index(config_path) as database:
+        try:
+            ids = add_entries(database, entries)
+        except WorklistItemError as exc:
+            _fail([str(exc)], EXIT_FAILURE)
+    for item_id, entry in zip(ids, entries, strict=True):
+        generated = " (StudyInstanceUID generated)" if entry.generated_study_uid else ""
+        click.echo(
+            f"added {item_id}: {entry.start_date} {entry.start_time} "
+            f"{entry.scheduled_station_ae_title} {entry.modality} {entry.patient_id} "
+            f"accession {entry.accession_number or '-'}{generated}"
+        )
+
+
+@worklist.command("list")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="DICOM JSON items, an array.")
+def worklist_list(config_path: Path | None, as_json: bool) -> None:
+    """The worklist items, by scheduled start."""
+    from pacsd.index.worklist import list_items
+
+    with _index(config_path) as database:
+        items = list_items(database)
+    if as_json:
+        click.echo(json.dumps([item.document for item in items], indent=2))
+        return
+    columns = ("ID", "DATE", "TIME", "STATION", "MOD", "PATIENT ID", "NAME", "ACCESSION", "STEP")
+    rows = [columns] + [
+        (
+            str(item.pk),
+            item.start_date,
+            item.start_time,
+            item.scheduled_station_ae_title,
+            item.modality,
+            item.patient_id,
+            item.patient_name,
+            item.accession_number,
+            item.scheduled_procedure_step_id,
+        )
+        for item in items
+    ]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+
+
+@worklist.command("remove")
+@CONFIG_OPTION
+@click.argument("ids", nargs=-1, required=True, type=int)
+def worklist_remove(config_path: Path | None, ids: tuple[int, ...]) -> None:
+    """Remove the items with these IDs (as `pacsd worklist list` shows them)."""
+    from pacsd.index.worklist import remove_items
+
+    with _index(config_path) as database:
+        removed = set(remove_items(database, ids))
+    for item_id in ids:
+        click.echo(f"removed {item_id}" if item_id in removed else f"no item {item_id}")
+    if len(removed) < len(set(ids)):
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from pacsd.runtime import RuntimeConfig
 from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
+from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
 from pacsd.storage.filesystem import FilesystemStore
 
@@ -107,6 +108,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             storage=StorageService(archive),
             query=QueryService(index, settings.query, settings.ae_title),
             retrieve=RetrieveService(index, files, runtime.peers),
+            worklist=WorklistService(index, settings.query),
         )
         listener = Listener(settings, services, policy=runtime.policy)
         return _run_until_stopped(settings, runtime, listener)

@@ -21,7 +21,7 @@ from pacsd.policy.engine import Grant
 
 # The operations this version of pacsd has a service for; of find/get/move, the information
 # models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
-SERVED_OPERATIONS = frozenset({"echo", "store"})
+SERVED_OPERATIONS = frozenset({"echo", "store", "worklist"})
 # Offered at server level only so that pynetdicom starts; no peer can propose it. If the per-
 # association policy step failed to run, negotiation would therefore accept nothing (fail closed).
 _PLACEHOLDER_ABSTRACT_SYNTAX = f"{IMPLEMENTATION_CLASS_UID}.0.1"

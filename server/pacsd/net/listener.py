@@ -7,6 +7,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +34,7 @@ from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService, install_sender
 from pacsd.services.storage import StorageService
 from pacsd.services.verification import on_c_echo
+from pacsd.services.worklist import MODALITY_WORKLIST_FIND, WorklistService
 from pacsd.settings import Settings
 
 log = get_logger("pacsd.listener")
@@ -97,6 +99,7 @@ class Services:
     storage: StorageService
     query: QueryService
     retrieve: RetrieveService
+    worklist: WorklistService
 
 
 class Listener:
@@ -145,12 +148,7 @@ class Listener:
                 evt.EVT_C_STORE,
                 guarded("C-STORE", "store", services.storage.on_c_store, self.handle_of),
             ),
-            (
-                evt.EVT_C_FIND,
-                guarded_stream(
-                    "C-FIND", "find", services.query.on_c_find, self.handle_of, refuse_find
-                ),
-            ),
+            (evt.EVT_C_FIND, self._on_c_find()),
             (
                 evt.EVT_C_GET,
                 guarded_stream(
@@ -164,6 +162,23 @@ class Listener:
                 ),
             ),
         ]
+
+    def _on_c_find(self) -> Callable[[Event], Iterator[Any]]:
+        """C-FIND: a Query/Retrieve model ("find") or the Modality Worklist ("worklist")."""
+        services = self.services
+        query = guarded_stream(
+            "C-FIND", "find", services.query.on_c_find, self.handle_of, refuse_find
+        )
+        worklist = guarded_stream(
+            "C-FIND", "worklist", services.worklist.on_c_find, self.handle_of, refuse_find
+        )
+
+        def on_c_find(event: Event) -> Iterator[Any]:
+            if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+                return worklist(event)
+            return query(event)
+
+        return on_c_find
 
     def status_snapshot(self) -> dict[str, Any]:
         """What the status interface serves: this listener and its live client handles."""

@@ -157,11 +157,11 @@ class PolicyRule(RuleModel):
 
 
 def default_policies() -> list[PolicyRule]:
-    """The embedded default: every peer may echo, store, query and retrieve."""
+    """The embedded default: every peer may echo, store, query, retrieve and read the worklist."""
     return [
         PolicyRule(
             name="accept-all",
-            sop_classes=["verification", "storage", "query-retrieve"],
+            sop_classes=["verification", "storage", "query-retrieve", "worklist"],
             peer_scp_role=["storage"],
         )
     ]

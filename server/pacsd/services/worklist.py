@@ -1,0 +1,58 @@
+"""Modality Worklist - FIND (PS3.4 K.6.1): the scheduled steps a modality asks for.
+
+The identifier's keys, Scheduled Procedure Step Sequence items included, are parsed with the
+C-FIND matchers (dicom/matching: wild cards, date and time ranges combined, sequence matching)
+and matched on the stored items (index/worklist); every requested key comes back, and the
+stream is paced, cancellable and capped exactly like a C-FIND (services/query).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from pacsd.dicom.find_response import response_json
+from pacsd.dicom.matching import MatchOptions, parse_identifier
+from pacsd.dicom.qr_models import QUERY_RETRIEVE_LEVEL
+from pacsd.index.database import IndexDatabase
+from pacsd.index.worklist import find_items
+from pacsd.net.handle import ClientHandle
+from pacsd.services.guard import StreamReport
+from pacsd.services.query import (
+    PENDING,
+    PENDING_KEYS_UNSUPPORTED,
+    charset_terms,
+    decoded_identifier,
+    stream_matches,
+)
+from pacsd.settings import QuerySettings
+
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+
+
+class WorklistService:
+    """Modality Worklist C-FIND SCP over the worklist items in the index."""
+
+    def __init__(self, index: IndexDatabase, settings: QuerySettings) -> None:
+        self.index = index
+        self.settings = settings
+        self.options = MatchOptions(settings.person_name_case_insensitive)
+
+    def on_c_find(
+        self, event: Event, handle: ClientHandle, report: StreamReport
+    ) -> Iterator[tuple[Any, Dataset | None]]:
+        """Yield (0xFF00 or 0xFF01, item) per matching scheduled step."""
+        identifier = decoded_identifier(event)
+        keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
+        refused = [key for key in keys if not key.supported]
+        usable = [key for key in keys if key.supported]
+        report.fields.update(model="Modality Worklist", matches=0)
+        if refused:
+            report.fields["unsupported_keys"] = [key.keyword for key in refused]
+        pending = PENDING_KEYS_UNSUPPORTED if refused else PENDING
+        documents = (response_json(keys, item, {}) for item in find_items(self.index, usable))
+        charset = charset_terms(identifier)
+        yield from stream_matches(event, report, documents, pending, charset, self.settings)
