@@ -165,3 +165,46 @@ class WorklistItem(Base):
     start_time: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     document: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step (PS3.4 F.7) as its modality reported it.
+
+    `attributes` is the step's whole Attribute List in the DICOM JSON model, N-SETs applied;
+    the columns are what an operator lists and filters on.
+    """
+
+    __tablename__ = "mpps"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    performed_station_ae_title: Mapped[str] = mapped_column(String(16))
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    modality: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[str] = mapped_column(IndexText, index=True)
+    patient_name: Mapped[str] = mapped_column(IndexText)
+    accession_number: Mapped[str] = mapped_column(IndexText)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    start_date: Mapped[str] = mapped_column(String(16), index=True)
+    start_time: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+
+    series: Mapped[list[PerformedSeries]] = relationship(
+        back_populates="step", cascade="all, delete-orphan"
+    )
+
+
+class PerformedSeries(Base):
+    """A series a performed step says it produced, by UID: joined with `series` to show arrival."""
+
+    __tablename__ = "mpps_series"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    mpps_fk: Mapped[int] = mapped_column(Key, ForeignKey("mpps.pk"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    referenced_instances: Mapped[int] = mapped_column(Integer)
+
+    step: Mapped[PerformedProcedureStep] = relationship(back_populates="series")
