@@ -6,7 +6,7 @@ import ipaddress
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -277,10 +277,7 @@ def worklist_list(config_path: Path | None, as_json: bool) -> None:
         )
         for item in items
     ]
-    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        click.echo("  ".join(cells).rstrip())
+    _print_table(rows)
 
 
 @worklist.command("remove")
@@ -296,6 +293,49 @@ def worklist_remove(config_path: Path | None, ids: tuple[int, ...]) -> None:
         click.echo(f"removed {item_id}" if item_id in removed else f"no item {item_id}")
     if len(removed) < len(set(ids)):
         sys.exit(EXIT_FAILURE)
+
+
+@main.group()
+def mpps() -> None:
+    """Performed procedure steps the modalities reported (MPPS)."""
+
+
+@mpps.command("list")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per step, an array.")
+def mpps_list(config_path: Path | None, as_json: bool) -> None:
+    """Steps, newest first: status, and how many of their series and instances arrived."""
+    from dataclasses import asdict
+
+    from pacsd.index.mpps import list_steps
+
+    with _index(config_path) as database:
+        steps = list_steps(database)
+    if as_json:
+        click.echo(json.dumps([asdict(step) for step in steps], indent=2))
+        return
+    columns = ("START", "STATUS", "STATION", "MOD", "PATIENT ID", "ACCESSION", "SERIES", "IMAGES")
+    rows = [columns] + [
+        (
+            step.start,
+            step.status,
+            step.station,
+            step.modality,
+            step.patient_id,
+            step.accession_number,
+            f"{step.series_arrived}/{step.series_reported}",
+            f"{step.instances_stored}/{step.instances_reported}",
+        )
+        for step in steps
+    ]
+    _print_table(rows)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
 
 
 @main.command()

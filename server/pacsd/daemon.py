@@ -22,6 +22,7 @@ from pacsd.net.listener import Listener, Services, configure_pynetdicom
 from pacsd.net.status import StatusServer, associations_url
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
+from pacsd.services.mpps import MppsService
 from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
@@ -109,6 +110,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             query=QueryService(index, settings.query, settings.ae_title),
             retrieve=RetrieveService(index, files, runtime.peers),
             worklist=WorklistService(index, settings.query),
+            mpps=MppsService(index),
         )
         listener = Listener(settings, services, policy=runtime.policy)
         return _run_until_stopped(settings, runtime, listener)

@@ -21,7 +21,9 @@ from pacsd.policy.engine import Grant
 
 # The operations this version of pacsd has a service for; of find/get/move, the information
 # models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
-SERVED_OPERATIONS = frozenset({"echo", "store", "worklist"})
+SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps"})
+# Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served.
+_NOT_SERVED = frozenset({"1.2.840.10008.3.1.2.3.5"})
 # Offered at server level only so that pynetdicom starts; no peer can propose it. If the per-
 # association policy step failed to run, negotiation would therefore accept nothing (fail closed).
 _PLACEHOLDER_ABSTRACT_SYNTAX = f"{IMPLEMENTATION_CLASS_UID}.0.1"
@@ -29,6 +31,8 @@ _PLACEHOLDER_ABSTRACT_SYNTAX = f"{IMPLEMENTATION_CLASS_UID}.0.1"
 
 def is_served(sop_class_uid: str) -> bool:
     """True when pacsd has a service for the SOP class."""
+    if sop_class_uid in _NOT_SERVED:
+        return False
     return operation_of(sop_class_uid) in SERVED_OPERATIONS or sop_class_uid in MODELS
 
 

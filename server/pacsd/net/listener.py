@@ -25,11 +25,13 @@ from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
 from pacsd.services.guard import (
     guarded,
+    guarded_normalized,
     guarded_stream,
     refuse_find,
     refuse_get,
     refuse_move,
 )
+from pacsd.services.mpps import MppsService
 from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService, install_sender
 from pacsd.services.storage import StorageService
@@ -100,6 +102,7 @@ class Services:
     query: QueryService
     retrieve: RetrieveService
     worklist: WorklistService
+    mpps: MppsService
 
 
 class Listener:
@@ -149,6 +152,18 @@ class Listener:
                 guarded("C-STORE", "store", services.storage.on_c_store, self.handle_of),
             ),
             (evt.EVT_C_FIND, self._on_c_find()),
+            (
+                evt.EVT_N_CREATE,
+                guarded_normalized("N-CREATE", "mpps", services.mpps.on_n_create, self.handle_of),
+            ),
+            (
+                evt.EVT_N_SET,
+                guarded_normalized("N-SET", "mpps", services.mpps.on_n_set, self.handle_of),
+            ),
+            (
+                evt.EVT_N_GET,
+                guarded_normalized("N-GET", "mpps", services.mpps.on_n_get, self.handle_of),
+            ),
             (
                 evt.EVT_C_GET,
                 guarded_stream(

@@ -157,11 +157,12 @@ class PolicyRule(RuleModel):
 
 
 def default_policies() -> list[PolicyRule]:
-    """The embedded default: every peer may echo, store, query, retrieve and read the worklist."""
+    """The embedded default: every peer may echo, store, query, retrieve, use the worklist and
+    report performed procedure steps."""
     return [
         PolicyRule(
             name="accept-all",
-            sop_classes=["verification", "storage", "query-retrieve", "worklist"],
+            sop_classes=["verification", "storage", "query-retrieve", "worklist", "mpps"],
             peer_scp_role=["storage"],
         )
     ]

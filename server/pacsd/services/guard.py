@@ -53,7 +53,11 @@ def status_dataset(status: int, comment: str = "") -> Dataset:
 
 
 def _sop_class_uid(event: Event) -> str:
-    return str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+    request = event.request
+    uid = getattr(request, "AffectedSOPClassUID", None) or getattr(
+        request, "RequestedSOPClassUID", None
+    )
+    return str(uid or "")
 
 
 def _sop_class_name(event: Event) -> str:
@@ -106,6 +110,60 @@ def guarded(
         return status_dataset(result.status, comment)
 
     return handler
+
+
+NormalizedResult = tuple[int, Dataset | None]
+NormalizedOperation = Callable[[Event, ClientHandle], NormalizedResult]
+
+
+def guarded_normalized(
+    operation_name: str,
+    policy_operation: str,
+    operation: NormalizedOperation,
+    handle_of: HandleLookup,
+) -> Callable[[Event], tuple[Dataset, Dataset | None]]:
+    """A pynetdicom N-service handler: policy, then `operation` -> (status, data set).
+
+    A DicomStatusError becomes the failure response with its Error Comment, and its Error ID
+    and offending tags when it has them (`error_id`, `tags`: PS3.7 C.4 Attribute Identifier
+    List, which pynetdicom sends for N-GET and N-SET responses only).
+    """
+
+    def handler(event: Event) -> tuple[Dataset, Dataset | None]:
+        handle = handle_of(event)
+        handle.operation_started(operation_name)
+        started = time.perf_counter()
+        comment, dataset, response = "", None, Dataset()
+        try:
+            _authorize(handle, policy_operation, event)
+            status, dataset = operation(event, handle)
+            response = status_dataset(status)
+        except DicomStatusError as exc:
+            status, comment = exc.status, exc.comment
+            response = _failure(exc, operation_name)
+        except Exception:
+            handle.log.exception("operation failed unexpectedly", operation=operation_name)
+            status, comment = PROCESSING_FAILURE, "processing failure"
+            response = status_dataset(status, comment)
+        failed = status != 0x0000 and not 0xB000 <= status <= 0xBFFF
+        handle.operation_finished(operation_name, failed)
+        _log_operation(
+            handle, event, operation_name, failed, started, comment, status=f"0x{status:04X}"
+        )
+        return response, dataset
+
+    return handler
+
+
+def _failure(exc: DicomStatusError, operation_name: str) -> Dataset:
+    response = status_dataset(exc.status, exc.comment)
+    error_id = getattr(exc, "error_id", None)
+    if error_id is not None:
+        response.ErrorID = error_id
+    tags = getattr(exc, "tags", None)
+    if tags and operation_name in ("N-SET", "N-GET"):
+        response.AttributeIdentifierList = list(tags)
+    return response
 
 
 def _log_operation(
