@@ -173,7 +173,7 @@ def test_serve_refuses_an_out_of_date_schema(database_url: str, tmp_path: Path) 
     server = PacsdProcess.from_config(tmp_path, base_config(tmp_path, database_url))
     upgraded = pacsd_command("db", "upgrade", "--config", str(server.config_path))
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "revision 0003" in upgraded.stdout
+    assert "revision 0004" in upgraded.stdout
     engine = create_engine(database_url)
     with engine.begin() as connection:  # as if the tables came from an older pacsd
         connection.execute(text("DELETE FROM alembic_version"))

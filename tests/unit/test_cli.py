@@ -72,7 +72,7 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     result = pacsd("db", "upgrade", PACSD_DATABASE__URL=url)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "database schema at revision 0003"
+    assert result.stdout.strip() == "database schema at revision 0004"
     assert (tmp_path / "index.sqlite").stat().st_size > 0
 
 

@@ -208,3 +208,26 @@ class PerformedSeries(Base):
     referenced_instances: Mapped[int] = mapped_column(Integer)
 
     step: Mapped[PerformedProcedureStep] = relationship(back_populates="series")
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment request (PS3.4 J.3) until its N-EVENT-REPORT is delivered.
+
+    `references` are the [SOP Class UID, SOP Instance UID] pairs asked for; `result` is what the
+    check found ({"success": [...], "failed": [[class, instance, reason], ...]}), kept so that a
+    retried or restarted delivery reports the same outcome.
+    """
+
+    __tablename__ = "commitment_request"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(UID, unique=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(String(256))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    references: Mapped[list[Any]] = mapped_column(JsonDocument)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)

@@ -1,0 +1,207 @@
+"""Storage Commitment requests in the index, and the check of what they reference.
+
+A request is stored before the N-ACTION is answered, so a restart of pacsd between the N-ACTION
+and the N-EVENT-REPORT loses nothing: the worker finds it pending and delivers it afterwards.
+The check (`verify`) looks at each referenced instance in the index and reads its file again:
+present, of the class the requester named, and with the SHA-256 recorded when it was stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pacsd.errors import DicomStatusError
+from pacsd.index.database import IndexDatabase
+from pacsd.index.models import CommitmentRequest, Instance
+
+PENDING = "pending"
+DELIVERED = "delivered"
+# PS3.4 J.3.3.1.1 (Failure Reason, 0008,1197)
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+PROCESSING_FAILURE = 0x0110
+CLASS_INSTANCE_CONFLICT = 0x0119
+READ_CHUNK = 1024 * 1024
+
+
+class DuplicateTransaction(DicomStatusError):
+    """A Transaction UID already used by an earlier request: Processing failure (0x0110)."""
+
+    status = 0x0110
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request whose report is due."""
+
+    transaction_uid: str
+    calling_ae_title: str
+    references: list[tuple[str, str]]
+    result: dict[str, Any] | None
+    attempts: int
+
+
+def add_request(
+    database: IndexDatabase,
+    transaction_uid: str,
+    calling_ae_title: str,
+    references: Sequence[tuple[str, str]],
+) -> None:
+    """Persist a new request, due at once."""
+    now = datetime.now(UTC)
+    request = CommitmentRequest(
+        transaction_uid=transaction_uid,
+        calling_ae_title=calling_ae_title,
+        state=PENDING,
+        requested_at=now,
+        next_attempt_at=now,
+        attempts=0,
+        last_error="",
+        references=[list(pair) for pair in references],
+        result=None,
+    )
+    try:
+        with database.writing() as session:
+            session.add(request)
+    except IntegrityError:
+        raise DuplicateTransaction(f"transaction {transaction_uid} was requested before") from None
+
+
+def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:
+    """Pending requests whose next attempt is due, oldest first."""
+    now = datetime.now(UTC)
+    statement = (
+        select(CommitmentRequest)
+        .where(CommitmentRequest.state == PENDING, CommitmentRequest.next_attempt_at <= now)
+        .order_by(CommitmentRequest.next_attempt_at, CommitmentRequest.pk)
+        .limit(limit)
+    )
+    with database.reading() as session:
+        return [
+            Pending(
+                row.transaction_uid,
+                row.calling_ae_title,
+                [(str(pair[0]), str(pair[1])) for pair in row.references],
+                row.result,
+                row.attempts,
+            )
+            for row in session.scalars(statement)
+        ]
+
+
+def next_due(database: IndexDatabase) -> datetime | None:
+    """When the earliest pending request is due, if any."""
+    statement = select(CommitmentRequest.next_attempt_at).where(CommitmentRequest.state == PENDING)
+    with database.reading() as session:
+        found = session.scalar(statement.order_by(CommitmentRequest.next_attempt_at).limit(1))
+    return _aware(found) if found is not None else None
+
+
+def due_now(database: IndexDatabase) -> int:
+    """Make every pending request due at once (start-up); how many there are."""
+    with database.writing() as session:
+        rows = list(
+            session.scalars(select(CommitmentRequest).where(CommitmentRequest.state == PENDING))
+        )
+        now = datetime.now(UTC)
+        for row in rows:
+            row.next_attempt_at = now
+        return len(rows)
+
+
+def save_result(database: IndexDatabase, transaction_uid: str, result: dict[str, Any]) -> None:
+    """Keep the outcome of the check, so that every delivery attempt reports the same."""
+    with database.writing() as session:
+        row = _row(session, transaction_uid)
+        row.result = result
+
+
+def mark_delivered(database: IndexDatabase, transaction_uid: str) -> None:
+    """The requester acknowledged the N-EVENT-REPORT."""
+    with database.writing() as session:
+        row = _row(session, transaction_uid)
+        row.state, row.delivered_at, row.last_error = DELIVERED, datetime.now(UTC), ""
+        row.attempts += 1
+
+
+def reschedule(database: IndexDatabase, transaction_uid: str, delay_s: float, error: str) -> None:
+    """Count a failed delivery and set the next attempt `delay_s` from now."""
+    with database.writing() as session:
+        row = _row(session, transaction_uid)
+        row.attempts += 1
+        row.last_error = error[:256]
+        row.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay_s)
+
+
+def request_state(database: IndexDatabase, transaction_uid: str) -> tuple[str, int, str] | None:
+    """(state, attempts, last error) of a request, None when there is none."""
+    with database.reading() as session:
+        row = session.scalars(
+            select(CommitmentRequest).where(CommitmentRequest.transaction_uid == transaction_uid)
+        ).one_or_none()
+        return (row.state, row.attempts, row.last_error) if row is not None else None
+
+
+def _row(session: Any, transaction_uid: str) -> CommitmentRequest:
+    statement = select(CommitmentRequest).where(
+        CommitmentRequest.transaction_uid == transaction_uid
+    )
+    row: CommitmentRequest = session.scalars(statement.with_for_update()).one()
+    return row
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def verify(
+    database: IndexDatabase,
+    locate: Callable[[str], Path],
+    references: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """{"success": [[class, instance]...], "failed": [[class, instance, reason]...]}."""
+    uids = [instance for _class, instance in references]
+    with database.reading() as session:
+        rows = {
+            row.sop_instance_uid: (row.sop_class_uid, row.file_path, row.file_sha256)
+            for row in session.execute(
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Instance.file_path,
+                    Instance.file_sha256,
+                ).where(Instance.sop_instance_uid.in_(uids))
+            )
+        }
+    success: list[list[str]] = []
+    failed: list[list[Any]] = []
+    for sop_class, sop_instance in references:
+        stored = rows.get(sop_instance)
+        if stored is None:
+            failed.append([sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE])
+        elif stored[0] != sop_class:
+            failed.append([sop_class, sop_instance, CLASS_INSTANCE_CONFLICT])
+        elif _sha256(locate(stored[1])) != stored[2]:
+            failed.append([sop_class, sop_instance, PROCESSING_FAILURE])
+        else:
+            success.append([sop_class, sop_instance])
+    return {"success": success, "failed": failed}
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(READ_CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
