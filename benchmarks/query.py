@@ -65,7 +65,7 @@ from benchmarks.dcmtk import (
 )
 from benchmarks.ingest import count_instances, index_database, psycopg_conninfo, stop_pacsd
 from benchmarks.report import percentile
-from pacsd.net.listener import no_delay
+from pacsd.net.sockets import no_delay
 from tests.datagen import TEST_UID_ROOT, StudyContext, ct_image, write_part10
 from tests.harness import PacsdProcess, base_config
 

@@ -22,6 +22,7 @@ from pacsd.net.listener import Listener, Services, configure_pynetdicom
 from pacsd.net.status import StatusServer, associations_url
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
+from pacsd.services.commitment import CommitmentService, CommitmentWorker
 from pacsd.services.mpps import MppsService
 from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService
@@ -105,15 +106,23 @@ def serve(settings: Settings, config_source: Path | None) -> int:
         configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
         archive = Archive(files, index, settings.storage.duplicate_policy)
         runtime = RuntimeConfig(settings, config_source)
+        commitment = CommitmentWorker(
+            index, files, runtime.peers, settings.commitment, settings.ae_title
+        )
         services = Services(
             storage=StorageService(archive),
             query=QueryService(index, settings.query, settings.ae_title),
             retrieve=RetrieveService(index, files, runtime.peers),
             worklist=WorklistService(index, settings.query),
             mpps=MppsService(index),
+            commitment=CommitmentService(index, commitment),
         )
         listener = Listener(settings, services, policy=runtime.policy)
-        return _run_until_stopped(settings, runtime, listener)
+        commitment.start()  # reports still pending from an earlier run go out now
+        try:
+            return _run_until_stopped(settings, runtime, listener)
+        finally:
+            commitment.stop()
     finally:
         index.dispose()
         log.info("stopped")

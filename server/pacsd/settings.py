@@ -127,6 +127,16 @@ class QuerySettings(StrictModel):
     person_name_case_insensitive: bool = False
 
 
+class CommitmentSettings(StrictModel):
+    """Storage Commitment: where and how persistently reports are delivered."""
+
+    # Report on the requesting association while it is open (else on a new one, from peers).
+    report_on_same_association: bool = True
+    # Seconds before the first retry of an undelivered report; doubled per attempt up to max.
+    retry_initial: float = Field(default=5.0, gt=0)
+    retry_max: float = Field(default=300.0, gt=0)
+
+
 class DaemonSettings(StrictModel):
     """Process life cycle."""
 
@@ -168,6 +178,7 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = DaemonSettings()
     status: StatusSettings = StatusSettings()
     query: QuerySettings = QuerySettings()
+    commitment: CommitmentSettings = CommitmentSettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
 

@@ -21,7 +21,7 @@ from pacsd.policy.engine import Grant
 
 # The operations this version of pacsd has a service for; of find/get/move, the information
 # models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
-SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps"})
+SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps", "commit"})
 # Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served.
 _NOT_SERVED = frozenset({"1.2.840.10008.3.1.2.3.5"})
 # Offered at server level only so that pynetdicom starts; no peer can propose it. If the per-

@@ -23,6 +23,8 @@ from pacsd.logs import get_logger
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
+from pacsd.net.sockets import no_delay
+from pacsd.services.commitment import CommitmentService
 from pacsd.services.guard import (
     guarded,
     guarded_normalized,
@@ -70,13 +72,6 @@ class _Server(ThreadedAssociationServer):
         return client_socket, address
 
 
-def no_delay(event: Event) -> None:
-    """TCP_NODELAY on an outgoing association's socket, as on the accepted ones."""
-    transport = event.assoc.dul.socket
-    if transport is not None and transport.socket is not None:
-        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class _AE(AE):
     """pynetdicom's AE whose outgoing associations send stored files (C-MOVE sub-operations).
 
@@ -103,6 +98,7 @@ class Services:
     retrieve: RetrieveService
     worklist: WorklistService
     mpps: MppsService
+    commitment: CommitmentService
 
 
 class Listener:
@@ -152,6 +148,12 @@ class Listener:
                 guarded("C-STORE", "store", services.storage.on_c_store, self.handle_of),
             ),
             (evt.EVT_C_FIND, self._on_c_find()),
+            (
+                evt.EVT_N_ACTION,
+                guarded_normalized(
+                    "N-ACTION", "commit", services.commitment.on_n_action, self.handle_of
+                ),
+            ),
             (
                 evt.EVT_N_CREATE,
                 guarded_normalized("N-CREATE", "mpps", services.mpps.on_n_create, self.handle_of),

@@ -157,12 +157,19 @@ class PolicyRule(RuleModel):
 
 
 def default_policies() -> list[PolicyRule]:
-    """The embedded default: every peer may echo, store, query, retrieve, use the worklist and
-    report performed procedure steps."""
+    """The embedded default: every peer may echo, store, query and retrieve, fetch the worklist,
+    report performed procedure steps and request storage commitment."""
     return [
         PolicyRule(
             name="accept-all",
-            sop_classes=["verification", "storage", "query-retrieve", "worklist", "mpps"],
+            sop_classes=[
+                "verification",
+                "storage",
+                "query-retrieve",
+                "worklist",
+                "mpps",
+                "storage-commitment",
+            ],
             peer_scp_role=["storage"],
         )
     ]

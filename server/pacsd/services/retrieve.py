@@ -137,7 +137,7 @@ def install_sender(assoc: Association) -> None:
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
 
 
-def pause_reactor(assoc: Association, timeout: float = 5.0) -> None:
+def pause_reactor(assoc: Association, timeout: float = 5.0) -> bool:
     """Wait (bounded) until `assoc`'s own thread is blocked at its reactor checkpoint.
 
     pynetdicom's send_c_store pauses the association's reactor by clearing a checkpoint and
@@ -148,16 +148,21 @@ def pause_reactor(assoc: Association, timeout: float = 5.0) -> None:
     C-MOVE to a fast DCMTK storescp; pynetdicom issue #435 for the same race). A thread
     blocked in Event.wait is listed in the event's condition's waiters, so that is what is
     waited for here. Not needed (and not possible) from the association's own thread, where a
-    C-GET handler runs with the reactor stopped in it.
+    C-GET handler runs with the reactor stopped in it. True when paused; on False the reactor
+    runs on and the caller must not use the association's DIMSE queue.
     """
     if threading.current_thread() is assoc:
-        return
+        return True
     checkpoint = assoc._reactor_checkpoint
     checkpoint.clear()
     waiters = checkpoint._cond._waiters  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while not waiters and assoc.is_alive() and time.monotonic() < deadline:
         time.sleep(PAUSE_POLL_S)
+    if waiters:
+        return True
+    checkpoint.set()  # not paused in time: leave the reactor running
+    return False
 
 
 PAUSE_POLL_S = 0.0001

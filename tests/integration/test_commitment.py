@@ -1,0 +1,272 @@
+"""Storage Commitment Push Model against a real pacsd, with pynetdicom as the modality.
+
+Stored, missing and corrupted (file changed on disk) instances; the report on the requesting
+association and on a new one to an SCP started here; a requester unreachable, then back; pacsd
+restarted between the N-ACTION and the report; refusals.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from sqlalchemy import create_engine, text
+
+from tests import datagen
+from tests.datagen import TEST_UID_ROOT
+from tests.harness import PacsdProcess, base_config
+from tests.scu import store_files
+
+PUSH = "1.2.840.10008.1.20.1"
+WELL_KNOWN = "1.2.840.10008.1.20.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+TIMEOUT_S = 30
+REPORT_WAIT_S = 20
+REQUESTER = "MODALITY"
+
+
+@dataclass
+class Reports:
+    """N-EVENT-REPORTs received: (event type, event information, association it came on)."""
+
+    received: queue.Queue[tuple[int, Dataset, str]] = field(default_factory=queue.Queue)
+
+    def on_event_report(self, event: Any) -> tuple[int, None]:
+        info = event.event_information
+        kind = "requestor" if event.assoc.is_requestor else "acceptor"
+        self.received.put((int(event.request.EventTypeID), info, kind))
+        return 0x0000, None
+
+    def next(self, timeout: float = REPORT_WAIT_S) -> tuple[int, Dataset, str]:
+        return self.received.get(timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Setup:
+    root: Path
+    database_url: str
+    scp_port: int
+    reports: Reports = field(default_factory=Reports)
+
+    def config(self, **commitment: Any) -> dict[str, Any]:
+        peers = [{"ae_title": REQUESTER, "host": "127.0.0.1", "port": self.scp_port}]
+        policies = [
+            {
+                "name": "no-commit",
+                "match": {"calling_ae": "NOCOMMIT"},
+                "sop_classes": ["verification", "storage", "storage-commitment"],
+                "operations": ["echo", "store"],
+            },
+            {"name": "all", "sop_classes": ["verification", "storage", "storage-commitment"]},
+        ]
+        settings = {"retry_initial": 0.3, "retry_max": 1.0, **commitment}
+        return base_config(
+            self.root, self.database_url, peers=peers, policies=policies, commitment=settings
+        )
+
+    def server(self, **commitment: Any) -> PacsdProcess:
+        return PacsdProcess.from_config(self.root, self.config(**commitment))
+
+
+@pytest.fixture
+def setup(database_url: str, tmp_path: Path) -> Setup:
+    return Setup(tmp_path / "pacsd", database_url, _free_port())
+
+
+@pytest.fixture
+def server(setup: Setup) -> Iterator[PacsdProcess]:
+    server = setup.server().start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+
+
+@contextmanager
+def requester_scp(setup: Setup) -> Iterator[None]:
+    """The modality's own SCP, where pacsd sends reports on a new association."""
+    ae = AE(ae_title=REQUESTER)
+    ae.add_supported_context(PUSH, scu_role=False, scp_role=True)
+    handlers = [(evt.EVT_N_EVENT_REPORT, setup.reports.on_event_report)]
+    scp = ae.start_server(("127.0.0.1", setup.scp_port), block=False, evt_handlers=handlers)
+    try:
+        yield
+    finally:
+        scp.shutdown()
+
+
+@contextmanager
+def modality(server: PacsdProcess, setup: Setup, calling: str = REQUESTER) -> Iterator[Association]:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.add_requested_context(PUSH)
+    handlers = [(evt.EVT_N_EVENT_REPORT, setup.reports.on_event_report)]
+    assoc = ae.associate(server.host, server.port, ae_title="PACSD", evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def stored(server: PacsdProcess, folder: Path, count: int) -> list[tuple[str, str]]:
+    """Store `count` CT instances; their (class, instance) UIDs."""
+    paths = list(datagen.ct_series(folder, count, size=8))
+    assert [status for status, _ in store_files(server.host, server.port, paths)] == [0] * count
+    return [(CT, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)) for path in paths]
+
+
+def action(references: list[tuple[str, str]], transaction: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction or generate_uid(TEST_UID_ROOT)
+    items = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        items.append(item)
+    ds.ReferencedSOPSequence = Sequence(items)
+    return ds
+
+
+def request(assoc: Association, info: Dataset, action_type: int = 1) -> int:
+    status, _reply = assoc.send_n_action(info, action_type, PUSH, WELL_KNOWN)
+    return int(status.Status)
+
+
+def uids(items: Any) -> set[str]:
+    return {str(item.ReferencedSOPInstanceUID) for item in items or []}
+
+
+def missing_uid() -> tuple[str, str]:
+    return CT, generate_uid(TEST_UID_ROOT)
+
+
+def test_report_on_the_same_association_all_committed(
+    server: PacsdProcess, setup: Setup, tmp_path: Path
+) -> None:
+    references = stored(server, tmp_path / "ct", 3)
+    info = action(references)
+    with modality(server, setup) as assoc:
+        assert request(assoc, info) == 0x0000
+        event_type, report, came_on = setup.reports.next()
+    assert (event_type, came_on) == (1, "requestor")  # on the association the modality opened
+    assert report.TransactionUID == info.TransactionUID
+    assert uids(report.ReferencedSOPSequence) == {uid for _class, uid in references}
+    assert "FailedSOPSequence" not in report
+
+
+def test_missing_and_corrupted_instances_are_reported_failed(
+    server: PacsdProcess, setup: Setup, tmp_path: Path
+) -> None:
+    references = stored(server, tmp_path / "ct", 3)
+    corrupted = references[0][1]
+    _change_stored_file(setup.database_url, setup.root / "storage", corrupted)
+    missing = missing_uid()
+    with modality(server, setup) as assoc:
+        assert request(assoc, action([*references, missing])) == 0x0000
+        event_type, report, _ = setup.reports.next()
+    assert event_type == 2
+    assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references[1:]}
+    reasons = {str(i.ReferencedSOPInstanceUID): i.FailureReason for i in report.FailedSOPSequence}
+    assert reasons == {corrupted: 0x0110, missing[1]: 0x0112}
+
+
+def _change_stored_file(database_url: str, storage_root: Path, sop_instance_uid: str) -> None:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        relative = connection.execute(
+            text("SELECT file_path FROM instance WHERE sop_instance_uid = :uid"),
+            {"uid": sop_instance_uid},
+        ).scalar_one()
+    engine.dispose()
+    path = storage_root / relative
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one pixel byte flipped: the checksum no longer matches
+    path.write_bytes(bytes(data))
+
+
+def test_report_on_a_new_association_after_the_requester_released(
+    server: PacsdProcess, setup: Setup, tmp_path: Path
+) -> None:
+    references = stored(server, tmp_path / "ct", 2)
+    with requester_scp(setup):
+        with modality(server, setup) as assoc:
+            assert request(assoc, action(references)) == 0x0000
+            assoc.release()  # before pacsd could report on it
+        event_type, report, came_on = setup.reports.next()
+    assert (event_type, came_on) == (1, "acceptor")  # pacsd associated with the modality's SCP
+    assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references}
+
+
+def test_unreachable_requester_gets_the_report_when_it_is_back(
+    setup: Setup, tmp_path: Path
+) -> None:
+    server = setup.server(report_on_same_association=False).start()
+    try:
+        references = stored(server, tmp_path / "ct", 1)
+        with modality(server, setup) as assoc:
+            assert request(assoc, action(references)) == 0x0000
+        server.wait_for("commitment report not delivered; will retry", count=2)
+        with pytest.raises(queue.Empty):
+            setup.reports.next(timeout=0.1)
+        with requester_scp(setup):
+            event_type, report, came_on = setup.reports.next()
+        assert (event_type, came_on) == (1, "acceptor")
+        assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references}
+    finally:
+        server.stop()
+
+
+def test_a_report_pending_at_shutdown_is_delivered_after_a_restart(
+    setup: Setup, tmp_path: Path
+) -> None:
+    first = setup.server(report_on_same_association=False, retry_initial=60, retry_max=60)
+    first.start()
+    try:
+        references = stored(first, tmp_path / "ct", 2)
+        with modality(first, setup) as assoc:
+            assert request(assoc, action(references)) == 0x0000
+        first.wait_for("commitment report not delivered; will retry")
+    finally:
+        assert first.stop() == 0
+    with requester_scp(setup):
+        second = setup.server(report_on_same_association=False).start()
+        try:
+            event_type, report, _ = setup.reports.next()
+        finally:
+            second.stop()
+    assert event_type == 1
+    assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references}
+
+
+def test_refusals(server: PacsdProcess, setup: Setup) -> None:
+    with modality(server, setup) as assoc:
+        assert request(assoc, action([missing_uid()]), action_type=2) == 0x0123
+        no_transaction = action([missing_uid()])
+        del no_transaction.TransactionUID
+        assert request(assoc, no_transaction) == 0x0120
+        info = action([missing_uid()])
+        assert request(assoc, info) == 0x0000
+        assert request(assoc, info) == 0x0110  # the same Transaction UID again
+    with modality(server, setup, calling="NOCOMMIT") as assoc:
+        assert request(assoc, action([missing_uid()])) == 0x0124
