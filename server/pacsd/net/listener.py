@@ -20,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacsd import __version__
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsd.logs import get_logger
+from pacsd.net import unrecognized
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
@@ -52,6 +53,7 @@ def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
     start-up and fills the same file system the free-space check watches.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
+    unrecognized.install()
     # C-GET/C-MOVE sub-operations send stored files from disk, undecoded (services/retrieve).
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = log_identifiers
