@@ -114,7 +114,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             query=QueryService(index, settings.query, settings.ae_title),
             retrieve=RetrieveService(index, files, runtime.peers),
             worklist=WorklistService(index, settings.query),
-            mpps=MppsService(index),
+            mpps=MppsService(index, settings.worklist.retire_completed),
             commitment=CommitmentService(index, commitment),
         )
         listener = Listener(settings, services, policy=runtime.policy)

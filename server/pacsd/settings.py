@@ -127,6 +127,14 @@ class QuerySettings(StrictModel):
     person_name_case_insensitive: bool = False
 
 
+class WorklistSettings(StrictModel):
+    """Modality Worklist upkeep."""
+
+    # Remove a worklist item once an MPPS for its step is COMPLETED (PS3.4 F.7: the step was
+    # performed, so modalities need not see it again). Off: items stay until removed.
+    retire_completed: bool = False
+
+
 class CommitmentSettings(StrictModel):
     """Storage Commitment: where and how persistently reports are delivered."""
 
@@ -179,6 +187,7 @@ class Settings(BaseSettings):
     status: StatusSettings = StatusSettings()
     query: QuerySettings = QuerySettings()
     commitment: CommitmentSettings = CommitmentSettings()
+    worklist: WorklistSettings = WorklistSettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
 

@@ -7,13 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import datagen, worklist_data
-from tests.harness import PacsdProcess, pacsd_command
+from tests.conftest import ServerFactory
+from tests.harness import pacsd_command
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def test_worklist_mpps_store_commit(server: PacsdProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("retire", [False, True], ids=["keep-items", "retire-completed"])
+def test_worklist_mpps_store_commit(
+    pacsd_server: ServerFactory, database_url: str, tmp_path: Path, retire: bool
+) -> None:
+    server = pacsd_server(database_url, worklist={"retire_completed": retire})
     items = worklist_data.write_json(worklist_data.items(), tmp_path / "items.json")
     config = ["--config", str(server.config_path)]
     assert pacsd_command("worklist", "add", *config, str(items)).returncode == 0
@@ -31,3 +38,11 @@ def test_worklist_mpps_store_commit(server: PacsdProcess, tmp_path: Path) -> Non
     assert performed["status"] == "COMPLETED"
     assert performed["patient_id"] == step.patient_id
     assert (performed["series_arrived"], performed["instances_stored"]) == (1, 2)
+    listed = pacsd_command("worklist", "list", "--json", *config)
+    remaining = {
+        (item["00100020"]["Value"][0], item["00400100"]["Value"][0]["00400009"]["Value"][0])
+        for item in json.loads(listed.stdout)
+    }
+    performed_step = (step.patient_id, step.step_id)
+    assert (performed_step not in remaining) == retire
+    assert len(remaining) == len(worklist_data.PLAN) - retire

@@ -85,6 +85,21 @@ def remove_items(database: IndexDatabase, pks: Sequence[int]) -> list[int]:
         return list(session.scalars(statement.returning(WorklistItem.pk)))
 
 
+def retire_steps(database: IndexDatabase, steps: Sequence[tuple[str, str, str]]) -> int:
+    """Delete the items of these (Accession Number, Requested Procedure ID, Scheduled
+    Procedure Step ID) steps; how many there were."""
+    removed = 0
+    with database.writing() as session:
+        for accession, procedure, step in steps:
+            statement = delete(WorklistItem).where(
+                WorklistItem.accession_number == accession,
+                WorklistItem.requested_procedure_id == procedure,
+                WorklistItem.scheduled_procedure_step_id == step,
+            )
+            removed += len(list(session.scalars(statement.returning(WorklistItem.pk))))
+    return removed
+
+
 def find_items(
     database: IndexDatabase, keys: Sequence[Key], batch_size: int = 200
 ) -> Iterator[dict[str, Any]]:

@@ -15,11 +15,13 @@ from pydicom.uid import generate_uid
 from pynetdicom.dimse_primitives import N_CREATE, N_GET, N_SET
 from pynetdicom.events import Event
 
-from pacsd.dicom.mpps import apply_set, check_create, check_set
+from pacsd.dicom.header import index_text
+from pacsd.dicom.mpps import COMPLETED, apply_set, check_create, check_set
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
 from pacsd.errors import DicomStatusError
 from pacsd.index.database import IndexDatabase
 from pacsd.index.mpps import create_step, read_step, update_step
+from pacsd.index.worklist import retire_steps
 from pacsd.net.handle import ClientHandle
 from pacsd.services.guard import NormalizedResult
 
@@ -48,8 +50,9 @@ def _require_mpps_class(uid: object, service: str) -> None:
 class MppsService:
     """N-CREATE / N-SET / N-GET of performed procedure steps."""
 
-    def __init__(self, index: IndexDatabase) -> None:
+    def __init__(self, index: IndexDatabase, retire_completed: bool = False) -> None:
         self.index = index
+        self.retire_completed = retire_completed
 
     def on_n_create(self, event: Event, handle: ClientHandle) -> NormalizedResult:
         """Check and store a new IN PROGRESS step; generate its UID when the SCU sent none."""
@@ -79,11 +82,13 @@ class MppsService:
             return new_status, apply_set(current, modification)
 
         attributes = update_step(self.index, uid, change)
+        status = str(attributes.get("PerformedProcedureStepStatus", ""))
         handle.log.info(
-            "performed procedure step updated",
-            sop_instance_uid=uid,
-            step_status=str(attributes.get("PerformedProcedureStepStatus", "")),
+            "performed procedure step updated", sop_instance_uid=uid, step_status=status
         )
+        if status == COMPLETED and self.retire_completed:
+            retired = retire_steps(self.index, _scheduled_steps(attributes))
+            handle.log.info("worklist items retired", sop_instance_uid=uid, items=retired)
         return 0x0000, None
 
     def on_n_get(self, event: Event, handle: ClientHandle) -> NormalizedResult:
@@ -106,6 +111,19 @@ class MppsService:
             else:
                 _add_empty(result, tag)
         return 0x0000, result
+
+
+def _scheduled_steps(attributes: Dataset) -> list[tuple[str, str, str]]:
+    """(Accession Number, Requested Procedure ID, Scheduled Procedure Step ID) per item."""
+    return [
+        (
+            index_text(item, "AccessionNumber"),
+            index_text(item, "RequestedProcedureID"),
+            index_text(item, "ScheduledProcedureStepID"),
+        )
+        for item in attributes.get("ScheduledStepAttributesSequence") or []
+        if index_text(item, "ScheduledProcedureStepID")
+    ]
 
 
 def _decoded(event: Event, name: str) -> Dataset:
