@@ -138,8 +138,9 @@ def test_duplicate_rule_names_are_an_error(tmp_path: Path) -> None:
     assert "policies: rule name used twice: a" in line
 
 
-def test_embedded_default_accepts_any_peer_for_echo_store_and_query_retrieve() -> None:
-    """No file: any peer is accepted for verification, storage and Q/R, SCP role for storage."""
+def test_embedded_default_accepts_any_peer_for_every_service() -> None:
+    """No file: any peer is accepted for verification, storage, Q/R, worklist, MPPS and storage
+    commitment, SCP role for storage."""
     policy = Policy.compile(load_settings(None).policies)
     decision = decide(AssociationRequest("ANYONE", "WHATEVER", "2001:db8::99"), policy)
     assert decision.accepted
@@ -148,7 +149,9 @@ def test_embedded_default_accepts_any_peer_for_echo_store_and_query_retrieve() -
     assert {VERIFICATION, CT_IMAGE, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET} <= (
         grant.sop_classes
     )
-    assert grant.operations == {"echo", "store", "find", "get", "move"}
+    assert grant.operations == {
+        "echo", "store", "find", "get", "move", "worklist", "mpps", "commit"
+    }  # fmt: skip
     assert grant.peer_scp == sop_classes.groups()["storage"]
     assert VERIFICATION not in grant.peer_scp
     assert grant.move_destinations == ("*",)

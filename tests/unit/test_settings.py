@@ -37,7 +37,14 @@ def test_embedded_default_is_the_documented_one() -> None:
     assert rule.action == "accept"
     assert rule.match.calling_ae is None
     assert rule.match.address is None
-    assert rule.sop_classes == ["verification", "storage", "query-retrieve"]
+    assert rule.sop_classes == [
+        "verification",
+        "storage",
+        "query-retrieve",
+        "worklist",
+        "mpps",
+        "storage-commitment",
+    ]
     assert rule.peer_scp_role == ["storage"]
 
 
