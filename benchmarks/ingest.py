@@ -49,6 +49,7 @@ from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from benchmarks import orthanc
 from benchmarks.dcmtk import REFERENCE_AE, ReferenceServer, run_storescu, tool_version
 from benchmarks.report import RunResult, Workload, pacsd_details, print_report
 from tests.datagen import StudyContext, ct_series
@@ -69,6 +70,7 @@ class Options:
     associations: tuple[int, ...]
     sizes: tuple[int, ...]
     reference: bool
+    orthanc: bool
     database_url: str | None
     keep: bool
     work: Path | None
@@ -123,6 +125,11 @@ def argument_parser() -> argparse.ArgumentParser:
     add("--small", action="store_true", help="also run with 64x64 CT instances (a few kB)")
     add("--reference", action="store_true", help="also run DCMTK storescp as the reference")
     add(
+        "--orthanc",
+        action="store_true",
+        help="also run Orthanc (Debian package, installed when missing) as a reference",
+    )
+    add(
         "--database-url",
         type=postgresql_url,
         default=None,
@@ -156,6 +163,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         associations=args.associations,
         sizes=sizes,
         reference=args.reference,
+        orthanc=args.orthanc,
         database_url=args.database_url,
         keep=args.keep,
         work=args.work,
@@ -198,6 +206,8 @@ def print_environment(options: Options) -> None:
     ]
     if options.reference:
         lines.append(("storescp", f"{tool_version(options.storescp)} ({options.storescp})"))
+    if options.orthanc:
+        lines.append(("orthanc", f"{orthanc.version(orthanc.ORTHANC)} (SQLite index)"))
     lines.append(("database", database_description(options.database_url)))
     sizes = ", ".join(f"{size}x{size}x16" for size in options.sizes)
     associations = ",".join(map(str, options.associations))
@@ -329,6 +339,30 @@ def bench_reference(
     return result
 
 
+def bench_orthanc(
+    options: Options, workload: Workload, associations: int, run_dir: Path
+) -> RunResult:
+    """One Orthanc run with an empty archive (its default SQLite index)."""
+    server = orthanc.OrthancServer.start(
+        orthanc.ORTHANC, run_dir / "orthanc", run_dir / "orthanc.log"
+    )
+    try:
+        parts = split(workload.files, associations)
+        client = run_storescu(
+            options.storescu, orthanc.ORTHANC_AE, server.port, parts, run_dir, options.timeout
+        )
+        stored = server.count_instances()
+    finally:
+        exit_code = server.stop()
+    result = RunResult("orthanc", workload, associations, client, stored)
+    if exit_code not in (0, -15):
+        result.problems.append(f"Orthanc exit code {exit_code}")
+    return result
+
+
+BENCHES = {"pacsd": bench_pacsd, "storescp": bench_reference, "orthanc": bench_orthanc}
+
+
 def run_one(
     options: Options, server: str, workload: Workload, associations: int, work: Path
 ) -> RunResult:
@@ -337,7 +371,7 @@ def run_one(
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     progress(f"{server}: {len(workload.files)} x {workload.size_label}, K={associations}")
-    bench = bench_pacsd if server == "pacsd" else bench_reference
+    bench = BENCHES[server]
     result = bench(options, workload, associations, run_dir)
     progress(f"  {result.client.seconds:.2f} s, {result.stored} stored, {run_dir}")
     if not options.keep:
@@ -354,12 +388,16 @@ def run_all(options: Options, work: Path) -> list[RunResult]:
             results.append(run_one(options, "pacsd", workload, associations, work))
             if options.reference:
                 results.append(run_one(options, "storescp", workload, associations, work))
+            if options.orthanc:
+                results.append(run_one(options, "orthanc", workload, associations, work))
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every instance was stored, 1 otherwise."""
     options = parse_args(argv)
+    if options.orthanc:
+        orthanc.ensure_installed()
     print_environment(options)
     with work_folder(options) as work:
         results = run_all(options, work)

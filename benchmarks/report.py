@@ -15,7 +15,7 @@ PERCENTILES = (50, 95, 99)
 LOG_PROBLEM_LEVELS = frozenset({"warning", "error", "critical", "exception"})
 SHOWN_PROBLEM_LINES = 3
 COLUMNS = ("server", "instance", "assoc", "sent", "ok", "stored", "seconds", "inst/s", "MB/s")
-PACSD_COLUMNS = ("p50 ms", "p95 ms", "p99 ms", "vs ref")
+PACSD_COLUMNS = ("p50 ms", "p95 ms", "p99 ms", "vs storescp", "vs orthanc")
 
 
 @dataclass(frozen=True)
@@ -150,21 +150,28 @@ def _p(values: Sequence[float], share: float) -> str:
     return f"{percentile(values, share):.1f}" if values else "-"
 
 
-def _reference_rate(result: RunResult, results: Sequence[RunResult]) -> float | None:
+def _reference_rate(
+    result: RunResult, results: Sequence[RunResult], reference: str
+) -> float | None:
     for other in results:
         same = (other.workload.size, other.associations) == (
             result.workload.size,
             result.associations,
         )
-        if other.server != "pacsd" and same and not other.problems:
+        if other.server == reference and same and not other.problems:
             return other.per_second
     return None
 
 
+def _ratio(result: RunResult, results: Sequence[RunResult], reference: str) -> str:
+    if result.server != "pacsd" or result.problems:
+        return "-"
+    rate = _reference_rate(result, results, reference)
+    return f"{result.per_second / rate:.2f}" if rate else "-"
+
+
 def table_row(result: RunResult, results: Sequence[RunResult]) -> tuple[str, ...]:
     """The printed cells of one run."""
-    valid_pacsd = result.server == "pacsd" and not result.problems
-    reference = _reference_rate(result, results) if valid_pacsd else None
     return (
         f"{result.server} *" if result.problems else result.server,
         result.workload.size_label,
@@ -176,7 +183,8 @@ def table_row(result: RunResult, results: Sequence[RunResult]) -> tuple[str, ...
         f"{result.per_second:.1f}",
         f"{result.megabytes_per_second:.1f}",
         *(_p(result.latencies_ms, share) for share in PERCENTILES),
-        f"{result.per_second / reference:.2f}" if reference else "-",
+        _ratio(result, results, "storescp"),
+        _ratio(result, results, "orthanc"),
     )
 
 
@@ -191,7 +199,8 @@ def print_report(results: Sequence[RunResult]) -> None:
         print("  ".join(cells).rstrip())
     print("\nsent/ok/stored: instances sent, Success responses, index rows (pacsd) or files")
     print("written (storescp). p50-p99: pacsd's C-STORE handler time (server side).")
-    print("vs ref: pacsd instances/s divided by storescp's for the same size and K.")
+    print("vs storescp / vs orthanc: pacsd instances/s divided by that server's for the same")
+    print("size and K (storescp: files only, no index, no fsync; Orthanc: files and SQLite index).")
     if any(result.problems for result in results):
         print("*: incomplete run (see PROBLEM below): rates count Success responses only.")
     for result in results:

@@ -1,0 +1,126 @@
+"""Orthanc as a reference server for the benchmarks (Debian package `orthanc`).
+
+A fresh Orthanc per run: its own storage and SQLite index folders, DICOM on a free port, REST
+on another (for the instance count), no compression, no plugins, any calling AE may store.
+Orthanc, like DCMTK's storescp, listens on every interface; only 127.0.0.1 is connected to.
+Installed with apt-get when missing (`ensure_installed`); ended by its own pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.dcmtk import (
+    HOST,
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    dcmtk_environment,
+    free_loopback_port,
+    kill,
+)
+from tests.harness import echo
+
+ORTHANC_AE = "ORTHANC"
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+def ensure_installed() -> Path:
+    """Orthanc's binary, installing Debian's package first when it is missing."""
+    if not ORTHANC.exists():
+        as_root = [] if os.geteuid() == 0 else ["sudo"]
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "orthanc"],
+        ):
+            subprocess.run([*as_root, *command], check=True, env=environment, timeout=900)
+    return ORTHANC
+
+
+def version(binary: Path) -> str:
+    """The first line of `Orthanc --version`."""
+    completed = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    lines = (completed.stdout or completed.stderr).strip().splitlines()
+    return lines[0] if lines else "Orthanc (unknown version)"
+
+
+@dataclass
+class OrthancServer:
+    """One Orthanc process with an empty archive."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    http_port: int
+
+    @classmethod
+    def start(cls, binary: Path, folder: Path, log_path: Path) -> OrthancServer:
+        """Write a configuration under `folder`, start Orthanc, wait until it answers C-ECHO."""
+        port, http_port = free_loopback_port(), free_loopback_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "pacsd-benchmark-reference",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"),
+            "StorageCompression": False,
+            "DicomAet": ORTHANC_AE,
+            "DicomPort": port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "SaveJobs": False,
+        }
+        config_path = folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(binary), str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_environment(),  # Orthanc's DICOM is DCMTK's: TCP_NODELAY=1 as well
+            )
+        server = cls(process, port, http_port)
+        try:
+            server.wait_until_ready(START_TIMEOUT_S)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Poll C-ECHO until Orthanc answers; fail early if it exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with code {self.process.returncode}")
+            if echo(HOST, self.port, called=ORTHANC_AE):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"no C-ECHO answer from Orthanc on port {self.port}")
+
+    def count_instances(self) -> int:
+        """Instances in Orthanc's index (REST /statistics)."""
+        url = f"http://{HOST}:{self.http_port}/statistics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            statistics = json.loads(response.read())
+        return int(statistics["CountInstances"])
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after a bound; the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                kill(self.process)
+        return self.process.returncode
