@@ -62,5 +62,5 @@ def test_ingest_benchmark_runs_and_stores_everything(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "problem" not in result.stdout.lower(), result.stdout
-    rows = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
-    assert rows.count("orthanc") == 2  # K=1 and K=2, every instance stored (exit code 0)
+    orthanc_rows = [line for line in result.stdout.splitlines() if line.startswith("orthanc ")]
+    assert len(orthanc_rows) == 2  # K=1 and K=2, every instance stored (exit code 0)
