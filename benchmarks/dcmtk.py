@@ -172,21 +172,33 @@ class ReferenceServer:
 
     def wait_until_ready(self, timeout: float) -> None:
         """Poll C-ECHO until storescp answers; fail early if it exited."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"storescp exited with code {self.process.returncode}")
-            if echo(HOST, self.port, called=REFERENCE_AE):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"no C-ECHO answer from storescp on port {self.port}")
+        wait_for_echo(self.process, self.port, REFERENCE_AE, "storescp", timeout)
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after a bound; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                kill(self.process)
-        return self.process.returncode
+        return terminate(self.process)
+
+
+def wait_for_echo(
+    process: subprocess.Popen[bytes], port: int, ae_title: str, name: str, timeout: float
+) -> None:
+    """Poll C-ECHO on `port` until the server `process` answers; fail early if it exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
+        if echo(HOST, port, called=ae_title):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no C-ECHO answer from {name} on port {port}")
+
+
+def terminate(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM `process` (by its pid), then SIGKILL after a bound; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill(process)
+    return process.returncode

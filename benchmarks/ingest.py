@@ -220,20 +220,20 @@ def print_environment(options: Options) -> None:
 
 
 @contextmanager
-def work_folder(options: Options) -> Iterator[Path]:
-    """The work folder: a temporary one is removed unless --keep; in a given one (--work) only
+def work_folder(work: Path | None, keep: bool, name: str = "ingest") -> Iterator[Path]:
+    """The work folder: a temporary one is removed unless `keep`; in a given one (--work) only
     the run folders are removed, so that generated inputs are reused by the next invocation."""
-    work = options.work or Path(tempfile.mkdtemp(prefix="pacsd-ingest-"))
-    work.mkdir(parents=True, exist_ok=True)
+    folder = work or Path(tempfile.mkdtemp(prefix=f"pacsd-{name}-"))
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        yield work
+        yield folder
     finally:
-        if options.keep:
-            progress(f"kept {work}")
-        elif options.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            print(f"[{name}] kept {folder}", file=sys.stderr, flush=True)
+        elif work is None:
+            shutil.rmtree(folder, ignore_errors=True)
         else:
-            shutil.rmtree(work / "runs", ignore_errors=True)
+            shutil.rmtree(folder / "runs", ignore_errors=True)
 
 
 def prepare_inputs(work: Path, count: int, size: int) -> Workload:
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.orthanc:
         orthanc.ensure_installed()
     print_environment(options)
-    with work_folder(options) as work:
+    with work_folder(options.work, options.keep) as work:
         results = run_all(options, work)
     print_report(results)
     return 1 if any(result.problems for result in results) else 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 from benchmarks.dcmtk import (
     HOST,
     START_TIMEOUT_S,
-    STOP_TIMEOUT_S,
     dcmtk_environment,
     free_loopback_port,
-    kill,
+    terminate,
+    wait_for_echo,
 )
-from tests.harness import echo
 
 ORTHANC_AE = "ORTHANC"
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -99,14 +97,7 @@ class OrthancServer:
 
     def wait_until_ready(self, timeout: float) -> None:
         """Poll C-ECHO until Orthanc answers; fail early if it exited."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with code {self.process.returncode}")
-            if echo(HOST, self.port, called=ORTHANC_AE):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"no C-ECHO answer from Orthanc on port {self.port}")
+        wait_for_echo(self.process, self.port, ORTHANC_AE, "Orthanc", timeout)
 
     def count_instances(self) -> int:
         """Instances in Orthanc's index (REST /statistics)."""
@@ -117,10 +108,4 @@ class OrthancServer:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after a bound; the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                kill(self.process)
-        return self.process.returncode
+        return terminate(self.process)

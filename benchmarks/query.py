@@ -37,10 +37,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -63,7 +61,13 @@ from benchmarks.dcmtk import (
     run_storescu,
     tool_version,
 )
-from benchmarks.ingest import count_instances, index_database, psycopg_conninfo, stop_pacsd
+from benchmarks.ingest import (
+    count_instances,
+    index_database,
+    psycopg_conninfo,
+    stop_pacsd,
+    work_folder,
+)
 from benchmarks.report import percentile
 from pacsd.net.sockets import no_delay
 from tests.datagen import TEST_UID_ROOT, StudyContext, ct_image, write_part10
@@ -496,22 +500,6 @@ def bench_get(bench: Bench, work: Path) -> list[Measured]:
     return [one, many]
 
 
-@contextmanager
-def work_folder(options: Options) -> Iterator[Path]:
-    """A temporary work folder removed unless --keep, or --work (only its runs/ removed)."""
-    work = options.work or Path(tempfile.mkdtemp(prefix="pacsd-query-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        yield work
-    finally:
-        if options.keep:
-            progress(f"kept {work}")
-        elif options.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            shutil.rmtree(work / "runs", ignore_errors=True)
-
-
 def ingest(bench: Bench, files: Sequence[Path], run_dir: Path, database_url: str) -> str:
     """Send the archive with storescu; the ingest rate as a line of the report."""
     storescu = bench.options.dcmtk / "storescu"
@@ -595,7 +583,7 @@ def print_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every answer was right, 1 otherwise."""
     options = parse_args(argv)
-    with work_folder(options) as work:
+    with work_folder(options.work, options.keep, "query") as work:
         finds, retrieves, bench = run(options, work)
     print_report(options, bench.notes, finds, retrieves)
     for problem in bench.problems:

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,18 @@ def _backends() -> list[Any]:
 @pytest.fixture(params=_backends())
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty index database: a SQLite file, or a fresh PostgreSQL database per test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
-        return
-    yield from _fresh_postgresql_database(os.environ[POSTGRES_ENV])
+    with index_url(request.param, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def index_url(backend: str, folder: Path) -> Iterator[str]:
+    """An empty index on `backend` ("sqlite": a file in `folder`; "postgresql": a new database
+    on PACSD_TEST_DATABASE_URL's server, dropped at the end), for fixtures of any scope."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'index.sqlite'}"
+    else:
+        yield from _fresh_postgresql_database(os.environ[POSTGRES_ENV])
 
 
 def _fresh_postgresql_database(admin_url: str) -> Iterator[str]:

@@ -6,11 +6,19 @@ into responses. Messages become the response's Error Comment (0000,0902), LO: 64
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class DicomStatusError(Exception):
-    """A failure with a DIMSE status (PS3.7 Annex C) and a short comment for the peer."""
+    """A failure with a DIMSE status (PS3.7 Annex C) and a short comment for the peer.
+
+    `error_id` (0000,0903) and `tags` (the offending attributes, for an Attribute Identifier
+    List) are sent where the response can carry them.
+    """
 
     status: int = 0xC000
+    error_id: int | None = None
+    tags: Sequence[int] = ()
 
     def __init__(self, comment: str) -> None:
         super().__init__(comment)
@@ -39,6 +47,36 @@ class DuplicateRejected(DicomStatusError):
     """PS3.7 C.5: Duplicate SOP Instance (0x0111), used by the `reject` duplicate policy."""
 
     status = 0x0111
+
+
+class ProcessingFailure(DicomStatusError):
+    """PS3.7 C.5.9: Processing Failure (0x0110)."""
+
+    status = 0x0110
+
+
+class NoSuchObjectInstance(DicomStatusError):
+    """PS3.7 C.5.10: No Such Object Instance (0x0112)."""
+
+    status = 0x0112
+
+
+class MissingAttribute(DicomStatusError):
+    """PS3.7 C.5.13: Missing Attribute (0x0120)."""
+
+    status = 0x0120
+
+
+class NoSuchAction(DicomStatusError):
+    """PS3.7 C.5.23: No Such Action (0x0123)."""
+
+    status = 0x0123
+
+
+class UnrecognizedOperation(DicomStatusError):
+    """PS3.7 C.5.22: Unrecognized Operation (0x0211): not a service of this SOP class."""
+
+    status = 0x0211
 
 
 class NotAuthorized(DicomStatusError):

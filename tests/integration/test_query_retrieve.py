@@ -7,7 +7,6 @@ C-MOVE destinations are pynetdicom storage SCPs in this process, in pacsd's peer
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import split_dataset
 
 from tests import datagen, qr_archive
-from tests.conftest import POSTGRES_ENV, _fresh_postgresql_database
+from tests.conftest import _backends, index_url
 from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.qr_archive import Entry
@@ -47,13 +46,6 @@ from tests.qr_scu import (
 from tests.scu import store_files
 
 BULK_COUNT = 250  # long enough a stream for a C-CANCEL to arrive mid-way
-
-
-def _backends() -> list[Any]:
-    backends: list[Any] = ["sqlite"]
-    if os.environ.get(POSTGRES_ENV):
-        backends.append(pytest.param("postgresql", marks=pytest.mark.postgresql))
-    return backends
 
 
 def _closed_port() -> int:
@@ -112,30 +104,26 @@ def qr(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QRServer]:
     root = tmp_path_factory.mktemp("qr-server")
-    urls: Iterator[str] = (
-        iter([f"sqlite:///{root / 'index.sqlite'}"])
-        if request.param == "sqlite"
-        else _fresh_postgresql_database(os.environ[POSTGRES_ENV])
-    )
     destination = Destination()
 
     def status_of(event: Any) -> int:
         return destination.status_of(event)
 
-    with storage_scp("DEST", destination.received, status_of) as port:
+    with (
+        index_url(request.param, root) as url,
+        storage_scp("DEST", destination.received, status_of) as port,
+    ):
         peers = [
             {"ae_title": "DEST", "host": "127.0.0.1", "port": port},
             {"ae_title": "SELFONLY", "host": "127.0.0.1", "port": port},
             {"ae_title": "DOWN", "host": "127.0.0.1", "port": _closed_port()},
         ]
-        config = base_config(root, next(urls), peers=peers, policies=_policies())
+        config = base_config(root, url, peers=peers, policies=_policies())
         server = PacsdProcess.from_config(root, config).start()
         try:
             yield _populated(server, root, destination)
         finally:
             server.stop()
-            for _ in urls:
-                pass
 
 
 def _populated(server: PacsdProcess, root: Path, destination: Destination) -> QRServer:

@@ -7,7 +7,6 @@ expected result is computed from PLAN here, with plain Python.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE
 
 from tests import worklist_data
-from tests.conftest import POSTGRES_ENV, _backends, _fresh_postgresql_database
+from tests.conftest import _backends, index_url
 from tests.harness import PacsdProcess, base_config, pacsd_command
 from tests.qr_scu import collect, qr_association
 from tests.worklist_data import PLAN, Step
@@ -54,23 +53,16 @@ def worklist(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worklist]:
     root = tmp_path_factory.mktemp("worklist-server")
-    urls: Iterator[str] = (
-        iter([f"sqlite:///{root / 'index.sqlite'}"])
-        if request.param == "sqlite"
-        else _fresh_postgresql_database(os.environ[POSTGRES_ENV])
-    )
-    config = base_config(root, next(urls), policies=_policies())
-    server = PacsdProcess.from_config(root, config)
-    items = worklist_data.write_json(worklist_data.items(), root / "items.json")
-    added = pacsd_command("worklist", "add", "--config", str(server.config_path), str(items))
-    assert added.returncode == 0, added.stderr
-    server.start()
-    try:
-        yield Worklist(server)
-    finally:
-        server.stop()
-        for _ in urls:
-            pass
+    with index_url(request.param, root) as url:
+        server = PacsdProcess.from_config(root, base_config(root, url, policies=_policies()))
+        items = worklist_data.write_json(worklist_data.items(), root / "items.json")
+        added = pacsd_command("worklist", "add", "--config", str(server.config_path), str(items))
+        assert added.returncode == 0, added.stderr
+        server.start()
+        try:
+            yield Worklist(server)
+        finally:
+            server.stop()
 
 
 def query(ds: Dataset | None = None, step: Dataset | None = None, **keys: str) -> Dataset:

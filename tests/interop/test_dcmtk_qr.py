@@ -24,7 +24,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests import qr_archive
-from tests.conftest import POSTGRES_ENV, _backends, _fresh_postgresql_database
+from tests.conftest import _backends, index_url
 from tests.harness import PacsdProcess, base_config
 from tests.qr_archive import Entry
 from tests.scu import store_files
@@ -184,27 +184,18 @@ def qr(
 ) -> Iterator[QRArchive]:
     """pacsd on the backend, holding the archive, with storescp as peer STORESCP."""
     root = tmp_path_factory.mktemp("dcmtk-qr")
-    urls: Iterator[str] = (
-        iter([f"sqlite:///{root / 'index.sqlite'}"])
-        if request.param == "sqlite"
-        else _fresh_postgresql_database(os.environ[POSTGRES_ENV])
-    )
-    try:
-        with storescp(root / "storescp") as destination:
-            peers = [{"ae_title": DESTINATION, "host": "127.0.0.1", "port": destination.port}]
-            config = base_config(root / "server", next(urls), peers=peers)
-            server = PacsdProcess.from_config(root / "server", config)
-            try:
-                server.start()
-                entries = qr_archive.build(root / "files")
-                results = store_files(server.host, server.port, [e.path for e in entries])
-                assert all(status == 0x0000 for status, _comment in results), results
-                yield QRArchive(server, entries, destination)
-            finally:
-                server.stop()
-    finally:
-        for _ in urls:  # drops the PostgreSQL database
-            pass
+    with index_url(request.param, root) as url, storescp(root / "storescp") as destination:
+        peers = [{"ae_title": DESTINATION, "host": "127.0.0.1", "port": destination.port}]
+        config = base_config(root / "server", url, peers=peers)
+        server = PacsdProcess.from_config(root / "server", config)
+        try:
+            server.start()
+            entries = qr_archive.build(root / "files")
+            results = store_files(server.host, server.port, [e.path for e in entries])
+            assert all(status == 0x0000 for status, _comment in results), results
+            yield QRArchive(server, entries, destination)
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ generated entries.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -30,15 +29,8 @@ from pacsd.index.schema import ensure_schema
 from pacsd.settings import DuplicatePolicy
 from pacsd.storage.filesystem import FilesystemStore
 from tests import qr_archive
-from tests.conftest import POSTGRES_ENV, _fresh_postgresql_database
+from tests.conftest import _backends, index_url
 from tests.qr_archive import Entry
-
-
-def _backends() -> list[Any]:
-    backends: list[Any] = ["sqlite"]
-    if os.environ.get(POSTGRES_ENV):
-        backends.append(pytest.param("postgresql", marks=pytest.mark.postgresql))
-    return backends
 
 
 @pytest.fixture(scope="module", params=_backends())
@@ -47,25 +39,19 @@ def archive(
 ) -> Iterator[tuple[IndexDatabase, list[Entry]]]:
     """The generated archive stored in a fresh index (one per backend, shared by the module)."""
     root = tmp_path_factory.mktemp("qr")
-    if request.param == "sqlite":
-        urls: Iterator[str] = iter([f"sqlite:///{root / 'index.sqlite'}"])
-    else:
-        urls = _fresh_postgresql_database(os.environ[POSTGRES_ENV])
-    url = next(urls)
-    database = IndexDatabase(create_index_engine(url))
-    ensure_schema(database.engine)
-    entries = qr_archive.build(root / "files")
-    files = FilesystemStore(root / "storage", 0)
-    files.prepare()
-    store = Archive(files, database, DuplicatePolicy.KEEP_FIRST)
-    for entry in entries:
-        store.store(
-            IncomingInstance(entry.path, entry.sop_class_uid, entry.sop_instance_uid, "TEST")
-        )
-    yield database, entries
-    database.dispose()
-    for _ in urls:  # finish the generator: drops the PostgreSQL database
-        pass
+    with index_url(request.param, root) as url:
+        database = IndexDatabase(create_index_engine(url))
+        ensure_schema(database.engine)
+        entries = qr_archive.build(root / "files")
+        files = FilesystemStore(root / "storage", 0)
+        files.prepare()
+        store = Archive(files, database, DuplicatePolicy.KEEP_FIRST)
+        for entry in entries:
+            store.store(
+                IncomingInstance(entry.path, entry.sop_class_uid, entry.sop_instance_uid, "TEST")
+            )
+        yield database, entries
+        database.dispose()
 
 
 UID_OF = {

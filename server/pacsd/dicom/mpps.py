@@ -44,8 +44,6 @@ UNICODE_CHARACTER_SET = "ISO_IR 192"
 class MppsRefused(DicomStatusError):
     """An MPPS request the rules refuse, with the attributes at fault (`tags`, may be empty)."""
 
-    error_id: int | None = None
-
     def __init__(self, comment: str, tags: Iterable[int] = ()) -> None:
         super().__init__(_fit(comment))
         self.tags: list[int] = list(dict.fromkeys(int(tag) for tag in tags))

@@ -85,7 +85,7 @@ def _json_items(path: Path, text: bytes) -> list[Dataset]:
 
 def entries_of(item: Dataset) -> Iterator[WorklistEntry]:
     """One checked WorklistEntry per Scheduled Procedure Step of `item`."""
-    item = _without_file_meta(item)
+    item = _plain(item)
     missing = [keyword for keyword in REQUIRED if not index_text(item, keyword)]
     steps = list(item.get("ScheduledProcedureStepSequence") or [])
     if not steps:
@@ -109,9 +109,8 @@ def entries_of(item: Dataset) -> Iterator[WorklistEntry]:
 
 
 def _entry(item: Dataset, step: Dataset, generated: bool) -> WorklistEntry:
-    single = Dataset()
-    single.update(item)
-    step = _copy(step)
+    single = _plain(item)
+    step = _plain(step)
     for keyword in PRESENT_IN_STEP:
         if keyword not in step:
             setattr(step, keyword, "")
@@ -132,14 +131,9 @@ def _entry(item: Dataset, step: Dataset, generated: bool) -> WorklistEntry:
     )
 
 
-def _copy(dataset: Dataset) -> Dataset:
-    copied = Dataset()
-    copied.update(dataset)
-    return copied
-
-
-def _without_file_meta(item: Dataset) -> Dataset:
-    """The data set alone: a DICOM file's meta information is not part of the item."""
+def _plain(dataset: Dataset) -> Dataset:
+    """A shallow copy of the elements alone (a DICOM file's meta information is not part of a
+    worklist item), so that the caller's data set is left as it was."""
     plain = Dataset()
-    plain.update(item)
+    plain.update(dataset)
     return plain

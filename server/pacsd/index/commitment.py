@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pacsd.errors import DicomStatusError
+from pacsd.errors import ProcessingFailure
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import CommitmentRequest, Instance
 
@@ -29,12 +29,6 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 PROCESSING_FAILURE = 0x0110
 CLASS_INSTANCE_CONFLICT = 0x0119
 READ_CHUNK = 1024 * 1024
-
-
-class DuplicateTransaction(DicomStatusError):
-    """A Transaction UID already used by an earlier request: Processing failure (0x0110)."""
-
-    status = 0x0110
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,7 @@ def add_request(
         with database.writing() as session:
             session.add(request)
     except IntegrityError:
-        raise DuplicateTransaction(f"transaction {transaction_uid} was requested before") from None
+        raise ProcessingFailure(f"transaction {transaction_uid} was requested before") from None
 
 
 def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:

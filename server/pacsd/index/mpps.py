@@ -16,27 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacsd.dicom.header import header_json, index_text
-from pacsd.errors import DicomStatusError
+from pacsd.errors import DuplicateRejected, NoSuchObjectInstance
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import Instance, PerformedProcedureStep, PerformedSeries, Series
-
-
-class DuplicateStep(DicomStatusError):
-    """PS3.7 C.5.8: Duplicate SOP Instance (0x0111)."""
-
-    status = 0x0111
-
-
-class NoSuchStep(DicomStatusError):
-    """PS3.7 C.5.10: No Such Object Instance (0x0112)."""
-
-    status = 0x0112
 
 
 def create_step(
     database: IndexDatabase, uid: str, attributes: Dataset, calling_ae_title: str
 ) -> None:
-    """Store a new step; DuplicateStep when its SOP Instance UID is taken."""
+    """Store a new step; DuplicateRejected (0x0111) when its SOP Instance UID is taken."""
     now = datetime.now(UTC)
     step = PerformedProcedureStep(sop_instance_uid=uid, calling_ae_title=calling_ae_title)
     step.created_at = now
@@ -45,7 +33,7 @@ def create_step(
         with database.writing() as session:
             session.add(step)
     except IntegrityError:
-        raise DuplicateStep(f"a performed procedure step {uid} exists already") from None
+        raise DuplicateRejected(f"a performed procedure step {uid} exists already") from None
 
 
 Change = Callable[[str, Dataset], tuple[str, Dataset]]
@@ -64,7 +52,7 @@ def update_step(database: IndexDatabase, uid: str, change: Change) -> Dataset:
             .with_for_update()
         ).one_or_none()
         if step is None:
-            raise NoSuchStep(f"no performed procedure step {uid}")
+            raise NoSuchObjectInstance(f"no performed procedure step {uid}")
         status, attributes = change(step.status, Dataset.from_json(step.attributes))
         _fill(step, attributes, datetime.now(UTC))
         step.status = status
@@ -72,7 +60,7 @@ def update_step(database: IndexDatabase, uid: str, change: Change) -> Dataset:
 
 
 def read_step(database: IndexDatabase, uid: str) -> Dataset:
-    """The step's attributes; NoSuchStep when there is none."""
+    """The step's attributes; NoSuchObjectInstance (0x0112) when there is none."""
     with database.reading() as session:
         document = session.scalar(
             select(PerformedProcedureStep.attributes).where(
@@ -80,7 +68,7 @@ def read_step(database: IndexDatabase, uid: str) -> Dataset:
             )
         )
     if document is None:
-        raise NoSuchStep(f"no performed procedure step {uid}")
+        raise NoSuchObjectInstance(f"no performed procedure step {uid}")
     return Dataset.from_json(document)
 
 

@@ -30,7 +30,13 @@ from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
-from pacsd.errors import DicomStatusError
+from pacsd.errors import (
+    MissingAttribute,
+    NoSuchAction,
+    NoSuchObjectInstance,
+    ProcessingFailure,
+    UnrecognizedOperation,
+)
 from pacsd.index.commitment import (
     add_request,
     due_now,
@@ -46,7 +52,6 @@ from pacsd.logs import get_logger
 from pacsd.net.handle import ClientHandle
 from pacsd.net.sockets import no_delay
 from pacsd.services.guard import NormalizedResult
-from pacsd.services.mpps import Undecodable, UnrecognizedOperation
 from pacsd.services.retrieve import pause_reactor
 from pacsd.settings import CommitmentSettings, Peer
 from pacsd.storage.filesystem import FilesystemStore
@@ -61,24 +66,6 @@ REPORT_TIMEOUT_S = 30.0
 REPORT_MESSAGE_ID = 1
 
 log = get_logger("pacsd.commitment")
-
-
-class NoSuchAction(DicomStatusError):
-    """PS3.7 C.5.23: No Such Action (0x0123)."""
-
-    status = 0x0123
-
-
-class NoSuchInstance(DicomStatusError):
-    """PS3.7 C.5.10: No Such Object Instance (0x0112): not the well-known instance."""
-
-    status = 0x0112
-
-
-class MissingAttribute(DicomStatusError):
-    """PS3.7 C.5.13: Missing Attribute (0x0120)."""
-
-    status = 0x0120
 
 
 class DeliveryFailed(Exception):
@@ -107,22 +94,21 @@ def report_dataset(transaction_uid: str, result: Mapping[str, Any], ae_title: st
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     ds.RetrieveAETitle = ae_title
-    success = []
-    for sop_class, sop_instance in result["success"]:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        success.append(item)
-    failed = []
-    for sop_class, sop_instance, reason in result["failed"]:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        item.FailureReason = int(reason)
-        failed.append(item)
+    success = [_reference(sop_class, sop_instance) for sop_class, sop_instance in result["success"]]
+    failed = [_reference(*failure) for failure in result["failed"]]
     if success:
         ds.ReferencedSOPSequence = Sequence(success)
     if failed:
         ds.FailedSOPSequence = Sequence(failed)
     return ds
+
+
+def _reference(sop_class: str, sop_instance: str, reason: int | None = None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+    if reason is not None:
+        item.FailureReason = int(reason)
+    return item
 
 
 class CommitmentWorker:
@@ -325,11 +311,11 @@ class CommitmentService:
         if request.ActionTypeID != REQUEST_COMMITMENT:
             raise NoSuchAction(f"action type {request.ActionTypeID} (only 1: request)")
         if str(request.RequestedSOPInstanceUID) != WELL_KNOWN_INSTANCE:
-            raise NoSuchInstance(f"use the well-known instance {WELL_KNOWN_INSTANCE}")
+            raise NoSuchObjectInstance(f"use the well-known instance {WELL_KNOWN_INSTANCE}")
         try:
             info: Dataset = event.action_information
         except Exception as exc:
-            raise Undecodable(f"action information cannot be decoded: {exc}") from None
+            raise ProcessingFailure(f"action information cannot be decoded: {exc}") from None
         references = requested_references(info)
         transaction = str(info.TransactionUID)
         add_request(self.index, transaction, handle.calling_ae_title, references)

@@ -94,16 +94,15 @@ def guarded(
         except Exception:
             handle.log.exception("operation failed unexpectedly", operation=operation_name)
             result, comment = OperationResult(PROCESSING_FAILURE), "processing failure"
-        failed = result.status not in (0x0000,) and not 0xB000 <= result.status <= 0xBFFF
-        handle.operation_finished(operation_name, failed, stored=result.stored, size=result.size)
-        _log_operation(
+        _finish(
             handle,
             event,
             operation_name,
-            failed,
             started,
+            result.status,
             comment,
-            status=f"0x{result.status:04X}",
+            stored=result.stored,
+            size=result.size,
             bytes=result.size,
             **({"outcome": result.outcome} if result.outcome else {}),
         )
@@ -145,11 +144,7 @@ def guarded_normalized(
             handle.log.exception("operation failed unexpectedly", operation=operation_name)
             status, comment = PROCESSING_FAILURE, "processing failure"
             response = status_dataset(status, comment)
-        failed = status != 0x0000 and not 0xB000 <= status <= 0xBFFF
-        handle.operation_finished(operation_name, failed)
-        _log_operation(
-            handle, event, operation_name, failed, started, comment, status=f"0x{status:04X}"
-        )
+        _finish(handle, event, operation_name, started, status, comment)
         return response, dataset
 
     return handler
@@ -157,30 +152,36 @@ def guarded_normalized(
 
 def _failure(exc: DicomStatusError, operation_name: str) -> Dataset:
     response = status_dataset(exc.status, exc.comment)
-    error_id = getattr(exc, "error_id", None)
-    if error_id is not None:
-        response.ErrorID = error_id
-    tags = getattr(exc, "tags", None)
-    if tags and operation_name in ("N-SET", "N-GET"):
-        response.AttributeIdentifierList = list(tags)
+    if exc.error_id is not None:
+        response.ErrorID = exc.error_id
+    if exc.tags and operation_name in ("N-SET", "N-GET"):
+        response.AttributeIdentifierList = list(exc.tags)
     return response
 
 
-def _log_operation(
+def _finish(
     handle: ClientHandle,
     event: Event,
     operation_name: str,
-    is_failure: bool,
     started: float,
+    status: int,
     comment: str,
+    stored: bool = False,
+    size: int = 0,
     **fields: Any,
 ) -> None:
-    """The one canonical log line of a DIMSE operation."""
-    log = handle.log.warning if is_failure else handle.log.info
+    """Count a finished DIMSE operation on its handle and write its one canonical log line.
+
+    Success, warnings (0xBxxx) and a cancel (0xFE00) are not failures.
+    """
+    failed = status not in (0x0000, 0xFE00) and not 0xB000 <= status <= 0xBFFF
+    handle.operation_finished(operation_name, failed, stored=stored, size=size)
+    log = handle.log.warning if failed else handle.log.info
     log(
         "dimse",
         operation=operation_name,
         sop_class=_sop_class_name(event),
+        status=f"0x{status:04X}",
         **fields,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **({"error_comment": error_comment(comment)} if comment else {}),
@@ -264,18 +265,10 @@ def guarded_stream(
             report.status, report.comment = UNABLE_TO_PROCESS, "processing failure"
             yield from refusal(report, UNABLE_TO_PROCESS, "processing failure")
         finally:
-            failed = report.status not in (0x0000, 0xFE00) and not 0xB000 <= report.status <= 0xBFFF
-            handle.operation_finished(operation_name, failed)
-            _log_operation(
-                handle,
-                event,
-                operation_name,
-                failed,
-                started,
-                report.comment,
-                status=f"0x{report.status:04X}",
+            _finish(
+                handle, event, operation_name, started, report.status, report.comment,
                 **report.fields,
-            )
+            )  # fmt: skip
 
     return handler
 

@@ -18,7 +18,7 @@ from pynetdicom.events import Event
 from pacsd.dicom.header import index_text
 from pacsd.dicom.mpps import COMPLETED, apply_set, check_create, check_set
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
-from pacsd.errors import DicomStatusError
+from pacsd.errors import ProcessingFailure, UnrecognizedOperation
 from pacsd.index.database import IndexDatabase
 from pacsd.index.mpps import create_step, read_step, update_step
 from pacsd.index.worklist import retire_steps
@@ -28,18 +28,6 @@ from pacsd.services.guard import NormalizedResult
 MPPS = "1.2.840.10008.3.1.2.3.3"
 MPPS_RETRIEVE = "1.2.840.10008.3.1.2.3.4"  # N-GET of a step, PS3.4 F.8
 _UID_ROOT = f"{IMPLEMENTATION_CLASS_UID}.3."
-
-
-class Undecodable(DicomStatusError):
-    """PS3.7 C.5.9: Processing failure (0x0110): the data set does not decode."""
-
-    status = 0x0110
-
-
-class UnrecognizedOperation(DicomStatusError):
-    """PS3.7 C.5.22: Unrecognized Operation (0x0211): not a service of this SOP class."""
-
-    status = 0x0211
 
 
 def _require_mpps_class(uid: object, service: str) -> None:
@@ -131,7 +119,7 @@ def _decoded(event: Event, name: str) -> Dataset:
         dataset: Dataset = getattr(event, name)
         dataset.decode()
     except Exception as exc:
-        raise Undecodable(f"{name.replace('_', ' ')} cannot be decoded: {exc}") from None
+        raise ProcessingFailure(f"{name.replace('_', ' ')} cannot be decoded: {exc}") from None
     return dataset
 
 
