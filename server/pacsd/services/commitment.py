@@ -14,6 +14,7 @@ so a restarted pacsd delivers them.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import weakref
@@ -29,6 +30,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 
 from pacsd.errors import (
     MissingAttribute,
@@ -63,6 +65,7 @@ ALL_COMMITTED, SOME_FAILED = 1, 2  # Event Type ID, PS3.4 J.3.3.1
 MAX_WAIT_S = 5.0
 PAUSE_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 30.0
+POLL_S = 0.1  # how often a report sent on the same association checks that it is still open
 REPORT_MESSAGE_ID = 1
 
 log = get_logger("pacsd.commitment")
@@ -279,9 +282,11 @@ def _send_between_requests(assoc: Association, report: Dataset, event_type: int)
         request.EventInformation = BytesIO(encoded)
         assoc.dimse.send_msg(request, cast(int, context.context_id))
         deadline = time.monotonic() + float(assoc.dimse_timeout or REPORT_TIMEOUT_S)
-        while assoc.is_established and time.monotonic() < deadline:
-            context_id, message = assoc.dimse.get_msg(block=True)
-            if message is None:
+        while _still_open(assoc) and time.monotonic() < deadline:
+            # Short waits, not get_msg(block=True), which waits out the whole DIMSE timeout.
+            try:
+                context_id, message = assoc.dimse.msg_queue.get(timeout=POLL_S)
+            except queue.Empty:
                 continue
             if isinstance(message, N_EVENT_REPORT) and not message.is_valid_request:
                 return int(message.Status or 0) == 0x0000
@@ -294,6 +299,17 @@ def _send_between_requests(assoc: Association, report: Dataset, event_type: int)
         for item in stashed:
             assoc.dimse.msg_queue.put(item)
         assoc._reactor_checkpoint.set()
+
+
+def _still_open(assoc: Association) -> bool:
+    """Whether a report sent on `assoc` can still be answered.
+
+    The paused reactor does not handle the requester's A-RELEASE-RQ, so `is_established` stays
+    True; the release (or abort) waiting on the DUL's queue says the requester is leaving, and
+    a requester ignores N-EVENT-REPORTs while it releases (pynetdicom does).
+    """
+    leaving = isinstance(assoc.dul.peek_next_pdu(), (A_RELEASE, A_ABORT, A_P_ABORT))
+    return assoc.is_established and assoc.dul.is_alive() and not leaving
 
 
 class CommitmentService:
