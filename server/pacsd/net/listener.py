@@ -24,6 +24,7 @@ from pacsd.net import unrecognized
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
+from pacsd.net.reactor import EventRequestHandler
 from pacsd.net.sockets import no_delay
 from pacsd.services.commitment import CommitmentService
 from pacsd.services.guard import (
@@ -222,6 +223,7 @@ class Listener:
             contexts=placeholder_contexts(),
             evt_handlers=self._handlers(),
             server_class=_Server,
+            request_handler=EventRequestHandler,
         )
         self._server = cast(_Server, server)
         self._thread = threading.Thread(
