@@ -21,7 +21,8 @@ from pacsd.dicom.instance import ParsedInstance, parse_part10
 from pacsd.dicom.part10 import encode_file_meta
 from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
 from pacsd.index.database import IndexDatabase
-from pacsd.index.ingest import IngestOutcome, InstanceRecord, record_instance, stored_file_of
+from pacsd.index.ingest import IngestOutcome, InstanceRecord
+from pacsd.index.writer import IndexWriter
 from pacsd.settings import DuplicatePolicy
 from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
 
@@ -65,6 +66,7 @@ class Archive:
         self.files = files
         self.index = index
         self.duplicate_policy = duplicate_policy
+        self.writer = IndexWriter(index)
 
     def store(self, incoming: IncomingInstance) -> StoreResult:
         """Store `incoming` durably, or raise a DicomStatusError saying why not."""
@@ -72,22 +74,13 @@ class Archive:
             self.files.ensure_free_space(incoming.spool_path.stat().st_size)
             parsed = parse_part10(spool, MAX_INFLATED_SIZE)
             _check_matches_request(incoming, parsed)
-            syntax = str(parsed.layout.transfer_syntax_uid)
-            if self._is_known_duplicate(incoming.sop_instance_uid):
-                return StoreResult(StoreOutcome.DUPLICATE_KEPT_FIRST, parsed.dataset_size, syntax)
             stored = self._write_file(incoming, parsed, spool)
         outcome = self._index(incoming, parsed, stored)
-        return StoreResult(outcome, parsed.dataset_size, syntax)
+        return StoreResult(outcome, parsed.dataset_size, str(parsed.layout.transfer_syntax_uid))
 
-    def _is_known_duplicate(self, sop_instance_uid: str) -> bool:
-        """Apply keep-first / reject before writing anything (overwrite always writes)."""
-        if self.duplicate_policy is DuplicatePolicy.OVERWRITE:
-            return False
-        with _index_errors(), self.index.reading() as session:
-            present = stored_file_of(session, sop_instance_uid) is not None
-        if present and self.duplicate_policy is DuplicatePolicy.REJECT:
-            raise DuplicateRejected("SOP Instance UID already stored")
-        return present
+    def close(self) -> None:
+        """Finish the index rows being written; call once no C-STORE runs any more."""
+        self.writer.close()
 
     def _write_file(
         self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
@@ -120,13 +113,14 @@ class Archive:
         )
         replace = self.duplicate_policy is DuplicatePolicy.OVERWRITE
         try:
-            with _index_errors(), self.index.writing() as session:
-                result = record_instance(session, record, replace=replace)
+            with _index_errors():
+                result = self.writer.record(record, replace=replace)
         except BaseException:
             self.files.remove(stored.relative_path)
             raise
         if result.outcome is IngestOutcome.ALREADY_PRESENT:
-            # Another association stored the same instance between our check and our insert.
+            # Known already: the file just written goes (no read before the write, so that a
+            # store costs one index transaction; duplicates are the rare case).
             self.files.remove(stored.relative_path)
             if self.duplicate_policy is DuplicatePolicy.REJECT:
                 raise DuplicateRejected("SOP Instance UID already stored")

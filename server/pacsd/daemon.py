@@ -123,6 +123,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             return _run_until_stopped(settings, runtime, listener)
         finally:
             commitment.stop()
+            archive.close()
     finally:
         index.dispose()
         log.info("stopped")

@@ -63,9 +63,8 @@ class IndexDatabase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._reader = sessionmaker(engine, expire_on_commit=False)
-        self._writer = sessionmaker(
-            engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
-        )
+        self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @property
     def backend(self) -> str:
@@ -83,6 +82,15 @@ class IndexDatabase:
         """A session whose work is committed when the block ends without an exception."""
         with self._writer() as session, session.begin():
             yield session
+
+    @contextmanager
+    def writing_connection(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed when the block ends without error.
+
+        Core only, no ORM session: the index writer's per-row cost (index/writer.py).
+        """
+        with self._write_engine.begin() as connection:
+            yield connection
 
     def dispose(self) -> None:
         """Close every pooled connection."""

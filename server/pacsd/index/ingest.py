@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import TextClause, insert, select, text, update
+from sqlalchemy import Connection, TextClause, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute
 
 from pacsd.dicom.header import InstanceAttributes
 from pacsd.index.models import Base, Instance, Patient, Series, Study
@@ -51,23 +51,18 @@ class IngestResult:
     superseded_file_path: str | None = None
 
 
-def stored_file_of(session: Session, sop_instance_uid: str) -> str | None:
-    """The file path recorded for a SOP Instance UID, or None when the index lacks it."""
-    return session.scalar(
-        select(Instance.file_path).where(Instance.sop_instance_uid == sop_instance_uid)
-    )
-
-
-def record_instance(session: Session, record: InstanceRecord, replace: bool) -> IngestResult:
+def record_instance(connection: Connection, record: InstanceRecord, replace: bool) -> IngestResult:
     """Add the instance (creating its patient/study/series), or replace it when `replace`."""
-    series_pk = _series_pk(session, record.attributes)
+    series_pk = _series_pk(connection, record.attributes)
     values = _instance_values(record, series_pk)
     for _attempt in range(2):
         if replace:
-            superseded = _replace_instance(session, values)
+            superseded = _replace_instance(connection, values)
             if superseded is not None:
                 return IngestResult(IngestOutcome.REPLACED, superseded)
-        created = _insert_ignoring_conflict(session, Instance, values, [Instance.sop_instance_uid])
+        created = _insert_ignoring_conflict(
+            connection, Instance, values, [Instance.sop_instance_uid]
+        )
         if created is not None:
             return IngestResult(IngestOutcome.CREATED)
         if not replace:
@@ -92,38 +87,38 @@ def _instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:
     }
 
 
-def _replace_instance(session: Session, values: dict[str, Any]) -> str | None:
+def _replace_instance(connection: Connection, values: dict[str, Any]) -> str | None:
     """Point an existing row at the new file; return the old file path (None: no row)."""
-    row = session.execute(
+    row = connection.execute(
         select(Instance.pk, Instance.file_path)
         .where(Instance.sop_instance_uid == values["sop_instance_uid"])
         .with_for_update()
     ).one_or_none()
     if row is None:
         return None
-    session.execute(update(Instance).where(Instance.pk == row.pk).values(**values))
+    connection.execute(update(Instance).where(Instance.pk == row.pk).values(**values))
     return str(row.file_path)
 
 
 def _insert_ignoring_conflict(
-    session: Session,
+    connection: Connection,
     model: type[Base],
     values: dict[str, Any],
     conflict_columns: list[InstrumentedAttribute[Any]],
     conflict_where: TextClause | None = None,
 ) -> int | None:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING pk: the new key, or None on conflict."""
-    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
     statement = (
         insert(model)
         .values(**values)
         .on_conflict_do_nothing(index_elements=conflict_columns, index_where=conflict_where)
         .returning(model.__table__.c.pk)
     )
-    return session.execute(statement).scalar_one_or_none()
+    return connection.execute(statement).scalar_one_or_none()
 
 
-def _patient_pk(session: Session, attributes: InstanceAttributes) -> int:
+def _patient_pk(connection: Connection, attributes: InstanceAttributes) -> int:
     values = {
         "patient_id": attributes.patient_id,
         "issuer_of_patient_id": attributes.issuer_of_patient_id,
@@ -132,9 +127,11 @@ def _patient_pk(session: Session, attributes: InstanceAttributes) -> int:
         "patient_sex": attributes.patient_sex,
     }
     if not attributes.patient_id:  # nobody to match: a patient row of its own
-        return session.execute(insert(Patient).values(**values).returning(Patient.pk)).scalar_one()
+        return connection.execute(
+            insert(Patient).values(**values).returning(Patient.pk)
+        ).scalar_one()
     created = _insert_ignoring_conflict(
-        session,
+        connection,
         Patient,
         values,
         [Patient.patient_id, Patient.issuer_of_patient_id],
@@ -142,7 +139,7 @@ def _patient_pk(session: Session, attributes: InstanceAttributes) -> int:
     )
     if created is not None:
         return created
-    return session.execute(
+    return connection.execute(
         select(Patient.pk).where(
             Patient.patient_id == attributes.patient_id,
             Patient.issuer_of_patient_id == attributes.issuer_of_patient_id,
@@ -150,13 +147,13 @@ def _patient_pk(session: Session, attributes: InstanceAttributes) -> int:
     ).scalar_one()
 
 
-def _study_pk(session: Session, attributes: InstanceAttributes) -> int:
+def _study_pk(connection: Connection, attributes: InstanceAttributes) -> int:
     uid = attributes.study_instance_uid
-    existing = session.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
+    existing = connection.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
     if existing is not None:
         return existing
     values = {
-        "patient_fk": _patient_pk(session, attributes),
+        "patient_fk": _patient_pk(connection, attributes),
         "study_instance_uid": uid,
         "study_date": attributes.study_date,
         "study_time": attributes.study_time,
@@ -166,20 +163,20 @@ def _study_pk(session: Session, attributes: InstanceAttributes) -> int:
         "study_description": attributes.study_description,
         "modalities_in_study": "",
     }
-    created = _insert_ignoring_conflict(session, Study, values, [Study.study_instance_uid])
+    created = _insert_ignoring_conflict(connection, Study, values, [Study.study_instance_uid])
     if created is not None:
         return created
-    return session.execute(select(Study.pk).where(Study.study_instance_uid == uid)).scalar_one()
+    return connection.execute(select(Study.pk).where(Study.study_instance_uid == uid)).scalar_one()
 
 
-def _series_pk(session: Session, attributes: InstanceAttributes) -> int:
+def _series_pk(connection: Connection, attributes: InstanceAttributes) -> int:
     uid = attributes.series_instance_uid
-    existing = session.scalar(select(Series.pk).where(Series.series_instance_uid == uid))
+    existing = connection.scalar(select(Series.pk).where(Series.series_instance_uid == uid))
     if existing is not None:
         return existing
-    study_pk = _study_pk(session, attributes)
+    study_pk = _study_pk(connection, attributes)
     # Lock the study so that concurrent new series of one study update its modalities in turn.
-    session.execute(select(Study.pk).where(Study.pk == study_pk).with_for_update())
+    connection.execute(select(Study.pk).where(Study.pk == study_pk).with_for_update())
     values = {
         "study_fk": study_pk,
         "series_instance_uid": uid,
@@ -190,21 +187,21 @@ def _series_pk(session: Session, attributes: InstanceAttributes) -> int:
         "series_date": attributes.series_date,
         "series_time": attributes.series_time,
     }
-    created = _insert_ignoring_conflict(session, Series, values, [Series.series_instance_uid])
+    created = _insert_ignoring_conflict(connection, Series, values, [Series.series_instance_uid])
     if created is None:
-        return session.execute(
+        return connection.execute(
             select(Series.pk).where(Series.series_instance_uid == uid)
         ).scalar_one()
-    _refresh_modalities_in_study(session, study_pk)
+    _refresh_modalities_in_study(connection, study_pk)
     return created
 
 
-def _refresh_modalities_in_study(session: Session, study_pk: int) -> None:
+def _refresh_modalities_in_study(connection: Connection, study_pk: int) -> None:
     """ModalitiesInStudy (0008,0061): the distinct modalities of the study's series."""
-    modalities = session.scalars(
+    modalities = connection.scalars(
         select(Series.modality).where(Series.study_fk == study_pk, Series.modality != "").distinct()
     ).all()
-    session.execute(
+    connection.execute(
         update(Study)
         .where(Study.pk == study_pk)
         .values(modalities_in_study="\\".join(sorted(modalities))[:256])
