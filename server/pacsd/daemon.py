@@ -8,16 +8,14 @@ rest of the grace period. SIGHUP: reload the policies and the peer table (runtim
 from __future__ import annotations
 
 import ipaddress
-import signal
-import threading
+import os
 from pathlib import Path
-from types import FrameType
 
 from pacsd import __version__
 from pacsd.archive import Archive
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
-from pacsd.logs import get_logger
+from pacsd.logs import bind_process, get_logger
 from pacsd.net.listener import Listener, Services, configure_pynetdicom
 from pacsd.net.status import StatusServer, associations_url
 from pacsd.policy.rules import Match
@@ -29,38 +27,11 @@ from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
 from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
+from pacsd.signals import Signals
 from pacsd.storage.filesystem import FilesystemStore
+from pacsd.workers import stop_with_supervisor, supervise, worker_index
 
 log = get_logger("pacsd.daemon")
-
-
-class Signals:
-    """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
-
-    Handlers only set flags and wake the main thread, which does the work outside the handler.
-    """
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.force = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
-
-    def install(self) -> None:
-        """Register the handlers (main thread only)."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hangup)
-
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            self.force.set()
-        self.stop.set()
-        self.wake.set()
-
-    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
 
 
 def _is_loopback(host: str) -> bool:
@@ -92,17 +63,36 @@ def _warn_about_insecure_settings(settings: Settings) -> None:
 
 
 def serve(settings: Settings, config_source: Path | None) -> int:
-    """Run the daemon until a signal stops it; returns the process exit code."""
-    log.info("starting", version=__version__, config=str(config_source or "embedded default"))
-    _warn_about_insecure_settings(settings)
+    """Run the daemon until a signal stops it; returns the process exit code.
+
+    With `network.workers` > 1 this process prepares the archive and supervises the workers
+    (workers.py); each worker runs this function too, as worker N.
+    """
+    worker = worker_index()
+    if worker is not None:
+        bind_process(worker=worker)
+        stop_with_supervisor()
+    log.info(
+        "starting",
+        version=__version__,
+        config=str(config_source or "embedded default"),
+        pid=os.getpid(),
+    )
+    if worker is None:
+        _warn_about_insecure_settings(settings)
     index = IndexDatabase(create_index_engine(settings.database.url, settings.database.pool_size))
     try:
         status = ensure_schema(index.engine)
         log.info("index database ready", backend=index.backend, revision=",".join(status.current))
         files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
-        removed = files.prepare()
-        if removed:
-            log.info("removed leftovers of an interrupted run", files=removed)
+        if worker is None:  # workers must not remove each other's transfers in progress
+            removed = files.prepare()
+            if removed:
+                log.info("removed leftovers of an interrupted run", files=removed)
+            if settings.network.workers > 1:
+                signals = Signals()
+                signals.install()
+                return supervise(settings, config_source, signals)
         configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
         archive = Archive(files, index, settings.storage.duplicate_policy)
         runtime = RuntimeConfig(settings, config_source)
@@ -117,10 +107,12 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             mpps=MppsService(index, settings.worklist.retire_completed),
             commitment=CommitmentService(index, commitment),
         )
-        listener = Listener(settings, services, policy=runtime.policy)
-        commitment.start()  # reports still pending from an earlier run go out now
+        listener = Listener(settings, services, runtime.policy, reuse_port=worker is not None)
+        leading = worker in (None, 0)  # the one process with the status and commitment threads
+        if leading:
+            commitment.start()  # reports still pending from an earlier run go out now
         try:
-            return _run_until_stopped(settings, runtime, listener)
+            return _run_until_stopped(settings, runtime, listener, with_status=leading)
         finally:
             commitment.stop()
             archive.close()
@@ -140,13 +132,15 @@ def _start_status(settings: Settings, listener: Listener) -> StatusServer | None
     return server
 
 
-def _run_until_stopped(settings: Settings, runtime: RuntimeConfig, listener: Listener) -> int:
+def _run_until_stopped(
+    settings: Settings, runtime: RuntimeConfig, listener: Listener, with_status: bool
+) -> int:
     signals = Signals()
     signals.install()
     host, port = listener.start()
     status = None
     try:
-        status = _start_status(settings, listener)
+        status = _start_status(settings, listener) if with_status else None
         log.info("listening", host=host, port=port, ae_title=settings.ae_title)
         _wait_for_stop(signals, runtime)
     finally:

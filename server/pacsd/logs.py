@@ -51,6 +51,20 @@ class ThreadContext:
         return event_dict
 
 
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def bind_process(**fields: Any) -> None:
+    """Fields added to every record of this process (a worker's index, for instance)."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def _process_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key, value in _PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _rename_stdlib_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Foreign (stdlib) records: keep the logger name, drop the positional-args noise."""
     event_dict.pop("positional_args", None)
@@ -61,6 +75,7 @@ def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         ThreadContext.processor,
+        _process_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

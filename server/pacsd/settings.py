@@ -67,6 +67,8 @@ class NetworkSettings(StrictModel):
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0
     connection_timeout: Seconds = 10.0
+    # Processes accepting associations on the port (SO_REUSEPORT); 1 = this process alone.
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("max_pdu_size")
     @classmethod

@@ -69,10 +69,21 @@ class _Server(ThreadedAssociationServer):
     (PYNETDICOM_NOTES.md, "Sockets and measurement").
     """
 
+    reuse_port = False  # SO_REUSEPORT: several worker processes listen on the port
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = super().get_request()
         client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client_socket, address
+
+
+class _SharedPortServer(_Server):
+    reuse_port = True
 
 
 class _AE(AE):
@@ -107,8 +118,15 @@ class Services:
 class Listener:
     """Accepts associations on the configured address until stopped."""
 
-    def __init__(self, settings: Settings, services: Services, policy: PolicyProvider) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        services: Services,
+        policy: PolicyProvider,
+        reuse_port: bool = False,
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.handles = HandleRegistry()
         self.negotiator = Negotiator(policy, self.handles, settings.network.max_pdu_size)
         self.ae = self._build_ae(settings)
@@ -222,7 +240,7 @@ class Listener:
             (network.host, network.port),
             contexts=placeholder_contexts(),
             evt_handlers=self._handlers(),
-            server_class=_Server,
+            server_class=_SharedPortServer if self.reuse_port else _Server,
             request_handler=EventRequestHandler,
         )
         self._server = cast(_Server, server)

@@ -148,7 +148,13 @@ class CommitmentWorker:
             self._thread.join(timeout)
 
     def submit(self, transaction_uid: str, assoc: Association) -> None:
-        """A new request: remember its association, and look at it now."""
+        """A new request: remember its association, and look at it now.
+
+        Not started (a worker other than worker 0): the leading worker finds the request in
+        the database and reports on a new association.
+        """
+        if not self._thread.is_alive():
+            return
         if self.settings.report_on_same_association:
             with self._lock:
                 self._associations[transaction_uid] = weakref.ref(assoc)

@@ -1,0 +1,36 @@
+"""The daemon's signal handling: flags set by the handlers, acted on by the main thread."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+class Signals:
+    """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
+
+    Handlers only set flags and wake the main thread, which does the work outside the handler.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.force = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()
+
+    def install(self) -> None:
+        """Register the handlers (main thread only)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            self.force.set()
+        self.stop.set()
+        self.wake.set()
+
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+        self.wake.set()
