@@ -78,10 +78,6 @@ class Archive:
         outcome = self._index(incoming, parsed, stored)
         return StoreResult(outcome, parsed.dataset_size, str(parsed.layout.transfer_syntax_uid))
 
-    def close(self) -> None:
-        """Finish the index rows being written; call once no C-STORE runs any more."""
-        self.writer.close()
-
     def _write_file(
         self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
     ) -> StoredFile:

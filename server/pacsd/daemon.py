@@ -115,7 +115,6 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             return _run_until_stopped(settings, runtime, listener, with_status=leading)
         finally:
             commitment.stop()
-            archive.close()
     finally:
         index.dispose()
         log.info("stopped")

@@ -1,7 +1,9 @@
 """The index writer (server/pacsd/index/writer.py) on a real SQLite file and PostgreSQL.
 
 Concurrent stores are written in group commits, each caller still gets its own outcome once
-its row is committed, and a record that cannot be written fails alone.
+its row is committed, and a record that cannot be written fails alone. On SQLite, another
+connection holding the write lock makes the callers queue up behind the first one, so that
+the batches they form are known.
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ JOIN_TIMEOUT_S = 60.0
 def writer(database_url: str) -> Iterator[IndexWriter]:
     database = IndexDatabase(create_index_engine(database_url))
     ensure_schema(database.engine)
-    index_writer = IndexWriter(database)
-    yield index_writer
-    index_writer.close()
+    yield IndexWriter(database)
     database.dispose()
 
 
@@ -181,10 +181,12 @@ def test_a_record_that_cannot_be_written_fails_alone(
     assert rows(writer) == 3
 
 
-def test_close_writes_what_is_queued_and_a_later_record_starts_it_again(
-    writer: IndexWriter,
+def test_more_records_than_a_batch_holds_are_all_written(
+    writer: IndexWriter, database_url: str
 ) -> None:
-    assert writer.record(record(8), replace=False).outcome is IngestOutcome.CREATED
-    writer.close()
-    assert writer.record(record(9), replace=False).outcome is IngestOutcome.CREATED
-    assert rows(writer) == 2
+    writer.max_batch = 3
+    records = [record(n) for n in range(10, 10 + THREADS)]
+    results = record_behind_lock(writer, database_url, records)
+    assert results == [IngestOutcome.CREATED] * THREADS
+    assert rows(writer) == THREADS
+    assert writer.commits >= 3  # 1 + 7 records in batches of at most 3

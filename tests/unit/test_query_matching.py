@@ -50,7 +50,6 @@ def archive(
             store.store(
                 IncomingInstance(entry.path, entry.sop_class_uid, entry.sop_instance_uid, "TEST")
             )
-        store.close()
         yield database, entries
         database.dispose()
 
