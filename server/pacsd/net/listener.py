@@ -24,7 +24,7 @@ from pacsd.net import unrecognized
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
-from pacsd.net.reactor import EventRequestHandler
+from pacsd.net.reactor import EventRequestHandler, use_for_requestors
 from pacsd.net.sockets import no_delay
 from pacsd.services.commitment import CommitmentService
 from pacsd.services.guard import (
@@ -55,6 +55,7 @@ def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     unrecognized.install()
+    use_for_requestors()  # C-MOVE sub-associations and commitment reports: event-driven too
     # C-GET/C-MOVE sub-operations send stored files from disk, undecoded (services/retrieve).
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = log_identifiers

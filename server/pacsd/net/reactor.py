@@ -28,9 +28,11 @@ import queue
 import select
 import ssl
 import threading
+import weakref
 from copy import deepcopy
 from typing import Any, cast
 
+import pynetdicom.ae
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -65,6 +67,11 @@ class EventDUL(DULServiceProvider):
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._pipe_lock = threading.Lock()
+        # Closed when the thread ends, or when this object goes if the thread never ran (a
+        # requestor whose connection failed before its DUL started).
+        self._close_descriptors = weakref.finalize(
+            self, _close_all, self._wake_read, self._wake_write
+        )
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -93,9 +100,7 @@ class EventDUL(DULServiceProvider):
     def close_pipe(self) -> None:
         """Release the wake-up pipe (the thread has ended or never started)."""
         with self._pipe_lock:
-            for descriptor in (self._wake_read, self._wake_write):
-                if descriptor >= 0:
-                    os.close(descriptor)
+            self._close_descriptors()
             self._wake_read = self._wake_write = -1
 
     def run_reactor(self) -> None:
@@ -168,8 +173,17 @@ class EventDUL(DULServiceProvider):
                     pass
 
 
+def _close_all(*descriptors: int) -> None:
+    for descriptor in descriptors:
+        os.close(descriptor)
+
+
 class EventAssociation(Association):
-    """An acceptor whose reactor waits for messages instead of polling every millisecond."""
+    """An association whose reactor waits for messages instead of polling every millisecond.
+
+    Acceptors are made by `EventRequestHandler`; requestors (C-MOVE sub-associations,
+    commitment reports) by pynetdicom's `AE.associate`, once `use_for_requestors` ran.
+    """
 
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
@@ -183,13 +197,6 @@ class EventAssociation(Association):
         self.dimse_timeout = self.ae.dimse_timeout
         self.network_timeout = self.ae.network_timeout
 
-    def run_reactor(self) -> None:
-        try:
-            super().run_reactor()
-        finally:
-            if not self.dul.is_alive() and not self._started_dul:
-                cast(EventDUL, self.dul).close_pipe()
-
     def kill(self) -> None:
         super().kill()
         self.activity.set()
@@ -200,6 +207,10 @@ class EventAssociation(Association):
         idle = False
         while not self._kill:
             if idle:
+                # Counts as paused: a send_*() or release() that stops the reactor (clear the
+                # checkpoint, wait for _is_paused) goes on at once, and if a message wakes
+                # this wait meanwhile, the checkpoint below holds the reactor off the queue.
+                self._is_paused = True
                 self.activity.wait(IDLE_WAIT_S)
             self.activity.clear()
 
@@ -268,3 +279,9 @@ class EventRequestHandler(RequestHandler):
                 for handler in cast(list[tuple[Any, Any]], handlers):
                     assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+def use_for_requestors() -> None:
+    """Make pynetdicom's `AE.associate` (which names the class directly) create
+    `EventAssociation`s: process-wide, once at start-up, like pynetdicom's own `_config`."""
+    pynetdicom.ae.Association = EventAssociation  # type: ignore[attr-defined]

@@ -155,6 +155,9 @@ def pause_reactor(assoc: Association, timeout: float = 5.0) -> bool:
         return True
     checkpoint = assoc._reactor_checkpoint
     checkpoint.clear()
+    activity = getattr(assoc, "activity", None)  # net/reactor.py: wake an idle reactor
+    if activity is not None:
+        activity.set()
     waiters = checkpoint._cond._waiters  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while not waiters and assoc.is_alive() and time.monotonic() < deadline:
