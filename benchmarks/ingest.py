@@ -39,8 +39,8 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,8 @@ BENCH_SIZE = 512  # 512x512x16 bits: the 0.5 MB CT instance
 SMALL_SIZE = 64  # 64x64x16 bits: a few kB
 CLIENT_TIMEOUT_S = 600.0
 PACSD_STOP_TIMEOUT_S = 60.0
+# Given the server's pid, a context entered around the storescu run (tests/perf/memory.py).
+Watch = Callable[[int], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True)
@@ -297,8 +299,17 @@ def stop_pacsd(server: PacsdProcess) -> int | None:
         return None
 
 
+def watching(watch: Watch | None, pid: int) -> AbstractContextManager[object]:
+    """`watch` applied to the server's `pid`, or nothing."""
+    return nullcontext() if watch is None else watch(pid)
+
+
 def bench_pacsd(
-    options: Options, workload: Workload, associations: int, run_dir: Path
+    options: Options,
+    workload: Workload,
+    associations: int,
+    run_dir: Path,
+    watch: Watch | None = None,
 ) -> RunResult:
     """One pacsd run on an empty index and storage."""
     with index_database(options.database_url, run_dir) as database_url:
@@ -306,10 +317,12 @@ def bench_pacsd(
         server = PacsdProcess.from_config(run_dir, config)
         try:
             server.start()
+            assert server.process is not None
             parts = split(workload.files, associations)
-            client = run_storescu(
-                options.storescu, PACSD_AE, server.port, parts, run_dir, options.timeout
-            )
+            with watching(watch, server.process.pid):
+                client = run_storescu(
+                    options.storescu, PACSD_AE, server.port, parts, run_dir, options.timeout
+                )
         finally:
             exit_code = stop_pacsd(server)
             (run_dir / "pacsd.log").write_text(server.output() + "\n", encoding="utf-8")
@@ -319,7 +332,11 @@ def bench_pacsd(
 
 
 def bench_reference(
-    options: Options, workload: Workload, associations: int, run_dir: Path
+    options: Options,
+    workload: Workload,
+    associations: int,
+    run_dir: Path,
+    watch: Watch | None = None,
 ) -> RunResult:
     """One storescp run into an empty folder."""
     received = run_dir / "received"
@@ -327,9 +344,10 @@ def bench_reference(
     server = ReferenceServer.start(options.storescp, received, run_dir / "storescp.log")
     try:
         parts = split(workload.files, associations)
-        client = run_storescu(
-            options.storescu, REFERENCE_AE, server.port, parts, run_dir, options.timeout
-        )
+        with watching(watch, server.process.pid):
+            client = run_storescu(
+                options.storescu, REFERENCE_AE, server.port, parts, run_dir, options.timeout
+            )
     finally:
         exit_code = server.stop()
     stored = sum(1 for path in received.iterdir() if path.is_file())
@@ -340,7 +358,11 @@ def bench_reference(
 
 
 def bench_orthanc(
-    options: Options, workload: Workload, associations: int, run_dir: Path
+    options: Options,
+    workload: Workload,
+    associations: int,
+    run_dir: Path,
+    watch: Watch | None = None,
 ) -> RunResult:
     """One Orthanc run with an empty archive (its default SQLite index)."""
     server = orthanc.OrthancServer.start(
@@ -348,9 +370,10 @@ def bench_orthanc(
     )
     try:
         parts = split(workload.files, associations)
-        client = run_storescu(
-            options.storescu, orthanc.ORTHANC_AE, server.port, parts, run_dir, options.timeout
-        )
+        with watching(watch, server.process.pid):
+            client = run_storescu(
+                options.storescu, orthanc.ORTHANC_AE, server.port, parts, run_dir, options.timeout
+            )
         stored = server.count_instances()
     finally:
         exit_code = server.stop()
@@ -374,7 +397,7 @@ def run_one(
     bench = BENCHES[server]
     result = bench(options, workload, associations, run_dir)
     progress(f"  {result.client.seconds:.2f} s, {result.stored} stored, {run_dir}")
-    if not options.keep:
+    if not options.keep and not result.problems:  # a failed run's logs stay until the end
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
 

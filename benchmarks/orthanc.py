@@ -4,6 +4,7 @@ A fresh Orthanc per run: its own storage and SQLite index folders, DICOM on a fr
 on another (for the instance count), no compression, no plugins, any calling AE may store.
 Orthanc, like DCMTK's storescp, listens on every interface; only 127.0.0.1 is connected to.
 Installed with apt-get when missing (`ensure_installed`); ended by its own pid.
+`query_retrieve_settings` adds what a query/retrieve comparison needs (see its docstring).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import json
 import os
 import subprocess
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks.dcmtk import (
     HOST,
+    REFERENCE_MAX_PDU,
     START_TIMEOUT_S,
     dcmtk_environment,
     free_loopback_port,
@@ -59,8 +63,17 @@ class OrthancServer:
     http_port: int
 
     @classmethod
-    def start(cls, binary: Path, folder: Path, log_path: Path) -> OrthancServer:
-        """Write a configuration under `folder`, start Orthanc, wait until it answers C-ECHO."""
+    def start(
+        cls,
+        binary: Path,
+        folder: Path,
+        log_path: Path,
+        settings: Mapping[str, Any] | None = None,
+    ) -> OrthancServer:
+        """Write a configuration under `folder`, start Orthanc, wait until it answers C-ECHO.
+
+        `settings` are added to (or replace) the benchmark's base configuration.
+        """
         port, http_port = free_loopback_port(), free_loopback_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -77,6 +90,7 @@ class OrthancServer:
             "AuthenticationEnabled": False,
             "Plugins": [],
             "SaveJobs": False,
+            **(settings or {}),
         }
         config_path = folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -95,6 +109,11 @@ class OrthancServer:
             raise
         return server
 
+    @property
+    def ae_title(self) -> str:
+        """Orthanc's DICOM AE title."""
+        return ORTHANC_AE
+
     def wait_until_ready(self, timeout: float) -> None:
         """Poll C-ECHO until Orthanc answers; fail early if it exited."""
         wait_for_echo(self.process, self.port, ORTHANC_AE, "Orthanc", timeout)
@@ -109,3 +128,32 @@ class OrthancServer:
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after a bound; the exit code."""
         return terminate(self.process)
+
+
+def query_retrieve_settings(
+    destinations: Mapping[str, int], case_sensitive_pn: bool = True
+) -> dict[str, Any]:
+    """Orthanc 1.10 settings for a query/retrieve comparison with pacsd.
+
+    - C-FIND, C-GET and C-MOVE from any calling AE (DicomAlwaysAllow*), as pacsd's default
+      policy allows, and `destinations` (AE title -> port on HOST) as C-MOVE destinations
+      (DicomModalities; pacsd's AE table lists the same).
+    - CaseSensitivePN: Orthanc's default (false) matches person names case-insensitively;
+      pacsd's default is exact matching (query.person_name_case_insensitive false), both
+      allowed by PS3.4 C.2.2.2.1. True makes both do the same work.
+    - MaximumPduLength 128 KiB, Orthanc's maximum (default 16 KiB; pacsd offers 256 KiB).
+    - SCP/SCU timeouts of an hour, so that an association idle while the other server is
+      measured is not closed. Everything else is Orthanc's default (SynchronousCMove true,
+      StorageAccessOnFind "Always", 4 DICOM threads, 128 MB storage cache).
+    """
+    modalities = {title: [title, HOST, port] for title, port in destinations.items()}
+    return {
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomModalities": modalities,
+        "CaseSensitivePN": case_sensitive_pn,
+        "MaximumPduLength": REFERENCE_MAX_PDU,
+        "DicomScpTimeout": 3600,
+        "DicomScuTimeout": 3600,
+    }

@@ -18,9 +18,10 @@ What is measured (time.perf_counter, client side, on 127.0.0.1)
     C-MOVE: pynetdicom as the requester, DCMTK's storescp (TCP_NODELAY=1, one process per
     association) as the destination: --repeat moves of one study each, then one move of
     --bulk-studies studies (a list of Study Instance UIDs), from request to final response.
-    C-GET: DCMTK's getscu receiving the same one study and the same bulk list, process wall
-    time (so its start-up and association set-up count too).
-    The final responses' sub-operation counts and the files received are checked.
+    C-GET: DCMTK's getscu (receiving PDUs of up to 128 KiB, as storescp) fetching the same one
+    study and the same bulk list, process wall time (so its start-up and association set-up
+    count too).
+    The final responses' sub-operation counts and the SOP Instance UIDs received are checked.
 
 Nothing is asserted about speed; any wrong count is listed as a problem and makes the exit
 code 1, because the figures of a wrong answer are not valid. Run from the repository root:
@@ -42,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
@@ -56,6 +57,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from benchmarks.dcmtk import (
     HOST,
     REFERENCE_AE,
+    REFERENCE_MAX_PDU,
     ReferenceServer,
     dcmtk_environment,
     run_storescu,
@@ -170,10 +172,14 @@ class Study:
     sop_uids: tuple[str, ...]
 
 
-def plan(instances: int) -> list[Study]:
-    """The archive: ceil(instances / 5) studies, two per patient, all values deterministic."""
+def plan(instances: int, first: int = 0) -> list[Study]:
+    """The archive: ceil(instances / 5) studies, two per patient, all values deterministic.
+
+    Study number `first` comes first: plans with distinct ranges share no UID, and
+    plan(n) is the beginning of plan(m) for n < m.
+    """
     studies: list[Study] = []
-    for index in range(-(-instances // PER_SERIES)):
+    for index in range(first, first + -(-instances // PER_SERIES)):
         patient = index // STUDIES_PER_PATIENT
         family = FAMILIES[patient % len(FAMILIES)]
         given = GIVEN_NAMES[(patient // len(FAMILIES)) % len(GIVEN_NAMES)]
@@ -296,6 +302,13 @@ class Measured:
         return "| " + " | ".join((*cells, f"{items / total:.1f}")) + " |"
 
 
+class Checker(Protocol):
+    """Where a wrong answer is recorded."""
+
+    def check(self, condition: bool, message: str) -> None:
+        """Record `message` as a problem unless `condition` holds."""
+
+
 @dataclass
 class Bench:
     """The running servers, the plan and what went wrong."""
@@ -315,8 +328,13 @@ class Bench:
 
 def associate(ae: AE, server: PacsdProcess) -> Association:
     """An association to pacsd with TCP_NODELAY, as the DCMTK clients run (benchmarks/dcmtk)."""
+    return associate_to(ae, server.host, server.port, PACSD_AE)
+
+
+def associate_to(ae: AE, host: str, port: int, called_ae_title: str) -> Association:
+    """An association to any SCP with TCP_NODELAY on the requester's socket."""
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, no_delay)]
-    return ae.associate(server.host, server.port, ae_title=PACSD_AE, evt_handlers=handlers)
+    return ae.associate(host, port, ae_title=called_ae_title, evt_handlers=handlers)
 
 
 def find_identifier(**values: str) -> Dataset:
@@ -328,7 +346,7 @@ def find_identifier(**values: str) -> Dataset:
     return ds
 
 
-def timed_find(bench: Bench, assoc: Association, ds: Dataset) -> tuple[float, set[str]]:
+def timed_find(bench: Checker, assoc: Association, ds: Dataset) -> tuple[float, set[str]]:
     """One C-FIND: its duration and the Study Instance UIDs it returned."""
     found: set[str] = set()
     started = time.perf_counter()
@@ -384,7 +402,7 @@ def move_identifier(studies: Sequence[Study]) -> Dataset:
     return ds
 
 
-def timed_move(bench: Bench, assoc: Association, studies: Sequence[Study]) -> tuple[float, int]:
+def timed_move(bench: Checker, assoc: Association, studies: Sequence[Study]) -> tuple[float, int]:
     """One C-MOVE to storescp: duration and completed sub-operations (checked)."""
     expected = sum(len(study.sop_uids) for study in studies)
     started = time.perf_counter()
@@ -463,12 +481,27 @@ def peak_rss(server: PacsdProcess) -> int:
 
 
 def timed_get(bench: Bench, studies: Sequence[Study], folder: Path) -> tuple[float, int]:
-    """One getscu run into an empty `folder`: wall time and files received (checked)."""
+    """One getscu run from pacsd into an empty `folder`: wall time and files received."""
+    server = bench.server
+    return getscu(bench.options.dcmtk, bench, (server.host, server.port, PACSD_AE), studies, folder)
+
+
+def getscu(
+    dcmtk: Path,
+    bench: Checker,
+    scp: tuple[str, int, str],
+    studies: Sequence[Study],
+    folder: Path,
+) -> tuple[float, int]:
+    """One getscu run from `scp` (host, port, AE title) into an empty `folder`: wall time and
+    files received (checked, then removed). getscu receives PDUs of up to 128 KiB, as storescp
+    does in the benchmarks (REFERENCE_MAX_PDU); its default is 16 KiB."""
     folder.mkdir(parents=True)
+    host, port, called_ae_title = scp
     uids = "\\".join(study.study_uid for study in studies)
-    command = [str(bench.options.dcmtk / "getscu"), "-S", "-aet", CALLING_AE, "-aec", PACSD_AE]
-    command += ["-od", str(folder), "-k", "QueryRetrieveLevel=STUDY", "-k"]
-    command += [f"StudyInstanceUID={uids}", bench.server.host, str(bench.server.port)]
+    command = [str(dcmtk / "getscu"), "-S", "-aet", CALLING_AE, "-aec", called_ae_title]
+    command += ["-pdu", str(REFERENCE_MAX_PDU), "-od", str(folder)]
+    command += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uids}", host, str(port)]
     started = time.perf_counter()
     completed = subprocess.run(
         command,
@@ -479,16 +512,17 @@ def timed_get(bench: Bench, studies: Sequence[Study], folder: Path) -> tuple[flo
         env=dcmtk_environment(),
     )
     seconds = time.perf_counter() - started
-    received = sum(1 for _ in folder.iterdir())
-    expected = sum(len(study.sop_uids) for study in studies)
+    received = {path.name.split(".", 1)[1] for path in folder.iterdir()}  # "CT.<SOP UID>"
+    expected = {uid for study in studies for uid in study.sop_uids}
     # PYNETDICOM_NOTES.md: getscu 3.6.7 may exit non-zero after everything arrived; the
     # files it wrote are what counts.
     bench.check(
         received == expected,
-        f"C-GET: {received} of {expected} received (getscu exit {completed.returncode})",
+        f"C-GET: {len(received & expected)} of {len(expected)} received, "
+        f"{len(received - expected)} unexpected (getscu exit {completed.returncode})",
     )
     shutil.rmtree(folder, ignore_errors=True)
-    return seconds, received
+    return seconds, len(received)
 
 
 def bench_get(bench: Bench, work: Path) -> list[Measured]:

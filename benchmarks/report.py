@@ -114,6 +114,10 @@ def log_problems(server: PacsdProcess) -> list[str]:
         events = Counter(f"{line.get('level')}: {line.get('event')}" for line in flagged)
         shown = "; ".join(f"{event} (x{n})" for event, n in events.most_common(SHOWN_PROBLEM_LINES))
         problems.append(f"{len(flagged)} warning/error lines in the pacsd log: {shown}")
+        tracebacks = [str(line["exception"]) for line in flagged if line.get("exception")]
+        if tracebacks:
+            last = tracebacks[0].strip().splitlines()[-1]
+            problems.append(f"first traceback in the pacsd log ends: {last[:200]}")
     raw = [text for text in server.raw_lines if not text.lstrip().startswith("{")]
     if raw:
         problems.append(f"{len(raw)} non-JSON lines in the pacsd log, first: {raw[0][:160]!r}")

@@ -64,3 +64,39 @@ def test_ingest_benchmark_runs_and_stores_everything(tmp_path: Path) -> None:
     assert "problem" not in result.stdout.lower(), result.stdout
     orthanc_rows = [line for line in result.stdout.splitlines() if line.startswith("orthanc ")]
     assert len(orthanc_rows) == 2  # K=1 and K=2, every instance stored (exit code 0)
+
+
+SMOKE_TIMEOUT_S = 280
+PERF_GOALS = (
+    "C-STORE 0.5 MB CT, 1 assoc",
+    "C-STORE 0.5 MB CT, 8 assoc",
+    "C-STORE 64x64 CT, 1 assoc",
+    "C-STORE 64x64 CT, 8 assoc",
+    "association rate (open, C-ECHO, release)",
+    "peak RSS, 16 associations storing 0.5 MB CT",
+    "RSS increase, one 50 MB instance",
+)
+RETRIEVAL_GOAL_PREFIXES = ("C-FIND", "C-MOVE", "C-GET")
+
+
+def test_perf_smoke_run_measures_every_goal_and_its_answers_are_right(tmp_path: Path) -> None:
+    """`python -m tests.perf --smoke`: exit 0 (every check passed), a table row per goal."""
+    if not ORTHANC.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{ORTHANC} is missing: .ci/run installs Debian's orthanc")
+        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.perf", "--smoke", "--work", str(tmp_path)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    goals = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line[:2] == "| "]
+    for goal in PERF_GOALS:
+        assert goal in goals, result.stdout
+    for prefix in RETRIEVAL_GOAL_PREFIXES:
+        assert any(goal.startswith(prefix) for goal in goals), result.stdout
+    assert "PROBLEM" not in result.stdout, result.stdout
