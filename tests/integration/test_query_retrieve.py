@@ -7,7 +7,9 @@ C-MOVE destinations are pynetdicom storage SCPs in this process, in pacsd's peer
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -581,3 +583,30 @@ def test_c_cancel_stops_a_move_and_releases_the_sub_association(
     assert 1 <= completed < BULK_COUNT
     assert int(responses.final.NumberOfRemainingSuboperations) == BULK_COUNT - completed
     assert destination.received.releases == releases + 1
+
+
+def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
+    assert server.process is not None
+    pid = server.process.pid
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_sub_associations_leave_no_descriptor_or_thread(
+    qr: QRServer, destination: Destination
+) -> None:
+    """pacsd's outgoing associations run on its event-driven reactor (net/reactor.py) too:
+    each one's threads end and its wake-up pipe closes, also when the destination is down."""
+    study = identifier("STUDY", StudyInstanceUID=qr.entries[0].study_uid)
+    move(qr, "S", study)  # warm: anything created once is created now
+    time.sleep(1.0)
+    before = _descriptors_and_threads(qr.server)
+    for _ in range(10):
+        assert move(qr, "S", study).final_status == 0x0000
+    assert move(qr, "S", study, "DOWN").final_status != 0x0000
+    deadline = time.monotonic() + 15
+    after = _descriptors_and_threads(qr.server)
+    while (after[0] > before[0] or after[1] > before[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _descriptors_and_threads(qr.server)
+    assert after[0] <= before[0], f"descriptors {before[0]} -> {after[0]}"
+    assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
