@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,8 +82,13 @@ def rows(writer: IndexWriter) -> int:
         return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
 
-def record_concurrently(writer: IndexWriter, records: list[InstanceRecord]) -> list[Any]:
-    """Each record from a thread of its own; the outcome or the exception of each."""
+def record_concurrently(
+    writer: IndexWriter, records: list[InstanceRecord], lock: HeldWriteLock | None = None
+) -> list[Any]:
+    """Each record from a thread of its own, in order; the outcome or the exception of each.
+
+    With `lock`, every thread starts while it is held, so they all queue behind the first.
+    """
     results: list[Any] = [None] * len(records)
 
     def one(position: int) -> None:
@@ -92,13 +98,12 @@ def record_concurrently(writer: IndexWriter, records: list[InstanceRecord]) -> l
             results[position] = exc
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(len(records))]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.01)  # queued in order behind the first
-    return _joined(threads, results)
-
-
-def _joined(threads: list[threading.Thread], results: list[Any]) -> list[Any]:
+    with lock or nullcontext():
+        for thread in threads:
+            thread.start()
+            time.sleep(0.01)  # queued in order behind the first
+        if lock is not None:
+            time.sleep(0.5)  # all queued while the first waits for the lock
     for thread in threads:
         thread.join(JOIN_TIMEOUT_S)
     assert not any(thread.is_alive() for thread in threads)
@@ -131,20 +136,7 @@ class HeldWriteLock:
 def record_behind_lock(
     writer: IndexWriter, database_url: str, records: list[InstanceRecord]
 ) -> list[Any]:
-    results: list[Any] = [None] * len(records)
-
-    def one(position: int) -> None:
-        try:
-            results[position] = writer.record(records[position], replace=False).outcome
-        except Exception as exc:
-            results[position] = exc
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(records))]
-    with HeldWriteLock(database_url):
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)  # all queued while the first waits for the lock
-    return _joined(threads, results)
+    return record_concurrently(writer, records, HeldWriteLock(database_url))
 
 
 def test_concurrent_records_are_all_written_in_fewer_commits(
