@@ -50,7 +50,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from benchmarks import orthanc
-from benchmarks.dcmtk import REFERENCE_AE, ReferenceServer, run_storescu, tool_version
+from benchmarks.dcmtk import (
+    REFERENCE_AE,
+    ClientRun,
+    ReferenceServer,
+    run_storescu,
+    tool_version,
+)
 from benchmarks.report import RunResult, Workload, pacsd_details, print_report
 from tests.datagen import StudyContext, ct_series
 from tests.harness import PacsdProcess, base_config
@@ -304,6 +310,22 @@ def watching(watch: Watch | None, pid: int) -> AbstractContextManager[object]:
     return nullcontext() if watch is None else watch(pid)
 
 
+def send(
+    options: Options,
+    workload: Workload,
+    associations: int,
+    run_dir: Path,
+    target: tuple[str, int, int],
+    watch: Watch | None,
+) -> ClientRun:
+    """The workload from `associations` storescu processes to `target` (AE title, port, the
+    server's pid for `watch`)."""
+    called, port, pid = target
+    parts = split(workload.files, associations)
+    with watching(watch, pid):
+        return run_storescu(options.storescu, called, port, parts, run_dir, options.timeout)
+
+
 def bench_pacsd(
     options: Options,
     workload: Workload,
@@ -318,11 +340,8 @@ def bench_pacsd(
         try:
             server.start()
             assert server.process is not None
-            parts = split(workload.files, associations)
-            with watching(watch, server.process.pid):
-                client = run_storescu(
-                    options.storescu, PACSD_AE, server.port, parts, run_dir, options.timeout
-                )
+            target = (PACSD_AE, server.port, server.process.pid)
+            client = send(options, workload, associations, run_dir, target, watch)
         finally:
             exit_code = stop_pacsd(server)
             (run_dir / "pacsd.log").write_text(server.output() + "\n", encoding="utf-8")
@@ -343,11 +362,8 @@ def bench_reference(
     received.mkdir()
     server = ReferenceServer.start(options.storescp, received, run_dir / "storescp.log")
     try:
-        parts = split(workload.files, associations)
-        with watching(watch, server.process.pid):
-            client = run_storescu(
-                options.storescu, REFERENCE_AE, server.port, parts, run_dir, options.timeout
-            )
+        target = (REFERENCE_AE, server.port, server.process.pid)
+        client = send(options, workload, associations, run_dir, target, watch)
     finally:
         exit_code = server.stop()
     stored = sum(1 for path in received.iterdir() if path.is_file())
@@ -369,11 +385,8 @@ def bench_orthanc(
         orthanc.ORTHANC, run_dir / "orthanc", run_dir / "orthanc.log"
     )
     try:
-        parts = split(workload.files, associations)
-        with watching(watch, server.process.pid):
-            client = run_storescu(
-                options.storescu, orthanc.ORTHANC_AE, server.port, parts, run_dir, options.timeout
-            )
+        target = (orthanc.ORTHANC_AE, server.port, server.process.pid)
+        client = send(options, workload, associations, run_dir, target, watch)
         stored = server.count_instances()
     finally:
         exit_code = server.stop()
