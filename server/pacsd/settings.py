@@ -56,11 +56,60 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# BCP 195 (RFC 9325) recommended TLS 1.2 suites: AEAD with forward secrecy only. TLS 1.3
+# suites are always on in OpenSSL and are not affected by this string.
+BCP195_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+)
+
+
+class ClientCertificates(StrEnum):
+    """Whether the TLS listener asks peers for a certificate (verified against the CA file)."""
+
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+class TlsSettings(StrictModel):
+    """DICOM TLS (PS3.15 B.1/B.9, BCP 195): the TLS listener and pacsd's own certificate.
+
+    The same certificate, key and CA file serve outgoing associations to peers marked `tls`.
+    """
+
+    enabled: bool = False
+    port: int = Field(default=2762, ge=0, le=65535)
+    certificate_file: Path | None = None  # PEM, the chain of pacsd's own certificate
+    key_file: Path | None = None  # PEM private key
+    # The key's password: read from this file or this environment variable; never logged.
+    key_password_file: Path | None = None
+    key_password_env: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str = BCP195_CIPHERS
+    client_certificates: ClientCertificates = ClientCertificates.NONE
+    ca_file: Path | None = None  # PEM bundle: verifies client and peer certificates
+    handshake_timeout: Seconds = 10.0
+
+
 class NetworkSettings(StrictModel):
     """The DICOM listener and its timeouts."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
+    # The plain-TCP listener on `port`; false leaves only the TLS listener.
+    listen_plain: bool = True
+    tls: TlsSettings = TlsSettings()
+    # Socket options on every accepted and opened connection (long links: larger buffers).
+    tcp_keepalive: bool = True
+    tcp_nodelay: bool = True
+    send_buffer_size: ByteSize | None = None  # None: the kernel's default
+    receive_buffer_size: ByteSize | None = None
+    # Connections that have not (yet) associated: in all, and from one source address.
+    max_pending_connections: int = Field(default=64, ge=1, le=10_000)
+    max_pending_per_address: int = Field(default=16, ge=1, le=10_000)
     max_pdu_size: int = Field(default=262_144, ge=0)
     max_associations: int = Field(default=32, ge=1, le=1000)
     acse_timeout: Seconds = 30.0
@@ -109,6 +158,64 @@ class StorageSettings(StrictModel):
     root: Path = Path("./var/storage")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     min_free_space: ByteSize = ByteSize(1_000_000_000)
+
+
+class LimitsSettings(StrictModel):
+    """What one peer may make pacsd receive, hold or inflate."""
+
+    # A C-STORE data set larger than this is refused with 0xA700; nothing is stored.
+    max_dataset_size: ByteSize = ByteSize(4 * 1024**3)
+    # Deflated Explicit VR Little Endian (PS3.5 A.5): inflating stops, and the C-STORE is
+    # refused, past this size or this ratio of inflated to deflated bytes.
+    max_inflated_size: ByteSize = ByteSize(512 * 1024**2)
+    max_inflate_ratio: int = Field(default=200, ge=1)
+    # The A-ASSOCIATE-RQ PDU, read before any maximum PDU length is negotiated.
+    max_association_request_size: ByteSize = ByteSize(1024**2)
+
+
+class UserAccount(StrictModel):
+    """A user who may authenticate by user identity negotiation (PS3.7 D.3.3.7)."""
+
+    username: str = Field(min_length=1)
+    # A salted hash in PHC form ($argon2id$..., $2b$... bcrypt, $scrypt$...), made with
+    # `pacsd hash-password`; None accepts the username alone (identity type 1).
+    password_hash: str | None = None
+
+
+class JwtSettings(StrictModel):
+    """JSON Web Tokens as user identity (type 5): signature and expiry are verified."""
+
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    public_key_files: list[Path] = Field(default_factory=list)  # PEM public keys
+    secret_env: str | None = None  # HMAC secret (HS256...) from this environment variable
+    audience: str | None = None
+    issuer: str | None = None
+    username_claim: str = "sub"
+    leeway: Annotated[float, Field(ge=0)] = 30.0
+
+
+class IdentitySettings(StrictModel):
+    """Who may authenticate; each policy rule says whether identity is required."""
+
+    users: list[UserAccount] = Field(default_factory=list)
+    jwt: JwtSettings | None = None
+
+
+class SyslogSettings(StrictModel):
+    """Audit events also sent to a syslog collector (RFC 5424)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=514, ge=1, le=65535)
+    protocol: Literal["udp", "tcp"] = "udp"
+    app_name: str = "pacsd"
+
+
+class AuditSettings(StrictModel):
+    """The audit trail (DICOM PS3.15 A.5 / IHE ATNA vocabulary), a stream of its own."""
+
+    enabled: bool = True
+    file: Path | None = Path("./var/audit.jsonl")  # JSON lines; None: no file
+    syslog: SyslogSettings | None = None
 
 
 class LoggingSettings(StrictModel):
@@ -160,6 +267,9 @@ class Peer(StrictModel):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     description: str = ""
+    # Associate over DICOM TLS (network.tls's certificate, key and CA file verify the peer).
+    tls: bool = False
+    tls_server_name: str | None = None  # checked against the peer's certificate; default host
 
 
 class StatusSettings(StrictModel):
@@ -190,6 +300,9 @@ class Settings(BaseSettings):
     query: QuerySettings = QuerySettings()
     commitment: CommitmentSettings = CommitmentSettings()
     worklist: WorklistSettings = WorklistSettings()
+    limits: LimitsSettings = LimitsSettings()
+    identity: IdentitySettings = IdentitySettings()
+    audit: AuditSettings = AuditSettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
 

@@ -84,7 +84,14 @@ class ClientHandle:
     state: HandleState = "connected"
     peer_implementation_class_uid: str = ""
     peer_implementation_version_name: str = ""
-    username: str | None = None
+    username: str | None = None  # verified (or, for identity type 1, asserted) user name
+    # User identity negotiation (PS3.7 D.3.3.7): the type the peer sent (1 username,
+    # 2 username and passcode, 3 Kerberos, 4 SAML, 5 JWT), None when it sent none; whether
+    # pacsd verified it (None: not checked, e.g. the rule does not accept identities).
+    user_identity_type: int | None = None
+    user_verified: bool | None = None
+    tls_subject: str | None = None  # the verified client certificate's subject (RFC 4514)
+    tls_version: str | None = None  # e.g. "TLSv1.3"; None on the plain listener
     peer_max_pdu_size: int | None = None  # what the peer receives (0: unlimited)
     local_max_pdu_size: int | None = None  # what pacsd offered to receive
     decision: Decision | None = None
