@@ -42,6 +42,8 @@ def base_config(root: Path, database_url: str | None = None, **overrides: Any) -
         "storage": {"root": str(root / "storage"), "min_free_space": "1MB"},
         "logging": {"format": "json", "level": "INFO"},
         "daemon": {"shutdown_grace_period": 10},
+        # Never ./var/audit.jsonl in the checkout: the audit trail stays under the test's root.
+        "audit": {"file": str(root / "audit.jsonl")},
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(config.get(section), dict):
@@ -60,6 +62,7 @@ class PacsdProcess:
     process: subprocess.Popen[str] | None = None
     host: str = ""
     port: int = 0
+    tls_port: int = 0  # the DICOM TLS listener's port (network.tls.enabled), else 0
     status_url: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -112,6 +115,7 @@ class PacsdProcess:
                 self.status_url = str(line["url"])
             if line.get("event") == "listening":
                 self.host, self.port = line["host"], int(line["port"])
+                self.tls_port = int(line.get("tls_port") or 0)
                 self._listening.set()
 
     @property

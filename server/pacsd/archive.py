@@ -20,14 +20,14 @@ from sqlalchemy.exc import OperationalError
 from pacsd.dicom.instance import ParsedInstance, parse_part10
 from pacsd.dicom.part10 import encode_file_meta
 from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
-from pacsd.index.database import IndexDatabase
+from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestOutcome, InstanceRecord
 from pacsd.index.writer import IndexWriter
-from pacsd.settings import DuplicatePolicy
+from pacsd.settings import DuplicatePolicy, LimitsSettings
 from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
 
-# Upper bound for an inflated Deflated Explicit VR Little Endian data set held in memory.
-MAX_INFLATED_SIZE = 512 * 1024 * 1024
+# The spool's preamble and file meta (PS3.10 7.1) come on top of the data set.
+_MAX_FILE_META_SIZE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,22 +61,38 @@ class Archive:
     """Files plus index, under one duplicate policy."""
 
     def __init__(
-        self, files: FilesystemStore, index: IndexDatabase, duplicate_policy: DuplicatePolicy
+        self,
+        files: FilesystemStore,
+        index: IndexDatabase,
+        duplicate_policy: DuplicatePolicy,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.files = files
         self.index = index
         self.duplicate_policy = duplicate_policy
+        self.limits = limits or LimitsSettings()
         self.writer = IndexWriter(index)
 
     def store(self, incoming: IncomingInstance) -> StoreResult:
         """Store `incoming` durably, or raise a DicomStatusError saying why not."""
         with incoming.spool_path.open("rb") as spool:
-            self.files.ensure_free_space(incoming.spool_path.stat().st_size)
-            parsed = parse_part10(spool, MAX_INFLATED_SIZE)
+            spool_size = incoming.spool_path.stat().st_size
+            self._check_size(spool_size)
+            self.files.ensure_free_space(spool_size)
+            parsed = parse_part10(
+                spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
+            )
             _check_matches_request(incoming, parsed)
             stored = self._write_file(incoming, parsed, spool)
         outcome = self._index(incoming, parsed, stored)
         return StoreResult(outcome, parsed.dataset_size, str(parsed.layout.transfer_syntax_uid))
+
+    def _check_size(self, spool_size: int) -> None:
+        """limits.max_dataset_size, also for data sets that did not arrive over the network
+        (the receive path stops writing the spool long before: net/dimse_limits.py)."""
+        limit = int(self.limits.max_dataset_size)
+        if spool_size > limit + _MAX_FILE_META_SIZE:
+            raise OutOfResources(f"data set larger than the maximum of {limit} bytes")
 
     def _write_file(
         self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
@@ -111,6 +127,10 @@ class Archive:
         try:
             with _index_errors():
                 result = self.writer.record(record, replace=replace)
+        except CommitInDoubt as exc:
+            # The row may exist and point to this file: keep it (an orphan for `pacsd fsck`
+            # at worst), so that a resend under keep-first cannot find a row without a file.
+            raise OutOfResources("index database failed while committing") from exc
         except BaseException:
             self.files.remove(stored.relative_path)
             raise

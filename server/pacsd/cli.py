@@ -196,6 +196,34 @@ def db_upgrade(config_path: Path | None) -> None:
     click.echo(f"database schema at revision {', '.join(status.current)}")
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option("--repair", is_flag=True, help="Remove rows that cannot be served; quarantine files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Seconds: newer files may be writes in progress of a running server and are not judged.",
+)
+def fsck(config_path: Path | None, repair: bool, as_json: bool, min_age: float) -> None:
+    """Check that index rows and instance files agree (existence, size, SHA-256).
+
+    Exit status 0 when clean (or, with --repair, all repaired), 1 when problems remain, 2 for
+    a configuration error. Safe while the server runs; --repair never deletes a file: files
+    without rows and damaged files move to <storage root>/.quarantine/<time>/.
+    """
+    from pacsd.fsck import FsckUnavailable, run_fsck
+
+    settings, _ = _settings(config_path)
+    try:
+        code = run_fsck(settings, repair, as_json, min_age)
+    except FsckUnavailable as exc:
+        _fail([str(exc)], exc.exit_code)
+    sys.exit(code)
+
+
 @main.group()
 def worklist() -> None:
     """Manage the Modality Worklist: the steps modalities fetch with a worklist C-FIND."""
@@ -417,3 +445,22 @@ def _status_url(settings: Settings) -> str:
     from pacsd.net.status import associations_url
 
     return associations_url(_reachable(status.host), status.port)
+
+
+@main.command("hash-password")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
+def hash_password(from_stdin: bool) -> None:
+    """Print an argon2id hash of a password for identity.users[].password_hash.
+
+    The password is asked for twice without echo, or read as the first line of stdin with
+    --stdin (for scripts); it is never printed or logged.
+    """
+    from pacsd.policy.identity import hash_password as argon2id_hash
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    if not password:
+        _fail(["the password is empty"], EXIT_FAILURE)
+    click.echo(argon2id_hash(password))

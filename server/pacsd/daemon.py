@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
+import sys
 from pathlib import Path
 
-from pacsd import __version__
+from pacsd import __version__, audit
 from pacsd.archive import Archive
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import bind_process, get_logger
+from pacsd.net import pdu_limits, sockets
 from pacsd.net.listener import Listener, Services, configure_pynetdicom
 from pacsd.net.status import StatusServer, associations_url
+from pacsd.net.tls import TlsSetupError, configure_outgoing, server_context
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
 from pacsd.services.commitment import CommitmentService, CommitmentWorker
@@ -32,6 +36,7 @@ from pacsd.storage.filesystem import FilesystemStore
 from pacsd.workers import stop_with_supervisor, supervise, worker_index
 
 log = get_logger("pacsd.daemon")
+EXIT_CONFIG = 2  # as cli.py: a configuration that cannot be used
 
 
 def _is_loopback(host: str) -> bool:
@@ -52,14 +57,45 @@ def _warn_about_insecure_settings(settings: Settings) -> None:
         )
     if settings.status.enabled and not _is_loopback(settings.status.host):
         log.warning("the status interface listens beyond loopback", host=settings.status.host)
-    asserted = [r.name for r in settings.policies if r.match.username is not None]
-    if asserted:
+    by_username = [r.name for r in settings.policies if r.match.username is not None]
+    identity = settings.identity
+    if by_username and not identity.users and identity.jwt is None:
         log.warning(
-            "rules match on a username the peer asserts; pacsd does not verify it yet",
-            rules=asserted,
+            "rules match on a username, but no identity.users or identity.jwt can verify one",
+            rules=by_username,
         )
+    no_password = [user.username for user in identity.users if user.password_hash is None]
+    if no_password:
+        log.warning("users without password_hash: naming them is enough", users=no_password)
     if settings.logging.log_patient_data:
         log.warning("logging.log_patient_data is on: logs will contain patient identifiers")
+    tls = settings.network.tls
+    by_subject = [r.name for r in settings.policies if r.match.tls_subject is not None]
+    if by_subject and (not tls.enabled or tls.client_certificates == "none"):
+        log.warning(
+            "rules match on a TLS client certificate subject, but the TLS listener does not "
+            "ask for client certificates (network.tls.client_certificates): they never match",
+            rules=by_subject,
+        )
+
+
+def _prepare_tls(settings: Settings) -> ssl.SSLContext | None:
+    """Load the TLS files before anything starts; the listener's context, if it has one.
+
+    Raises TlsSetupError (a bad certificate, key, password or CA file) naming the key.
+    """
+    network = settings.network
+    needed_outgoing = network.tls.enabled or any(peer.tls for peer in settings.peers)
+    configure_outgoing(network.tls, build_now=needed_outgoing)
+    sockets.configure(sockets.SocketOptions.from_settings(network))
+    return server_context(network.tls) if network.tls.enabled else None
+
+
+def _refuse_start(problem: str) -> int:
+    """Report a configuration problem found at start-up as `pacsd config` reports one."""
+    log.error("cannot start", problem=problem)
+    print(f"pacsd: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def serve(settings: Settings, config_source: Path | None) -> int:
@@ -80,7 +116,14 @@ def serve(settings: Settings, config_source: Path | None) -> int:
     )
     if worker is None:
         _warn_about_insecure_settings(settings)
+    try:
+        tls_context = _prepare_tls(settings)
+    except TlsSetupError as exc:
+        return _refuse_start(f"{config_source or 'embedded default'}: {exc}")
     index = IndexDatabase(create_index_engine(settings.database.url, settings.database.pool_size))
+    trail = audit.configure(settings)  # the audit trail: a stream apart from this log
+    if worker is None:
+        audit.application_started()
     try:
         status = ensure_schema(index.engine)
         log.info("index database ready", backend=index.backend, revision=",".join(status.current))
@@ -94,8 +137,11 @@ def serve(settings: Settings, config_source: Path | None) -> int:
                 signals.install()
                 return supervise(settings, config_source, signals)
         configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
-        archive = Archive(files, index, settings.storage.duplicate_policy)
+        pdu_limits.install(pdu_limits.ReceiveLimits.from_settings(settings.limits))
+        archive = Archive(files, index, settings.storage.duplicate_policy, settings.limits)
         runtime = RuntimeConfig(settings, config_source)
+        if trail is not None:
+            trail.peers = runtime.peers  # C-MOVE destinations' addresses
         commitment = CommitmentWorker(
             index, files, runtime.peers, settings.commitment, settings.ae_title
         )
@@ -107,7 +153,13 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             mpps=MppsService(index, settings.worklist.retire_completed),
             commitment=CommitmentService(index, commitment),
         )
-        listener = Listener(settings, services, runtime.policy, reuse_port=worker is not None)
+        listener = Listener(
+            settings,
+            services,
+            runtime.policy,
+            reuse_port=worker is not None,
+            tls_context=tls_context,
+        )
         leading = worker in (None, 0)  # the one process with the status and commitment threads
         if leading:
             commitment.start()  # reports still pending from an earlier run go out now
@@ -117,6 +169,9 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             commitment.stop()
     finally:
         index.dispose()
+        if worker is None:
+            audit.application_stopped()
+        audit.shutdown()
         log.info("stopped")
 
 
@@ -136,11 +191,19 @@ def _run_until_stopped(
 ) -> int:
     signals = Signals()
     signals.install()
-    host, port = listener.start()
+    addresses = listener.start()
     status = None
     try:
         status = _start_status(settings, listener) if with_status else None
-        log.info("listening", host=host, port=port, ae_title=settings.ae_title)
+        # `port` is the plain listener's, or the TLS one's when there is no plain listener.
+        log.info(
+            "listening",
+            host=addresses.host,
+            port=addresses.port if addresses.port is not None else addresses.tls_port,
+            tls_port=addresses.tls_port,
+            plain=addresses.port is not None,
+            ae_title=settings.ae_title,
+        )
         _wait_for_stop(signals, runtime)
     finally:
         if status is not None:
@@ -161,7 +224,15 @@ def _wait_for_stop(signals: Signals, runtime: RuntimeConfig) -> None:
         if signals.reload.is_set():
             signals.reload.clear()
             log.info("SIGHUP: reloading the configuration")
-            runtime.reload()
+            accepted = runtime.reload()
+            audit.reopen()  # logrotate: the audit file may have been moved away
+            rules = ", ".join(rule.name for rule in runtime.active.settings.policies)
+            audit.configuration_reloaded(
+                runtime.source,
+                accepted,
+                f"policies and peers {'reloaded' if accepted else 'reload refused'}; "
+                f"rules in force: {rules}",
+            )
         if signals.stop.is_set():
             if signals.force.is_set():
                 log.warning("second signal: stopping now")

@@ -98,6 +98,7 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
         + (", ".join(grant.move_destinations) if "move" in grant.operations else "(no C-MOVE)"),
         f"  maximum PDU offered: {offered or 'unlimited'}; "
         f"asynchronous operations window: {grant.async_operations_window}",
+        f"  user identity (PS3.7 D.3.3.7): {grant.user_identity}",
     ]
     if unserved:
         lines.append(

@@ -9,6 +9,7 @@ threads, get it from `ThreadContext`, a registry keyed by thread id.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -71,6 +72,54 @@ def _rename_stdlib_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> E
     return event_dict
 
 
+# C0 and C1 controls, DEL, Unicode line/paragraph separators and bidirectional overrides: what
+# could move a terminal's cursor, recolour it, forge a new log line or reorder displayed text.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Rendered by pacsd's own code from its own frames, added after escaping; multi-line by nature.
+_UNESCAPED_KEYS = frozenset({"exception", "stack", "exc_info"})
+_MAX_NESTING = 4
+
+
+def escape_control_characters(text: str) -> str:
+    """`text` with every control character written as an escape (ESC -> "\\x1b")."""
+    return _CONTROL_CHARACTERS.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    character = match.group()
+    named = _NAMED_ESCAPES.get(character)
+    if named is not None:
+        return named
+    code = ord(character)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _escaped(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return escape_control_characters(value)
+    if depth >= _MAX_NESTING:
+        return value
+    if isinstance(value, dict):
+        return {key: _escaped(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(item, depth + 1) for item in value)
+    return value
+
+
+def _escape_peer_strings(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: no raw control character reaches the console or a JSON line.
+
+    AE titles, implementation version names, usernames and Error Comments come from the wire
+    (pynetdicom's own records quote them too, in their message), and a console renderer would
+    print an ESC or CR/LF as it is. Other types are left to the renderer (JSON escapes them).
+    """
+    for key, value in event_dict.items():
+        if key not in _UNESCAPED_KEYS and not key.startswith("_"):
+            event_dict[key] = _escaped(value)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -80,6 +129,7 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _rename_stdlib_fields,
+        _escape_peer_strings,  # last: everything above may add peer-supplied values
     ]
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from pacsd.logs import get_logger
 from pacsd.policy.engine import Policy
+from pacsd.policy.identity import IdentityVerifier
 from pacsd.settings import ConfigError, Peer, Settings, load_settings
 
 log = get_logger("pacsd.config")
 
-RELOADABLE = ("policies", "peers")
+RELOADABLE = ("policies", "peers", "identity")  # identity: users and JWT keys
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ class Active:
 
 
 def compile_policy(settings: Settings) -> Policy:
-    """The policy engine's view of the settings: rules plus the global association limit."""
-    return Policy.compile(settings.policies, settings.network.max_associations)
+    """The policy engine's view of the settings: rules, the global association limit, and the
+    users and JWT keys that verify user identities (read here, once per load)."""
+    identity = IdentityVerifier.from_settings(settings.identity)
+    return Policy.compile(settings.policies, settings.network.max_associations, identity)
 
 
 class RuntimeConfig:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pacsd.policy.identity import check_password_hash, load_public_key
 from pacsd.policy.rules import PolicyRule, default_policies
 
 ENV_PREFIX = "PACSD_"
@@ -93,6 +94,19 @@ class TlsSettings(StrictModel):
     ca_file: Path | None = None  # PEM bundle: verifies client and peer certificates
     handshake_timeout: Seconds = 10.0
 
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if self.enabled and (self.certificate_file is None or self.key_file is None):
+            raise ValueError("enabled needs certificate_file and key_file")
+        if self.client_certificates != ClientCertificates.NONE and self.ca_file is None:
+            raise ValueError(
+                f"client_certificates {self.client_certificates.value} needs ca_file "
+                "(the CAs that sign client certificates)"
+            )
+        if self.key_password_file is not None and self.key_password_env is not None:
+            raise ValueError("set key_password_file or key_password_env, not both")
+        return self
+
 
 class NetworkSettings(StrictModel):
     """The DICOM listener and its timeouts."""
@@ -118,6 +132,12 @@ class NetworkSettings(StrictModel):
     connection_timeout: Seconds = 10.0
     # Processes accepting associations on the port (SO_REUSEPORT); 1 = this process alone.
     workers: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> NetworkSettings:
+        if not self.listen_plain and not self.tls.enabled:
+            raise ValueError("listen_plain false needs tls.enabled true (else nothing listens)")
+        return self
 
     @field_validator("max_pdu_size")
     @classmethod
@@ -177,9 +197,9 @@ class UserAccount(StrictModel):
     """A user who may authenticate by user identity negotiation (PS3.7 D.3.3.7)."""
 
     username: str = Field(min_length=1)
-    # A salted hash in PHC form ($argon2id$..., $2b$... bcrypt, $scrypt$...), made with
+    # A salted hash in PHC form: argon2 ($argon2id$...) or bcrypt ($2b$...), made with
     # `pacsd hash-password`; None accepts the username alone (identity type 1).
-    password_hash: str | None = None
+    password_hash: Annotated[str, AfterValidator(check_password_hash)] | None = None
 
 
 class JwtSettings(StrictModel):
@@ -193,6 +213,20 @@ class JwtSettings(StrictModel):
     username_claim: str = "sub"
     leeway: Annotated[float, Field(ge=0)] = 30.0
 
+    @model_validator(mode="after")
+    def _keys_available(self) -> JwtSettings:
+        # Checked when the file is loaded, so `pacsd config check` and start-up name the key.
+        if not self.public_key_files and self.secret_env is None:
+            raise ValueError("jwt needs public_key_files or secret_env to verify tokens")
+        if self.secret_env is not None and not os.environ.get(self.secret_env):
+            raise ValueError(f"secret_env: environment variable {self.secret_env} is not set")
+        for path in self.public_key_files:
+            try:
+                load_public_key(path)
+            except ValueError as exc:
+                raise ValueError(f"public_key_files: {exc}") from None
+        return self
+
 
 class IdentitySettings(StrictModel):
     """Who may authenticate; each policy rule says whether identity is required."""
@@ -200,14 +234,22 @@ class IdentitySettings(StrictModel):
     users: list[UserAccount] = Field(default_factory=list)
     jwt: JwtSettings | None = None
 
+    @model_validator(mode="after")
+    def _unique_usernames(self) -> IdentitySettings:
+        names = [user.username for user in self.users]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"identity.users: username listed twice: {', '.join(repeated)}")
+        return self
+
 
 class SyslogSettings(StrictModel):
-    """Audit events also sent to a syslog collector (RFC 5424)."""
+    """Audit events also sent to a syslog collector (RFC 5424; TCP framed by octet counting)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=514, ge=1, le=65535)
     protocol: Literal["udp", "tcp"] = "udp"
-    app_name: str = "pacsd"
+    app_name: str = Field(default="pacsd", pattern=r"^[\x21-\x7e]{1,48}$")  # RFC 5424 APP-NAME
 
 
 class AuditSettings(StrictModel):
@@ -215,6 +257,11 @@ class AuditSettings(StrictModel):
 
     enabled: bool = True
     file: Path | None = Path("./var/audit.jsonl")  # JSON lines; None: no file
+    fsync: bool = False  # fsync the file after each event (slower; survives power loss)
+    # AuditSourceIdentification: AuditSourceID (default "<ae_title>@<host name>") and
+    # AuditEnterpriseSiteID (the hospital or site; omitted when None).
+    source_id: str | None = None
+    enterprise_site_id: str | None = None
     syslog: SyslogSettings | None = None
 
 
@@ -386,7 +433,9 @@ def _describe(source: str, error: ErrorDetails) -> str:
         problem = "unknown key"
     else:
         problem = error["msg"].removeprefix("Value error, ")
-        if "input" in error and error["type"] not in ("missing",) and _is_scalar(error["input"]):
+        secret = any("password" in part for part in loc)  # a plain password in password_hash
+        shown = "input" in error and error["type"] not in ("missing",) and not secret
+        if shown and _is_scalar(error["input"]):
             problem += f" (got {error['input']!r})"
     return f"{origin}: {key}: {problem}"
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pacsd.logs import get_logger
@@ -38,6 +38,7 @@ from pacsd.signals import Signals
 
 WORKER_ENV = "PACSD_WORKER_INDEX"  # set in a worker's environment: its index, from 0
 PORT_ENV = f"{ENV_PREFIX}NETWORK{ENV_NESTED_DELIMITER}PORT"
+TLS_PORT_ENV = f"{ENV_PREFIX}NETWORK{ENV_NESTED_DELIMITER}TLS{ENV_NESTED_DELIMITER}PORT"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.2
 STOP_MARGIN_S = 15.0  # beyond the workers' own grace period, before they are killed
@@ -78,19 +79,33 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
 def supervise(settings: Settings, config_source: Path | None, signals: Signals) -> int:
     """Run `settings.network.workers` workers until a signal stops them; the exit code."""
     network = settings.network
-    with reserved_port(network.host, network.port) as port:
-        workers = [_spawn(index, port, config_source) for index in range(network.workers)]
-        log.info("workers started", workers=len(workers), host=network.host, port=port)
+    with ExitStack() as held:
+        ports: dict[str, str] = {}
+        if network.listen_plain:
+            ports[PORT_ENV] = str(held.enter_context(reserved_port(network.host, network.port)))
+        if network.tls.enabled:  # the TLS listener's port is shared the same way
+            tls_port = held.enter_context(reserved_port(network.host, network.tls.port))
+            ports[TLS_PORT_ENV] = str(tls_port)
+        workers = [_spawn(index, ports, config_source) for index in range(network.workers)]
+        log.info(
+            "workers started",
+            workers=len(workers),
+            host=network.host,
+            port=int(ports[PORT_ENV]) if PORT_ENV in ports else None,
+            tls_port=int(ports[TLS_PORT_ENV]) if TLS_PORT_ENV in ports else None,
+        )
         code = _watch(workers, signals, settings.daemon.shutdown_grace_period)
     log.info("workers stopped", exit_code=code)
     return code
 
 
-def _spawn(index: int, port: int, config_source: Path | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    index: int, ports: dict[str, str], config_source: Path | None
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "pacsd", "serve"]
     if config_source is not None:
         command += ["--config", str(config_source)]
-    environment = {**os.environ, WORKER_ENV: str(index), PORT_ENV: str(port)}
+    environment = {**os.environ, WORKER_ENV: str(index), **ports}
     return subprocess.Popen(command, env=environment)  # stdout/stderr: the supervisor's
 
 

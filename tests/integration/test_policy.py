@@ -73,7 +73,9 @@ def test_matchers_select_the_rule(pacsd_server: ServerFactory) -> None:
         ),
         rule("others", action="reject", reject_reason="calling-ae-not-recognised"),
     ]
-    server = pacsd_server(policies=policies, ready_by_echo=False)
+    # match.username sees verified names only: alice is a configured user (username only).
+    identity = {"users": [{"username": "alice"}]}
+    server = pacsd_server(policies=policies, identity=identity, ready_by_echo=False)
     alice = UserIdentityNegotiation()
     alice.user_identity_type = 1
     alice.primary_field = b"alice"

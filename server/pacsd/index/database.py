@@ -3,7 +3,9 @@
 SQLite is opened in WAL mode with foreign keys on and `synchronous=FULL`, so that a committed
 index row survives a power loss like the fsynced file it points to. Write units begin with
 `BEGIN IMMEDIATE` so that concurrent writers queue on SQLite's lock (busy timeout) instead of
-failing when a read transaction tries to become a write transaction.
+failing when a read transaction tries to become a write transaction. PostgreSQL connections are
+checked before use (pool_pre_ping) and time out on connect, so that an outage fails C-STOREs
+quickly with 0xA700 and pacsd reconnects by itself when the server is back.
 """
 
 from __future__ import annotations
@@ -25,7 +27,18 @@ def create_index_engine(url: str, pool_size: int = 10) -> Engine:
     """The process's engine for the index database at `url`."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # pool_pre_ping: a pooled connection that died with its server (restart, failover) is
+        # replaced on checkout, so pacsd recovers from an outage without a restart.
+        # connect_timeout: an unreachable server fails a C-STORE (0xA700) within seconds
+        # instead of the kernel's minutes of TCP retries. The URL's own value wins.
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
     database = parsed.database or ""
     if database in ("", ":memory:") or "mode=memory" in url:
         raise ValueError("pacsd needs a SQLite database file, not an in-memory database")
@@ -55,6 +68,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     writer = connection.get_execution_options().get(_WRITE_OPTION, False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+class CommitInDoubt(Exception):
+    """COMMIT failed: the transaction may or may not be durable."""
 
 
 class IndexDatabase:
@@ -89,8 +106,19 @@ class IndexDatabase:
 
         Core only, no ORM session: the index writer's per-row cost (index/writer.py).
         """
-        with self._write_engine.begin() as connection:
-            yield connection
+        with self._write_engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                yield connection
+            except BaseException:
+                transaction.rollback()
+                raise
+            try:
+                transaction.commit()
+            except Exception as exc:
+                # The server may have committed before the connection failed: the caller must
+                # not act as if the rows were absent (e.g. remove the files they point to).
+                raise CommitInDoubt(f"commit outcome unknown: {exc!r}") from exc
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -58,6 +58,8 @@ def record_instance(connection: Connection, record: InstanceRecord, replace: boo
     for _attempt in range(2):
         if replace:
             superseded = _replace_instance(connection, values)
+            if superseded == record.file_path:
+                return IngestResult(IngestOutcome.CREATED)  # our own row, committed in doubt
             if superseded is not None:
                 return IngestResult(IngestOutcome.REPLACED, superseded)
         created = _insert_ignoring_conflict(
@@ -66,8 +68,21 @@ def record_instance(connection: Connection, record: InstanceRecord, replace: boo
         if created is not None:
             return IngestResult(IngestOutcome.CREATED)
         if not replace:
-            return IngestResult(IngestOutcome.ALREADY_PRESENT)
+            return _present(connection, record)
     raise RuntimeError("instance row neither insertable nor replaceable")  # pragma: no cover
+
+
+def _present(connection: Connection, record: InstanceRecord) -> IngestResult:
+    """The row exists: another store's, or this record's own from a retried transaction whose
+    COMMIT failed but took effect (file paths are unique per write: storage/filesystem.py)."""
+    file_path = connection.execute(
+        select(Instance.file_path).where(
+            Instance.sop_instance_uid == record.attributes.sop_instance_uid
+        )
+    ).scalar_one_or_none()
+    if file_path == record.file_path:
+        return IngestResult(IngestOutcome.CREATED)
+    return IngestResult(IngestOutcome.ALREADY_PRESENT)
 
 
 def _instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:

@@ -11,6 +11,9 @@ association writes in its own thread with no hand-over to another one.
 
 When a batch fails as a whole (a constraint, a lost connection), it is rolled back and each
 record is retried in a transaction of its own, so one bad record fails only its own C-STORE.
+A batch whose COMMIT failed may have been committed all the same: its retries then find their
+own rows (index/ingest.py), and a record that cannot be retried fails with CommitInDoubt so
+that the archive keeps its file.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pacsd.index.database import IndexDatabase
+from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestResult, InstanceRecord, record_instance
 from pacsd.logs import get_logger
 
@@ -32,6 +35,7 @@ class _Job:
     record: InstanceRecord
     replace: bool
     done: bool = False
+    in_doubt: bool = False  # a batch holding it failed at COMMIT
     result: IngestResult | None = None
     error: BaseException | None = None
 
@@ -73,6 +77,8 @@ class IndexWriter:
             with self.index.writing_connection() as connection:
                 results = [record_instance(connection, job.record, job.replace) for job in batch]
         except Exception as exc:
+            for job in batch:
+                job.in_doubt = isinstance(exc, CommitInDoubt)
             if len(batch) == 1:
                 batch[0].error = exc
             else:
@@ -92,5 +98,8 @@ class IndexWriter:
         try:
             with self.index.writing_connection() as connection:
                 job.result = record_instance(connection, job.record, job.replace)
-        except Exception as exc:
+        except CommitInDoubt as exc:
             job.error = exc
+        except Exception as exc:
+            job.error = CommitInDoubt(repr(exc)) if job.in_doubt else exc
+            job.error.__cause__ = exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -15,7 +15,6 @@ from typing import Any, cast
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsd import __version__
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -24,8 +23,10 @@ from pacsd.net import unrecognized
 from pacsd.net.contexts import placeholder_contexts
 from pacsd.net.handle import ClientHandle, HandleRegistry
 from pacsd.net.negotiation import Negotiator, PolicyProvider
+from pacsd.net.pending import PendingConnections
 from pacsd.net.reactor import EventRequestHandler, use_for_requestors
-from pacsd.net.sockets import no_delay
+from pacsd.net.servers import PacsdServer, server_class
+from pacsd.net.sockets import SocketOptions, on_connection_open
 from pacsd.services.commitment import CommitmentService
 from pacsd.services.guard import (
     guarded,
@@ -63,45 +64,30 @@ def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
     tempfile.tempdir = str(spool_dir)
 
 
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket.
-
-    Without it, a DIMSE request/response exchange can wait ~40 ms for a delayed ACK
-    (PYNETDICOM_NOTES.md, "Sockets and measurement").
-    """
-
-    reuse_port = False  # SO_REUSEPORT: several worker processes listen on the port
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = super().get_request()
-        client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client_socket, address
-
-
-class _SharedPortServer(_Server):
-    reuse_port = True
-
-
 class _AE(AE):
     """pynetdicom's AE whose outgoing associations send stored files (C-MOVE sub-operations).
 
     pynetdicom opens a C-MOVE sub-association through `AE.associate` and hands it the datasets
     the handler yields; `install_sender` lets those be stored files streamed from disk, and
-    TCP_NODELAY spares each C-STORE a ~40 ms delayed-ACK wait (measured: 18 instances/s to a
-    DCMTK storescp without it).
+    the socket options (net/sockets.py) spare each C-STORE a ~40 ms delayed-ACK wait
+    (measured: 18 instances/s to a DCMTK storescp without TCP_NODELAY).
     """
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         handlers = kwargs.get("evt_handlers") or []
-        kwargs["evt_handlers"] = [*handlers, (evt.EVT_CONN_OPEN, no_delay)]
+        kwargs["evt_handlers"] = [*handlers, (evt.EVT_CONN_OPEN, on_connection_open)]
         assoc = super().associate(*args, **kwargs)
         install_sender(assoc)
         return assoc
+
+
+@dataclass(frozen=True)
+class ListeningAddresses:
+    """Where the listeners accept connections: the plain and the TLS port (None: off)."""
+
+    host: str
+    port: int | None
+    tls_port: int | None
 
 
 @dataclass(frozen=True)
@@ -125,15 +111,21 @@ class Listener:
         services: Services,
         policy: PolicyProvider,
         reuse_port: bool = False,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self.reuse_port = reuse_port
+        self.tls_context = tls_context  # network.tls.enabled: the TLS listener's context
         self.handles = HandleRegistry()
         self.negotiator = Negotiator(policy, self.handles, settings.network.max_pdu_size)
+        network = settings.network
+        self.pending = PendingConnections(
+            network.max_pending_connections, network.max_pending_per_address
+        )
+        self.options = SocketOptions.from_settings(network)
         self.ae = self._build_ae(settings)
         self.services = services
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[tuple[PacsdServer, threading.Thread]] = []
 
     @staticmethod
     def _build_ae(settings: Settings) -> AE:
@@ -162,6 +154,7 @@ class Listener:
             (evt.EVT_RELEASED, negotiator.on_released),
             (evt.EVT_ABORTED, negotiator.on_aborted),
             (evt.EVT_CONN_CLOSE, negotiator.on_connection_close),
+            *self.pending.handlers(),
             (evt.EVT_DATA_RECV, negotiator.on_data_received),
             (evt.EVT_DATA_SENT, negotiator.on_data_sent),
             (evt.EVT_C_ECHO, guarded("C-ECHO", "echo", on_c_echo, self.handle_of)),
@@ -227,6 +220,8 @@ class Listener:
             "pacsd_version": __version__,
             "associations_accepted": self.negotiator.slots.total(),
             "max_associations": self.settings.network.max_associations,
+            "pending_connections": self.pending.count(),
+            "pending_connections_refused": self.pending.refused,
             "associations": [handle.snapshot() for handle in handles],
         }
 
@@ -234,35 +229,46 @@ class Listener:
         """The client handle of the association an event belongs to."""
         return self.handles.get(event.assoc)
 
-    def start(self) -> tuple[str, int]:
-        """Bind the configured address and serve in a background thread; return the address."""
+    def start(self) -> ListeningAddresses:
+        """Bind the plain listener (network.listen_plain) and the TLS one (network.tls), each
+        served in a background thread; return where they listen."""
         network = self.settings.network
-        server = self.ae.make_server(  # returns an instance of server_class
-            (network.host, network.port),
+        try:
+            port = self._serve(network.port, None) if network.listen_plain else None
+            tls_port = None
+            if self.tls_context is not None:
+                tls = (self.tls_context, network.tls.handshake_timeout)
+                tls_port = self._serve(network.tls.port, tls)
+        except BaseException:
+            self.stop_accepting()  # a listener already serving must not keep the process
+            raise
+        return ListeningAddresses(network.host, port, tls_port)
+
+    def _serve(self, port: int, tls: tuple[ssl.SSLContext, float] | None) -> int:
+        server = self.ae.make_server(
+            (self.settings.network.host, port),
             contexts=placeholder_contexts(),
             evt_handlers=self._handlers(),
-            server_class=_SharedPortServer if self.reuse_port else _Server,
+            server_class=server_class(self.options, self.pending, self.reuse_port, tls),
             request_handler=EventRequestHandler,
         )
-        self._server = cast(_Server, server)
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="pacsd-listener"
+        name = "pacsd-tls-listener" if tls is not None else "pacsd-listener"
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name
         )
-        self._thread.start()
-        host, port = server.server_address[:2]
-        return str(host), int(port)
+        self._servers.append((cast(PacsdServer, server), thread))  # an instance of server_class
+        thread.start()
+        return int(server.server_address[1])
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; running associations continue."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        # Servers from make_server are not in ae._servers, so shutdown() ends in a ValueError
-        # after it has stopped serving (PYNETDICOM_NOTES.md).
-        with contextlib.suppress(ValueError):
-            server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        """Close the listening sockets; running associations continue."""
+        servers, self._servers = self._servers, []
+        for server, thread in servers:
+            # Servers from make_server are not in ae._servers, so shutdown() ends in a
+            # ValueError after it has stopped serving (PYNETDICOM_NOTES.md).
+            with contextlib.suppress(ValueError):
+                server.shutdown()
+            thread.join(timeout=5)
 
     def active_associations(self) -> list[Association]:
         """Associations whose threads are still running."""

@@ -12,11 +12,16 @@ from typing import cast
 
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from pynetdicom.pdu_primitives import (
+    AsynchronousOperationsWindowNegotiation,
+    UserIdentityNegotiation,
+)
 from pynetdicom.presentation import PresentationContext
 
+from pacsd import audit
 from pacsd.net.contexts import contexts_for
 from pacsd.net.handle import ClientHandle, HandleRegistry, NegotiatedContext
+from pacsd.net.tls import connection_tls
 from pacsd.policy.engine import (
     REJECT_TRANSIENT_NO_REASON,
     AssociationRequest,
@@ -24,10 +29,10 @@ from pacsd.policy.engine import (
     Grant,
     Policy,
 )
+from pacsd.policy.identity import IdentityClaim, IdentityResult, Outcome
 from pacsd.policy.limits import AssociationSlots
 
 PolicyProvider = Callable[[], Policy]
-_USERNAME_IDENTITY_TYPES = (1, 2)  # PS3.7 D.3.3.7: username, username and passcode
 
 
 class Negotiator:
@@ -75,16 +80,18 @@ class Negotiator:
         handle.peer_implementation_class_uid = str(requestor.implementation_class_uid or "")
         handle.peer_implementation_version_name = str(requestor.implementation_version_name or "")
         handle.peer_max_pdu_size = requestor.maximum_length
-        identity = requestor.user_identity
-        if identity is not None and identity.user_identity_type in _USERNAME_IDENTITY_TYPES:
-            handle.username = bytes(identity.primary_field or b"").decode("utf-8", "replace")
+        # PS3.7 D.3.3.7: verified before any rule is tried (it depends on the identity settings
+        # only); the matching rule then says whether the result is used (engine.py).
+        identity = self.policy().identity.verify(_claim(requestor.user_identity))
+        _record_identity(handle, identity)
         return AssociationRequest(
             calling_ae_title=handle.calling_ae_title,
             called_ae_title=handle.called_ae_title,
             peer_address=handle.peer_address,
             peer_port=handle.peer_port,
             username=handle.username,
-            tls_subject=None,  # the TLS listener (security issue) fills this in
+            tls_subject=_tls_subject(assoc, handle),
+            identity=identity,
         )
 
     def _apply(self, assoc: Association, handle: ClientHandle, grant: Grant) -> None:
@@ -102,6 +109,16 @@ class Negotiator:
             )
             window.maximum_number_operations_performed = 1
             acceptor.add_negotiation_item(window)
+        request = handle.decision.request if handle.decision else None
+        identity = request.identity if request else None
+        if grant.user_identity == "not-accepted":
+            handle.username, handle.user_verified = None, None  # the sent identity is ignored
+        elif identity is not None and identity.server_response() is not None:
+            # PS3.7 D.3.3.7.2: the positive response the peer asked for (pynetdicom sends none
+            # without an EVT_USER_ID handler, so pacsd adds the A-ASSOCIATE-AC sub-item itself).
+            response = UserIdentityNegotiation()
+            response.server_response = identity.server_response()
+            acceptor.add_negotiation_item(response)
 
     def _reject(self, assoc: Association, handle: ClientHandle, decision: Decision) -> None:
         rejection = decision.rejection or REJECT_TRANSIENT_NO_REASON
@@ -112,6 +129,9 @@ class Negotiator:
             reason=decision.reason,
             rule=decision.rule,
             rejection=rejection.describe(),
+        )
+        audit.association_rejected(
+            handle, f"{decision.reason} ({rejection.describe()})", decision.rule
         )
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
         assoc.kill()  # without it the socket may close before the A-ASSOCIATE-RJ leaves
@@ -133,6 +153,7 @@ class Negotiator:
             max_pdu=handle.local_max_pdu_size,
             peer_implementation=handle.peer_implementation_version_name,
         )
+        audit.association_accepted(handle)
 
     def on_rejected(self, event: Event) -> None:
         """EVT_REJECTED: pynetdicom's own rejections (its association limit, ACSE checks)."""
@@ -142,6 +163,7 @@ class Negotiator:
         handle.state = "rejected"
         self._release(handle)
         handle.log.warning("association rejected", reason="pynetdicom: local limit or ACSE check")
+        audit.association_rejected(handle, "pynetdicom: local limit or ACSE check", None)
 
     def on_released(self, event: Event) -> None:
         """EVT_RELEASED; after EVT_CONN_CLOSE (a race) there is no handle left to update."""
@@ -204,6 +226,7 @@ class Negotiator:
             bytes_sent=counters.bytes_sent,
             **({"close_event_missed": True} if missed else {}),
         )
+        audit.association_closed(handle)
 
 
 def _negotiated(context: PresentationContext) -> NegotiatedContext:
@@ -215,3 +238,43 @@ def _negotiated(context: PresentationContext) -> NegotiatedContext:
         pacsd_scu=bool(context.as_scu),
         pacsd_scp=bool(context.as_scp),
     )
+
+
+def _claim(item: UserIdentityNegotiation | None) -> IdentityClaim | None:
+    """The User Identity sub-item of the A-ASSOCIATE-RQ as plain values (PS3.7 D.3.3.7.1)."""
+    if item is None or item.user_identity_type is None:
+        return None
+    return IdentityClaim(
+        identity_type=int(item.user_identity_type),
+        primary_field=bytes(item.primary_field or b""),
+        secondary_field=bytes(item.secondary_field or b""),
+        positive_response_requested=bool(item.positive_response_requested),
+    )
+
+
+def _record_identity(handle: ClientHandle, identity: IdentityResult) -> None:
+    """Put the verdict on the handle and log it: username and type only, never a secret."""
+    if identity.outcome is Outcome.NONE:
+        return
+    handle.user_identity_type = identity.identity_type
+    handle.user_verified = identity.verified
+    handle.username = identity.username
+    if identity.verified:
+        handle.log.info(
+            "user identity verified",
+            username=identity.username,
+            user_identity_type=identity.identity_type,
+        )
+    else:
+        handle.log.info(
+            "user identity not verified",
+            user_identity_type=identity.identity_type,
+            reason=identity.reason,
+        )
+
+
+def _tls_subject(assoc: Association, handle: ClientHandle) -> str | None:
+    """The verified client certificate's subject (RFC 4514); the handle keeps it and the TLS
+    version (both None on the plain listener)."""
+    handle.tls_subject, handle.tls_version = connection_tls(assoc)
+    return handle.tls_subject

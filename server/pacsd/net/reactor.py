@@ -35,11 +35,13 @@ from typing import Any, cast
 import pynetdicom.ae
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from pacsd.logs import get_logger
+from pacsd.net import pdu_limits
+from pacsd.net.dimse_limits import DimseProtocolError, LimitedDIMSE, discard_spool
+from pacsd.net.pdu_reader import BoundedPduReader
 
 IDLE_WAIT_S = 0.05  # longest sleep of an idle loop: bounds how late a timer or flag is seen
 
@@ -58,7 +60,7 @@ class SignallingQueue(queue.Queue[Any]):
         self.signal.set()
 
 
-class EventDUL(DULServiceProvider):
+class EventDUL(BoundedPduReader):
     """pynetdicom's DUL whose idle loop waits in select() instead of sleeping 1 ms."""
 
     def __init__(self, assoc: Association) -> None:
@@ -67,6 +69,8 @@ class EventDUL(DULServiceProvider):
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._pipe_lock = threading.Lock()
+        self._limits = pdu_limits.current()
+        self._acceptor_released = False
         # Closed when the thread ends, or when this object goes if the thread never ran (a
         # requestor whose connection failed before its DUL started).
         self._close_descriptors = weakref.finalize(
@@ -109,9 +113,26 @@ class EventDUL(DULServiceProvider):
             self._loop()
         finally:
             self.close_pipe()
+            dimse = self.assoc.dimse
+            if isinstance(dimse, LimitedDIMSE):
+                dimse.discard_partial_message()  # no more fragments can come
+            self._release_waiting_acceptor()
             activity = getattr(self.assoc, "activity", None)
             if activity is not None:
                 activity.set()  # the association's reactor checks `dul.is_alive()`
+
+    def _release_waiting_acceptor(self) -> None:
+        """End an acceptor's wait for the A-ASSOCIATE-RQ once none can come any more.
+
+        pynetdicom's acceptor thread blocks in `receive_pdu(timeout=acse_timeout)` for the
+        request; when the connection closes or is aborted first, it would sit out the whole
+        timeout. A None in the queue is what it gets on a timeout: it ends at once.
+        """
+        if self._acceptor_released or not self.assoc.is_acceptor:
+            return
+        if self.assoc.requestor.primitive is None:
+            self._acceptor_released = True
+            self.to_user_queue.put(None)
 
     def _loop(self) -> None:
         self._idle_timer.start()
@@ -139,16 +160,31 @@ class EventDUL(DULServiceProvider):
                 if not busy:
                     self._wait_for_work()
                 continue
-            self.state_machine.do_action(event)
+            try:
+                # pynetdicom lets an exception from an action (a P-DATA whose command set does
+                # not decode, an event invalid in this state) end the thread without an A-ABORT.
+                self.state_machine.do_action(event)
+            except Exception as exc:
+                self._abort_on(exc)
+                return
+            if self.state_machine.current_state == "Sta1":
+                self._release_waiting_acceptor()
 
     def _abort_on(self, exc: Exception) -> None:
         """As pynetdicom: bypass the state machine, send an A-ABORT and stop both reactors."""
-        log.error("DUL failed; aborting the association", error=repr(exc))
+        if isinstance(exc, DimseProtocolError):  # the peer's doing, not pacsd's
+            log.warning("DIMSE protocol error; aborting the association", error=str(exc))
+        else:
+            log.error("DUL failed; aborting the association", error=repr(exc))
         abort_pdu = A_ABORT_RQ()
-        abort_pdu.source = 0x02
+        abort_pdu.source = pdu_limits.SERVICE_PROVIDER  # PS3.8 9.3.8
         abort_pdu.reason_diagnostic = 0x00
         with contextlib.suppress(Exception):
             cast(AssociationSocket, self.socket).send(abort_pdu.encode())
+        # pynetdicom leaves the socket open here: a peer blocked sending a data set (nobody
+        # reads any more) would wait for its own timeout, and EVT_CONN_CLOSE would never fire.
+        with contextlib.suppress(Exception):
+            cast(AssociationSocket, self.socket).close()
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
@@ -189,6 +225,7 @@ class EventAssociation(Association):
         super().__init__(ae, mode)
         self.activity = threading.Event()
         self.dul = EventDUL(self)  # the one Association.__init__ made is never started
+        self.dimse = LimitedDIMSE(self)
         self.dul.to_user_queue = SignallingQueue(self.activity)
         self.dimse.msg_queue = SignallingQueue(self.activity)
         # Association.__init__ handed the timeouts to the DUL it made; hand them to this one.
@@ -200,6 +237,22 @@ class EventAssociation(Association):
     def kill(self) -> None:
         super().kill()
         self.activity.set()
+
+    def run_reactor(self) -> None:
+        """pynetdicom's, then remove the spool files of C-STOREs that were never served."""
+        try:
+            super().run_reactor()
+        finally:
+            if self.is_acceptor:
+                cast(LimitedDIMSE, self.dimse).discard_unserved()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's; the spool file goes also when pynetdicom ignores the request (an
+        invalid request, an unaccepted context, a request during release)."""
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            discard_spool(msg)
 
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop (3.0.4) with a wait on `activity` for its 1 ms sleep."""

@@ -1,15 +1,76 @@
-"""Socket options pacsd sets on the associations it opens."""
+"""Socket options pacsd sets on every connection it accepts or opens (`network.*`).
+
+TCP_NODELAY: with Nagle's algorithm on, a DIMSE request/response exchange can wait ~40 ms for a
+delayed ACK (PYNETDICOM_NOTES.md, "Sockets and measurement"). SO_KEEPALIVE lets the kernel
+notice a peer that vanished without a FIN. SO_SNDBUF/SO_RCVBUF are the operator's knob for
+long, high-latency links; unset, the kernel's defaults and auto-tuning stay.
+"""
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom.events import Event
 
+from pacsd.settings import NetworkSettings
 
-def no_delay(event: Event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY on an outgoing association's socket, as on the
-    accepted ones (PYNETDICOM_NOTES.md, "Sockets and measurement")."""
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """The options of `network` that apply to each TCP connection."""
+
+    tcp_nodelay: bool = True
+    tcp_keepalive: bool = True
+    send_buffer_size: int | None = None
+    receive_buffer_size: int | None = None
+
+    @classmethod
+    def from_settings(cls, network: NetworkSettings) -> SocketOptions:
+        """The socket options configured in `network`."""
+        return cls(
+            tcp_nodelay=network.tcp_nodelay,
+            tcp_keepalive=network.tcp_keepalive,
+            send_buffer_size=_optional_int(network.send_buffer_size),
+            receive_buffer_size=_optional_int(network.receive_buffer_size),
+        )
+
+    def apply_buffers(self, sock: Any) -> None:
+        """SO_SNDBUF/SO_RCVBUF when configured. On a listening socket this happens before
+        listen(), so accepted connections inherit the receive buffer in their window scale."""
+        if self.send_buffer_size is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_size)
+        if self.receive_buffer_size is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer_size)
+
+    def apply(self, sock: Any) -> None:
+        """Every configured option on a connected TCP socket (plain or TLS-wrapped)."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.tcp_keepalive))
+        self.apply_buffers(sock)
+
+
+def _optional_int(value: int | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+_outgoing = SocketOptions()  # the options of outgoing connections; `configure` sets them
+
+
+def configure(options: SocketOptions) -> None:
+    """Set the options of outgoing associations, process-wide (once at start-up)."""
+    global _outgoing
+    _outgoing = options
+
+
+def on_connection_open(event: Event) -> None:
+    """EVT_CONN_OPEN handler of outgoing associations (C-MOVE sub-associations, commitment
+    reports): the configured socket options, as on the accepted connections."""
     transport = event.assoc.dul.socket
     if transport is not None and transport.socket is not None:
-        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _outgoing.apply(transport.socket)
+
+
+# The name services/commitment.py imports; it sets every configured option, not only NODELAY.
+no_delay = on_connection_open

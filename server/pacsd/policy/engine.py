@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Protocol
 
 from pacsd.dicom import sop_classes, transfer_syntaxes
+from pacsd.policy.identity import IdentityResult, IdentityVerifier, Outcome
 from pacsd.policy.rules import CALLING_AE, Match, PolicyRule, RejectReason
 
 
@@ -46,6 +47,10 @@ REJECT_CALLING_AE_NOT_RECOGNISED = REJECTIONS[RejectReason.CALLING_AE_NOT_RECOGN
 REJECT_LOCAL_LIMIT_EXCEEDED = REJECTIONS[RejectReason.LOCAL_LIMIT_EXCEEDED]
 # Fail closed: an error while deciding is the acceptor's problem, so transient and no reason.
 REJECT_TRANSIENT_NO_REASON = Rejection(2, 1, 1)
+# PS3.7 D.3.3.7 (Supplement 99): an association refused for a failed user identity is rejected
+# permanent with source "DICOM UL service-provider (ACSE related function)"; PS3.8 Table 9-21
+# gives that source reason 1, no-reason-given. (pynetdicom's own EVT_USER_ID path sends 2/2/1.)
+REJECT_USER_IDENTITY = Rejection(1, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,10 @@ class AssociationRequest:
     called_ae_title: str
     peer_address: str
     peer_port: int = 0
-    username: str | None = None  # user identity negotiation, PS3.7 D.3.3.7
+    username: str | None = None  # a verified user identity (PS3.7 D.3.3.7), else None
     tls_subject: str | None = None  # the client certificate's subject, RFC 4514
+    # What verifying the sent user identity found; None: `username` alone says (explain, tests).
+    identity: IdentityResult | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +77,7 @@ class Grant:
     move_destinations: tuple[str, ...]
     max_pdu_size: int | None
     async_operations_window: int
+    user_identity: str = "optional"  # the rule's user identity requirement (rules.py)
 
     @property
     def sop_classes(self) -> frozenset[str]:
@@ -106,11 +114,18 @@ class Policy:
 
     rules: tuple[CompiledRule, ...]
     max_associations: int | None = None
+    identity: IdentityVerifier = field(default_factory=IdentityVerifier)  # users, JWT keys
 
     @classmethod
-    def compile(cls, rules: Sequence[PolicyRule], max_associations: int | None = None) -> Policy:
+    def compile(
+        cls,
+        rules: Sequence[PolicyRule],
+        max_associations: int | None = None,
+        identity: IdentityVerifier | None = None,
+    ) -> Policy:
         """Expand every rule once; raises ValueError on a name the catalogues do not know."""
-        return cls(tuple(_compile(rule) for rule in rules), max_associations)
+        compiled = tuple(_compile(rule) for rule in rules)
+        return cls(compiled, max_associations, identity or IdentityVerifier())
 
 
 class Usage(Protocol):
@@ -194,6 +209,9 @@ def _decide(request: AssociationRequest, policy: Policy, usage: Usage) -> Decisi
             rejection = rule.rejection or REJECT_NO_REASON
             reason = f"rule {rule.name!r} rejects ({rule.source.reject_reason})"
             return Decision.reject(rejection, reason, rule.name, request, tuple(trace))
+        refused = _identity_refused(rule.source.user_identity, request)
+        if refused is not None:
+            return Decision.reject(REJECT_USER_IDENTITY, refused, rule.name, request, tuple(trace))
         over = _over_limit(rule, request, policy, usage)
         if over is not None:
             return Decision.reject(
@@ -205,6 +223,24 @@ def _decide(request: AssociationRequest, policy: Policy, usage: Usage) -> Decisi
     return Decision.reject(
         REJECT_CALLING_AE_NOT_RECOGNISED, "no policy rule matches", None, request, tuple(trace)
     )
+
+
+def _identity_refused(requirement: str, request: AssociationRequest) -> str | None:
+    """Why the rule's user identity requirement refuses `request`, or None."""
+    result = request.identity
+    if requirement == "not-accepted":
+        return None  # the sent identity is ignored, whatever it was
+    if result is None:  # no verification record: a username given is taken as verified
+        verified = request.username is not None
+        outcome = Outcome.VERIFIED if verified else Outcome.NONE
+        result = IdentityResult(outcome, username=request.username, reason="no user identity sent")
+    if result.outcome is Outcome.FAILED:
+        # Also for "optional": a wrong password fails loudly instead of falling back to
+        # anonymous access the operator may not expect.
+        return f"user identity not verified: {result.reason}"
+    if requirement == "required" and result.outcome is not Outcome.VERIFIED:
+        return f"user identity required: {result.reason}"
+    return None
 
 
 def _over_limit(
@@ -291,6 +327,7 @@ def _compile(rule: PolicyRule) -> CompiledRule:
         move_destinations=tuple(rule.move_destinations),
         max_pdu_size=rule.limits.max_pdu_size,
         async_operations_window=rule.limits.async_operations_window,
+        user_identity=rule.user_identity,
     )
     return CompiledRule(rule, grant, None)
 

@@ -145,6 +145,11 @@ class PolicyRule(RuleModel):
         list[Annotated[str, AfterValidator(_check_destination)]], BeforeValidator(_listify)
     ] = Field(default_factory=lambda: ["*"])
     limits: Limits = Limits()
+    # User identity negotiation (PS3.7 D.3.3.7) for associations this rule accepts:
+    # "not-accepted" ignores a sent identity (no check, no response, no username);
+    # "optional" verifies one when sent and rejects when it is wrong; "required" also rejects
+    # when none (or one pacsd cannot verify) is sent. `match.username` sees verified names only.
+    user_identity: Literal["not-accepted", "optional", "required"] = "optional"
 
     @model_validator(mode="after")
     def _accept_names_sop_classes(self) -> PolicyRule:
@@ -152,6 +157,11 @@ class PolicyRule(RuleModel):
             raise ValueError(
                 f"rule {self.name!r} accepts but names no sop_classes "
                 "(e.g. [verification, storage])"
+            )
+        if self.user_identity == "not-accepted" and self.match.username is not None:
+            raise ValueError(
+                f"rule {self.name!r} matches a username but does not accept user identities "
+                "(user_identity: not-accepted)"
             )
         return self
 

@@ -53,6 +53,7 @@ from pacsd.index.database import IndexDatabase
 from pacsd.logs import get_logger
 from pacsd.net.handle import ClientHandle
 from pacsd.net.sockets import no_delay
+from pacsd.net.tls import tls_args_for
 from pacsd.services.guard import NormalizedResult
 from pacsd.services.retrieve import pause_reactor
 from pacsd.settings import CommitmentSettings, Peer
@@ -240,6 +241,7 @@ class CommitmentWorker:
             ae_title=peer.ae_title,
             ext_neg=[build_role(PUSH_MODEL, scu_role=False, scp_role=True)],
             evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
+            tls_args=tls_args_for(peer),  # DICOM TLS to a peer marked `tls` (net/tls.py)
         )
         if not assoc.is_established:
             raise DeliveryFailed(f"no association with {peer.ae_title} at {peer.host}:{peer.port}")

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.events import Event
 
+from pacsd import audit
 from pacsd.errors import DicomStatusError, NotAuthorized
 from pacsd.net.handle import ClientHandle
 from pacsd.policy.engine import allow
@@ -176,6 +177,7 @@ def _finish(
     """
     failed = status not in (0x0000, 0xFE00) and not 0xB000 <= status <= 0xBFFF
     handle.operation_finished(operation_name, failed, stored=stored, size=size)
+    audit.operation_finished(handle, event, operation_name, status, fields)  # never raises
     log = handle.log.warning if failed else handle.log.info
     log(
         "dimse",

@@ -33,6 +33,7 @@ from pacsd.errors import DicomStatusError, OutOfResources
 from pacsd.index.database import IndexDatabase
 from pacsd.index.retrieve import Selection, StoredInstance, select_instances, stored_instances
 from pacsd.net.handle import ClientHandle
+from pacsd.net.tls import tls_args_for
 from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport
 from pacsd.services.query import CANCELLED, PENDING, decoded_identifier
 from pacsd.settings import Peer
@@ -249,7 +250,11 @@ class RetrieveService:
             raise MoveDestinationUnknown(f"{title} is not in the AE table (peers)")
         selection = self._selection(event, report)
         report.fields["destination"] = title
-        kwargs = {"ae_title": title, "contexts": move_contexts(selection.presentations)}
+        kwargs = {
+            "ae_title": title,
+            "contexts": move_contexts(selection.presentations),
+            "tls_args": tls_args_for(peer),  # DICOM TLS to a peer marked `tls` (net/tls.py)
+        }
         yield peer.host, peer.port, kwargs
         if selection.count:
             # pynetdicom answers 0xA801 itself and never resumes this generator when the

@@ -13,6 +13,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacsd.archive import Archive, IncomingInstance, StoreOutcome
+from pacsd.errors import OutOfResources
+from pacsd.net.dimse_limits import refused_dataset
 from pacsd.net.handle import ClientHandle
 from pacsd.services.guard import OperationResult
 
@@ -26,6 +28,9 @@ class StorageService:
     def on_c_store(self, event: Event, handle: ClientHandle) -> OperationResult:
         """Store the received instance; success only once file and index row are durable."""
         request = cast(C_STORE, event.request)
+        refusal = refused_dataset(event)
+        if refusal is not None:  # its fragments were discarded as they arrived
+            raise OutOfResources(refusal)
         incoming = IncomingInstance(
             spool_path=Path(event.dataset_path),
             sop_class_uid=str(request.AffectedSOPClassUID or ""),

@@ -1,0 +1,201 @@
+"""pacsd's audit events: which PS3.15 A.5.3 message each security-relevant event becomes.
+
+- Association accepted: User Authentication (110114) / Login (110122), outcome 0, the calling
+  AE (and the negotiated username, PS3.7 D.3.3.7) as requestor. ATNA has no "association"
+  event; a DICOM node opening a session with pacsd is a login of that node, and its end (release
+  or abort) a Logout (110123). "Network Entry" (110108) is for machines joining a network, not
+  sessions, so it is not used.
+- Association rejected: Security Alert (110113) / Node Authentication (110126), outcome 4 (the
+  refusal worked: PS3.15 A.5.3.11 "minor failure: mitigation was effective"), with the reason
+  and the deciding rule; when a user identity was sent and failed verification, also User
+  Authentication / Login with outcome 4.
+- An operation refused by the policy (0x0124): Security Alert / Use of Restricted Function.
+- Configuration reloaded (SIGHUP): Security Alert / Security Configuration (110129): the
+  reloadable sections are the acceptance policies and the AE table.
+- Application start and stop: Application Activity (110100) / Application Start / Stop.
+- Deletions: DICOM Study Deleted (110105), action D.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pacsd.audit.messages import (
+    APPLICATION_ACTIVITY,
+    APPLICATION_START,
+    APPLICATION_STOP,
+    DELETE,
+    EXECUTE,
+    LOGIN,
+    LOGOUT,
+    MINOR_FAILURE,
+    NODE_AUTHENTICATION,
+    ROLE_APPLICATION,
+    ROLE_APPLICATION_LAUNCHER,
+    SECURITY_ALERT,
+    SECURITY_CONFIGURATION,
+    STUDY_DELETED,
+    SUCCESS,
+    USE_OF_RESTRICTED_FUNCTION,
+    USER_AUTHENTICATION,
+    AuditMessage,
+    AuditSource,
+    Participant,
+    application_entity,
+    audit_message,
+    node_object,
+    patient_object,
+    study_object,
+    uri_object,
+)
+from pacsd.net.handle import ClientHandle
+
+
+def requestor(handle: ClientHandle, role: Participant | None = None) -> Participant:
+    """The peer of an association: its calling AE title, address and user name."""
+    return application_entity(
+        handle.calling_ae_title or "-",
+        True,
+        handle.peer_address,
+        user_name=handle.username,
+        role=role.role if role else None,
+    )
+
+
+def pacsd_participant(ae_title: str, requestor: bool = False) -> Participant:
+    """pacsd itself as participant."""
+    return application_entity(ae_title, requestor)
+
+
+def login(source: AuditSource, ae_title: str, handle: ClientHandle, outcome: int) -> AuditMessage:
+    """User Authentication / Login: an association accepted (0) or an identity refused (4)."""
+    description = f"association {handle.association_id}"
+    if handle.user_identity_type is not None:
+        verified = {True: "verified", False: "failed", None: "not checked"}[handle.user_verified]
+        description += f"; user identity type {handle.user_identity_type} {verified}"
+    if handle.tls_version:
+        description += f"; {handle.tls_version} {handle.tls_subject or ''}".rstrip()
+    return audit_message(
+        USER_AUTHENTICATION,
+        EXECUTE,
+        outcome,
+        source,
+        [requestor(handle), pacsd_participant(handle.called_ae_title or ae_title)],
+        event_types=[LOGIN],
+        description=description,
+    )
+
+
+def logout(source: AuditSource, ae_title: str, handle: ClientHandle) -> AuditMessage:
+    """User Authentication / Logout: the association ended (outcome 0; the description says
+    released or aborted, as far as pacsd saw: EVT_RELEASED may come after the close)."""
+    return audit_message(
+        USER_AUTHENTICATION,
+        EXECUTE,
+        SUCCESS,
+        source,
+        [requestor(handle), pacsd_participant(handle.called_ae_title or ae_title)],
+        event_types=[LOGOUT],
+        description=f"association {handle.association_id} {handle.state}",
+    )
+
+
+def association_rejected(
+    source: AuditSource, ae_title: str, handle: ClientHandle, reason: str, rule: str | None
+) -> AuditMessage:
+    """Security Alert / Node Authentication: an A-ASSOCIATE-RJ, with why and which rule."""
+    node = f"{handle.calling_ae_title or '-'}@{handle.peer_address}:{handle.peer_port}"
+    detail = f"rule {rule}: {reason}" if rule else reason
+    return audit_message(
+        SECURITY_ALERT,
+        EXECUTE,
+        MINOR_FAILURE,
+        source,
+        [pacsd_participant(ae_title), requestor(handle)],
+        event_types=[NODE_AUTHENTICATION],
+        objects=[node_object(node, f"called AE {handle.called_ae_title}")],
+        description=f"association rejected: {detail}",
+    )
+
+
+def operation_refused(
+    source: AuditSource, ae_title: str, handle: ClientHandle, operation: str, sop_class_uid: str
+) -> AuditMessage:
+    """Security Alert / Use of Restricted Function: a request the policy did not allow."""
+    return audit_message(
+        SECURITY_ALERT,
+        EXECUTE,
+        MINOR_FAILURE,
+        source,
+        [pacsd_participant(ae_title), requestor(handle)],
+        event_types=[USE_OF_RESTRICTED_FUNCTION],
+        description=f"{operation} {sop_class_uid} refused by policy (0x0124)",
+    )
+
+
+def configuration_reloaded(
+    source: AuditSource, ae_title: str, config: Path | None, accepted: bool, detail: str
+) -> AuditMessage:
+    """Security Alert / Security Configuration: policies and AE table reloaded (or refused)."""
+    objects = [uri_object(config.resolve().as_uri())] if config is not None else []
+    return audit_message(
+        SECURITY_ALERT,
+        EXECUTE,
+        SUCCESS if accepted else MINOR_FAILURE,
+        source,
+        [pacsd_participant(ae_title)],
+        event_types=[SECURITY_CONFIGURATION],
+        objects=objects,
+        description=detail,
+    )
+
+
+def application_activity(source: AuditSource, ae_title: str, started: bool) -> AuditMessage:
+    """Application Activity / Application Start or Stop (PS3.15 A.5.3.1)."""
+    application = Participant(
+        ae_title,
+        False,
+        alternative_user_id=f"AETITLES={ae_title}",
+        user_name=f"pacsd pid {os.getpid()}",
+        role=ROLE_APPLICATION,
+    )
+    launcher = Participant(_os_user(), True, role=ROLE_APPLICATION_LAUNCHER)
+    return audit_message(
+        APPLICATION_ACTIVITY,
+        EXECUTE,
+        SUCCESS,
+        source,
+        [application, launcher],
+        event_types=[APPLICATION_START if started else APPLICATION_STOP],
+    )
+
+
+def study_deleted(
+    source: AuditSource,
+    ae_title: str,
+    study_instance_uid: str,
+    patient_id: str | None,
+    sop_classes: Mapping[str, int],
+    reason: str,
+    user: str | None,
+) -> AuditMessage:
+    """DICOM Study Deleted (PS3.15 A.5.3.5): instances of one study removed from the archive."""
+    participants = [pacsd_participant(ae_title, requestor=user is None)]
+    if user is not None:
+        participants.append(Participant(user, True))
+    objects = [study_object(study_instance_uid, sop_classes)]
+    if patient_id:
+        objects.append(patient_object(patient_id))
+    return audit_message(
+        STUDY_DELETED, DELETE, SUCCESS, source, participants, objects=objects, description=reason
+    )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
