@@ -52,6 +52,7 @@ ENV PATH=/opt/pacsd/bin:$PATH \
     PACSD_NETWORK__HOST=0.0.0.0 \
     PACSD_DATABASE__URL=sqlite:////var/lib/pacsd/pacsd.sqlite \
     PACSD_STORAGE__ROOT=/var/lib/pacsd/storage \
+    PACSD_AUDIT__FILE=/var/lib/pacsd/audit.jsonl \
     PACSD_LOGGING__FORMAT=json
 # PACSD_NETWORK__HOST: inside a container the listener must bind every interface, or the
 # published port reaches nothing. pacsd then warns at start-up if its policy accepts every
@@ -64,7 +65,8 @@ WORKDIR /var/lib/pacsd
 VOLUME /var/lib/pacsd
 
 # DICOM (no privileged port, so no capability needed).
-EXPOSE 11112
+# 11112: DICOM; 2762: DICOM TLS, once network.tls is enabled (certificates mounted read-only).
+EXPOSE 11112 2762
 
 # C-ECHO from inside the container to the configured port and AE title (0.0.0.0 maps to
 # 127.0.0.1). The calling AE title is PACSD-ECHO: a restrictive policy must let it verify.

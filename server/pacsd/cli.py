@@ -94,7 +94,22 @@ def config() -> None:
 def config_check(file: Path) -> None:
     """Validate FILE (with PACSD_* overrides) without starting anything."""
     settings, _ = _settings(file)
+    _check_tls_files(file, settings)
     click.echo(f"{file}: ok (AE {settings.ae_title}, port {settings.network.port})")
+
+
+def _check_tls_files(file: Path, settings: Settings) -> None:
+    """Load the certificate, key (with its password) and CA file as `serve` would."""
+    from pacsd.net.tls import TlsSetupError, client_context, server_context
+
+    tls = settings.network.tls
+    try:
+        if tls.enabled:
+            server_context(tls)
+        if tls.enabled or any(peer.tls for peer in settings.peers):
+            client_context(tls)
+    except TlsSetupError as exc:
+        _fail([f"{file}: {exc}"], EXIT_CONFIG)
 
 
 @config.command("show")

@@ -122,6 +122,19 @@ def test_fsck_finds_each_kind_of_problem_and_repair_quarantines_without_deleting
     assert remaining == {row["sop_instance_uid"] for row in rows[1:2] + rows[4:]}
     assert _count(database_url, "series") == 2, "the series left without instances is gone"
     assert _count(database_url, "study") == 2
+    deleted = [
+        event
+        for event in map(json.loads, (server.config_path.parent / "audit.jsonl").open())
+        if event["EventIdentification"]["EventID"]["csd-code"] == "110105"
+    ]
+    assert {event["EventIdentification"]["EventActionCode"] for event in deleted} == {"D"}
+    studies = [
+        o for event in deleted for o in event["ParticipantObjectIdentification"] if "SOPClass" in o
+    ]
+    expected = {row["study_instance_uid"] for row in (missing, truncated, altered)}
+    assert {study["ParticipantObjectID"] for study in studies} == expected
+    removed = sum(c["NumberOfInstances"] for study in studies for c in study["SOPClass"])
+    assert removed == 3, "one event per study, counting the three rows removed"
 
     os.utime(young, (OLD, OLD))
     young.unlink()

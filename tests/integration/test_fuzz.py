@@ -149,6 +149,16 @@ def aborted_invalid_length(reply: fz.Reply) -> bool:
     return body is not None and (body[2], body[3]) == (2, 6)
 
 
+def rejected(reply: fz.Reply) -> bool:
+    """An A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    return reply.first(0x03) is not None
+
+
+def accepted(reply: fz.Reply) -> bool:
+    """An A-ASSOCIATE-AC (PS3.8 9.3.3)."""
+    return reply.first(0x02) is not None
+
+
 def no_acceptance(reply: fz.Reply) -> bool:
     return reply.first(0x02) is None and refused(reply)
 
@@ -320,15 +330,15 @@ CASES: dict[str, tuple[Callable[[Fuzzed], fz.Reply], Callable[[fz.Reply], bool]]
         before_association(
             fz.associate_rq([(2, fz.VERIFICATION, [fz.IMPLICIT]), (4, fz.CT_IMAGE, [fz.EXPLICIT])])
         ),
-        lambda reply: True,
+        no_acceptance,
     ),
     "200 presentation contexts": (
         before_association(
             fz.associate_rq([((2 * i + 1) % 256, fz.CT_IMAGE, [fz.EXPLICIT]) for i in range(200)])
         ),
-        lambda reply: True,
+        accepted,
     ),
-    "zero presentation contexts": (before_association(fz.associate_rq([])), lambda reply: True),
+    "zero presentation contexts": (before_association(fz.associate_rq([])), rejected),
     "control characters in AE titles": (
         before_association(fz.associate_rq(calling=EVIL_AE) + fz.ABORT_RQ),
         lambda reply: True,

@@ -26,6 +26,7 @@ from tests.conftest import ServerFactory
 from tests.harness import PacsdProcess, base_config, echo, pacsd_command
 from tests.inspect_archive import index_rows
 from tests.integration.test_connection_limits import back_to_baseline, resources
+from tests.integration.test_handles import wait_for_associations
 from tests.scu import chunked_send, store_files
 from tests.tls_certs import (
     KEY_PASSWORD,
@@ -229,11 +230,12 @@ def test_encrypted_key_with_password_from_file_or_environment(
     assert KEY_PASSWORD not in server.output()
 
 
-def start_up_error(folder: Path, tls: dict[str, Any]) -> str:
-    """Run `pacsd serve` with this TLS section; it must stop with exit 2 and one message."""
+def start_up_error(folder: Path, tls: dict[str, Any], command: tuple[str, ...]) -> str:
+    """Run `pacsd serve --config` or `pacsd config check` with this TLS section; it must stop
+    with exit 2 and one message."""
     config = base_config(folder, network={"tls": tls})
     PacsdProcess.from_config(folder, config)
-    result = pacsd_command("serve", "--config", str(folder / "pacsd.yaml"), cwd=folder)
+    result = pacsd_command(*command, str(folder / "pacsd.yaml"), cwd=folder)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("pacsd: ")]
@@ -241,11 +243,13 @@ def start_up_error(folder: Path, tls: dict[str, Any]) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("command", [("serve", "--config"), ("config", "check")])
 def test_bad_tls_files_stop_start_up_with_one_message_naming_the_key(
-    pki: Pki, tmp_path: Path
+    pki: Pki, tmp_path: Path, command: tuple[str, ...]
 ) -> None:
     """A wrong key password, a missing password variable, a certificate that is not one, a key
-    that is not the certificate's, and an unreadable CA file each stop start-up (exit 2)."""
+    that is not the certificate's, and an unreadable CA file each stop start-up (exit 2);
+    `pacsd config check` finds the same."""
     encrypted = str(pki.encrypted_server_key())
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password\n", encoding="utf-8")
@@ -267,7 +271,7 @@ def test_bad_tls_files_stop_start_up_with_one_message_naming_the_key(
     with ThreadPoolExecutor(max_workers=3) as pool:  # each case is a process start
         lines = pool.map(
             lambda number: start_up_error(
-                tmp_path / f"case{number}", pki.listener(**cases[number][0])
+                tmp_path / f"case{number}", pki.listener(**cases[number][0]), command
             ),
             range(len(cases)),
         )
@@ -358,3 +362,31 @@ def test_workers_share_the_tls_port(pacsd_server: ServerFactory, pki: Pki) -> No
         assert tls_echo(server.tls_port, context) == ("accepted", 0x0000)
     accepted_by = {line.get("worker") for line in server.wait_for("association accepted", 17)}
     assert accepted_by == {0, 1}, "the kernel spread the TLS connections over both workers"
+
+
+def test_status_interface_shows_the_tls_version_and_subject(
+    pacsd_server: ServerFactory, pki: Pki
+) -> None:
+    """`pacsd associations` (GET /associations) shows an open TLS association's protocol
+    version and its client certificate's subject; plain associations show none."""
+    server = tls_server(pacsd_server, pki, {"client_certificates": "required"})
+    ct1 = pki.client("ct1")
+    wait_for_tls_echo(server.tls_port, client_context(pki, ct1))
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(
+        "127.0.0.1",
+        server.tls_port,
+        ae_title="PACSD",
+        tls_args=(client_context(pki, ct1), SERVER_NAME),
+    )
+    assert assoc.is_established
+    try:
+        found = wait_for_associations(
+            server, lambda found: any(a["calling_ae_title"] == "CT1" for a in found), "CT1 listed"
+        )
+        [listed] = [a for a in found if a["calling_ae_title"] == "CT1"]
+    finally:
+        assoc.release()
+    assert listed["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    assert listed["tls_subject"] == ct1.subject

@@ -16,6 +16,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from pacsd import audit
 from pacsd.fsck.repair import repair
 from pacsd.fsck.scan import FsckReport, scan
 from pacsd.index.database import IndexDatabase, create_index_engine
@@ -50,7 +51,11 @@ def run_fsck(settings: Settings, repairing: bool, as_json: bool, min_age: float)
         files = FilesystemStore(root, 0)
         report = scan(database, files, min_age, _Progress())
         if repairing and report.problems:
-            repair(database, files, report)
+            audit.configure(settings)  # rows removed are audited (DICOM Study Deleted)
+            try:
+                repair(database, files, report)
+            finally:
+                audit.shutdown()
     except OperationalError as exc:
         raise FsckUnavailable(_unreachable(exc), EXIT_PROBLEMS) from exc
     finally:

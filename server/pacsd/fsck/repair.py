@@ -17,13 +17,16 @@ path relative to the root and `manifest.jsonl`, one JSON line per file saying wh
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, delete, exists, select, update
 
+from pacsd import audit
 from pacsd.fsck.scan import QUARANTINE_DIR, FsckReport, Problem, ProblemKind
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import Instance, Patient, Series, Study
@@ -45,10 +48,14 @@ def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) 
         )
         return
     quarantine = Quarantine(files.root)
+    removed: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for problem in report.problems:
         if problem.instance_pk is not None:
-            if not remove_instance_row(database, problem.instance_pk, problem.file_path):
+            subject = remove_instance_row(database, problem.instance_pk, problem.file_path)
+            if subject is None:
                 continue  # the row changed meanwhile: the server replaced the instance
+            study_uid, patient_id, sop_class_uid = subject
+            removed[(study_uid, patient_id)][sop_class_uid] += 1
             problem.repair = "index row removed"
         if problem.kind is not ProblemKind.MISSING_FILE:
             try:
@@ -59,6 +66,10 @@ def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) 
                 continue
             problem.repair = ", ".join(filter(None, (problem.repair, f"file moved to {kept}")))
     report.quarantine = quarantine.folder if quarantine.used else None
+    for (study_uid, patient_id), sop_classes in removed.items():
+        audit.study_deleted(
+            study_uid, patient_id or None, sop_classes, "fsck --repair", user=getpass.getuser()
+        )
 
 
 class Quarantine:
@@ -96,18 +107,26 @@ class Quarantine:
         self.used = True
 
 
-def remove_instance_row(database: IndexDatabase, instance_pk: int, file_path: str) -> bool:
-    """Delete the instance row if it still points to `file_path`, and its emptied parents."""
+def remove_instance_row(
+    database: IndexDatabase, instance_pk: int, file_path: str
+) -> tuple[str, str, str] | None:
+    """Delete the instance row if it still points to `file_path`, and its emptied parents;
+    (Study Instance UID, Patient ID, SOP Class UID) of what went, None if the row changed."""
     with database.writing_connection() as connection:
-        series_pk = connection.execute(
-            delete(Instance)
+        subject = connection.execute(
+            select(Study.study_instance_uid, Patient.patient_id, Instance.sop_class_uid)
+            .join(Series, Series.pk == Instance.series_fk)
+            .join(Study, Study.pk == Series.study_fk)
+            .join(Patient, Patient.pk == Study.patient_fk)
             .where(Instance.pk == instance_pk, Instance.file_path == file_path)
-            .returning(Instance.series_fk)
-        ).scalar_one_or_none()
-        if series_pk is None:
-            return False
+        ).one_or_none()
+        if subject is None:
+            return None
+        series_pk = connection.execute(
+            delete(Instance).where(Instance.pk == instance_pk).returning(Instance.series_fk)
+        ).scalar_one()
         _remove_if_empty(connection, int(series_pk))
-    return True
+    return str(subject[0]), str(subject[1]), str(subject[2])
 
 
 def _remove_if_empty(connection: Connection, series_pk: int) -> None:

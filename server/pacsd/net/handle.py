@@ -84,7 +84,7 @@ class ClientHandle:
     state: HandleState = "connected"
     peer_implementation_class_uid: str = ""
     peer_implementation_version_name: str = ""
-    username: str | None = None  # verified (or, for identity type 1, asserted) user name
+    username: str | None = None  # the verified user name (policy/identity.py)
     # User identity negotiation (PS3.7 D.3.3.7): the type the peer sent (1 username,
     # 2 username and passcode, 3 Kerberos, 4 SAML, 5 JWT), None when it sent none; whether
     # pacsd verified it (None: not checked, e.g. the rule does not accept identities).
@@ -191,6 +191,10 @@ class ClientHandle:
             "peer_implementation_class_uid": self.peer_implementation_class_uid,
             "peer_implementation_version_name": self.peer_implementation_version_name,
             "username": self.username,
+            "user_identity_type": self.user_identity_type,
+            "user_verified": self.user_verified,
+            "tls_version": self.tls_version,
+            "tls_subject": self.tls_subject,
             "peer_max_pdu_size": self.peer_max_pdu_size,
             "local_max_pdu_size": self.local_max_pdu_size,
             "rule": decision.rule if decision else None,

@@ -23,6 +23,7 @@ from pacsd.net.contexts import contexts_for
 from pacsd.net.handle import ClientHandle, HandleRegistry, NegotiatedContext
 from pacsd.net.tls import connection_tls
 from pacsd.policy.engine import (
+    REJECT_NO_REASON,
     REJECT_TRANSIENT_NO_REASON,
     AssociationRequest,
     Decision,
@@ -57,7 +58,12 @@ class Negotiator:
         handle = self.handles.get(assoc)
         try:
             request = self._read_request(assoc, handle)
-            decision, handle.slot = self.slots.admit(request, self.policy())
+            if not assoc.requestor.requested_contexts:
+                # PS3.8 9.3.2: an A-ASSOCIATE-RQ carries one or more presentation contexts;
+                # accepting none would leave an association that can do nothing until it times out.
+                decision = Decision.reject(REJECT_NO_REASON, "no presentation context proposed")
+            else:
+                decision, handle.slot = self.slots.admit(request, self.policy())
             handle.decision = decision
             if decision.grant is not None:
                 self._apply(assoc, handle, decision.grant)
