@@ -55,6 +55,8 @@ class StoreResult:
     outcome: StoreOutcome
     dataset_size: int
     transfer_syntax_uid: str
+    study_instance_uid: str = ""
+    patient_id: str = ""
 
 
 class Archive:
@@ -85,7 +87,14 @@ class Archive:
             _check_matches_request(incoming, parsed)
             stored = self._write_file(incoming, parsed, spool)
         outcome = self._index(incoming, parsed, stored)
-        return StoreResult(outcome, parsed.dataset_size, str(parsed.layout.transfer_syntax_uid))
+        attributes = parsed.attributes
+        return StoreResult(
+            outcome,
+            parsed.dataset_size,
+            str(parsed.layout.transfer_syntax_uid),
+            attributes.study_instance_uid,
+            attributes.patient_id,
+        )
 
     def _check_size(self, spool_size: int) -> None:
         """limits.max_dataset_size, also for data sets that did not arrive over the network

@@ -200,14 +200,22 @@ def association_closed(handle: ClientHandle) -> None:
 
 
 def operation_finished(
-    handle: ClientHandle, event: Event, operation: str, status: int, fields: Mapping[str, Any]
+    handle: ClientHandle,
+    event: Event,
+    operation: str,
+    status: int,
+    fields: Mapping[str, Any],
+    subject: tuple[str, str] | None = None,
 ) -> None:
-    """A DIMSE operation ended with `status` (from the guard, services/guard.py)."""
+    """A DIMSE operation ended with `status` (from the guard, services/guard.py); never raises.
+
+    `subject` is a stored instance's (Study Instance UID, Patient ID), when the archive read it.
+    """
     trail = _trail
     if trail is None:
         return
     try:
-        _operation(trail, handle, event, operation, status, fields)
+        _operation(trail, handle, event, operation, status, fields, subject)
     except Exception as exc:
         trail.errors.failed(exc)
 
@@ -219,13 +227,14 @@ def _operation(
     operation: str,
     status: int,
     fields: Mapping[str, Any],
+    subject: tuple[str, str] | None,
 ) -> None:
     source, ae_title = trail.source, trail.ae_title
     if status == NOT_AUTHORIZED:
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
         trail.emit(events.operation_refused(source, ae_title, handle, operation, sop_class))
     elif operation == "C-STORE":
-        key = transfers.store_key(event, status, str(fields.get("outcome", "")))
+        key = transfers.store_key(event, status, str(fields.get("outcome", "")), subject)
         sop_class = str(event.request.AffectedSOPClassUID or "")
         trail.stores.add(handle, key, sop_class, status)
     elif operation == "C-FIND":

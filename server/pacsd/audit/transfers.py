@@ -134,9 +134,12 @@ def _local(handle: ClientHandle, ae_title: str) -> Participant:
     return Participant(local, False, alternative_user_id=f"AETITLES={local}", role=ROLE_DESTINATION)
 
 
-def store_key(event: Event, status: int, outcome: str) -> StudyKey:
-    """The study, patient and action of one finished C-STORE."""
-    study_instance_uid, patient_id = instance_subject(event)
+def store_key(
+    event: Event, status: int, outcome: str, subject: tuple[str, str] | None = None
+) -> StudyKey:
+    """The study, patient and action of one finished C-STORE (read from the spool file when
+    the archive did not get that far)."""
+    study_instance_uid, patient_id = subject or instance_subject(event)
     action = _ACTIONS.get(outcome, CREATE)
     return StudyKey(study_instance_uid, patient_id, action, outcome_of_status(status))
 

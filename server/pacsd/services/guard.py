@@ -34,6 +34,9 @@ class OperationResult:
     size: int = 0
     outcome: str = ""
     stored: bool = False
+    # (Study Instance UID, Patient ID) of a stored instance, for the audit trail only: patient
+    # data never goes to the service log.
+    subject: tuple[str, str] | None = None
 
 
 Operation = Callable[[Event, ClientHandle], OperationResult]
@@ -104,6 +107,7 @@ def guarded(
             comment,
             stored=result.stored,
             size=result.size,
+            subject=result.subject,
             bytes=result.size,
             **({"outcome": result.outcome} if result.outcome else {}),
         )
@@ -169,6 +173,7 @@ def _finish(
     comment: str,
     stored: bool = False,
     size: int = 0,
+    subject: tuple[str, str] | None = None,
     **fields: Any,
 ) -> None:
     """Count a finished DIMSE operation on its handle and write its one canonical log line.
@@ -177,7 +182,7 @@ def _finish(
     """
     failed = status not in (0x0000, 0xFE00) and not 0xB000 <= status <= 0xBFFF
     handle.operation_finished(operation_name, failed, stored=stored, size=size)
-    audit.operation_finished(handle, event, operation_name, status, fields)  # never raises
+    audit.operation_finished(handle, event, operation_name, status, fields, subject)
     log = handle.log.warning if failed else handle.log.info
     log(
         "dimse",

@@ -43,4 +43,5 @@ class StorageService:
             size=result.dataset_size,
             outcome=result.outcome.value,
             stored=result.outcome is not StoreOutcome.DUPLICATE_KEPT_FIRST,
+            subject=(result.study_instance_uid, result.patient_id),
         )
