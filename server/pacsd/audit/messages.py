@@ -186,24 +186,20 @@ def query_object(
 
 def node_object(node_id: str, description: str = "") -> dict[str, Any]:
     """A network node (e.g. the peer of a rejected association) as ParticipantObject."""
-    element: dict[str, Any] = {
-        "ParticipantObjectID": node_id,
-        "ParticipantObjectTypeCode": SYSTEM_OBJECT,
-        "ParticipantObjectTypeCodeRole": ROLE_RESOURCE,
-        "ParticipantObjectIDTypeCode": ID_NODE,
-    }
-    if description:
-        element["ParticipantObjectDescription"] = description
-    return element
+    return _system_object(node_id, ID_NODE, description)
 
 
 def uri_object(uri: str, description: str = "") -> dict[str, Any]:
     """A resource named by URI (a configuration file) as ParticipantObject."""
+    return _system_object(uri, ID_URI, description)
+
+
+def _system_object(object_id: str, id_type: Coded, description: str) -> dict[str, Any]:
     element: dict[str, Any] = {
-        "ParticipantObjectID": uri,
+        "ParticipantObjectID": object_id,
         "ParticipantObjectTypeCode": SYSTEM_OBJECT,
         "ParticipantObjectTypeCodeRole": ROLE_RESOURCE,
-        "ParticipantObjectIDTypeCode": ID_URI,
+        "ParticipantObjectIDTypeCode": id_type,
     }
     if description:
         element["ParticipantObjectDescription"] = description

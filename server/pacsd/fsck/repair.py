@@ -24,13 +24,14 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, delete, exists, select, update
+from sqlalchemy import Connection, delete, exists, select
 
 from pacsd import audit
 from pacsd.fsck.scan import QUARANTINE_DIR, FsckReport, Problem, ProblemKind
 from pacsd.index.database import IndexDatabase
+from pacsd.index.ingest import refresh_modalities_in_study
 from pacsd.index.models import Instance, Patient, Series, Study
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.filesystem import FilesystemStore, fsync_directory
 
 # Refuse to remove rows when more than this share of the index lost its files: that looks
 # like storage that is not mounted, not like files that went missing.
@@ -88,8 +89,8 @@ class Quarantine:
         target = self.folder / problem.file_path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.root / problem.file_path, target)
-        _fsync_directory(target.parent)
-        _fsync_directory((self.root / problem.file_path).parent)
+        fsync_directory(target.parent)
+        fsync_directory((self.root / problem.file_path).parent)
         with (self.folder / "manifest.jsonl").open("a", encoding="utf-8") as manifest:
             manifest.write(json.dumps(problem.as_json()) + "\n")
             manifest.flush()
@@ -137,30 +138,10 @@ def _remove_if_empty(connection: Connection, series_pk: int) -> None:
         delete(Series).where(Series.pk == series_pk).returning(Series.study_fk)
     ).scalar_one()
     if connection.scalar(select(exists().where(Series.study_fk == study_pk))):
-        _refresh_modalities_in_study(connection, study_pk)
+        refresh_modalities_in_study(connection, study_pk)
         return
     patient_pk = connection.execute(
         delete(Study).where(Study.pk == study_pk).returning(Study.patient_fk)
     ).scalar_one()
     if not connection.scalar(select(exists().where(Study.patient_fk == patient_pk))):
         connection.execute(delete(Patient).where(Patient.pk == patient_pk))
-
-
-def _refresh_modalities_in_study(connection: Connection, study_pk: int) -> None:
-    """ModalitiesInStudy (0008,0061) once a series is gone, as index/ingest.py computes it."""
-    modalities = connection.scalars(
-        select(Series.modality).where(Series.study_fk == study_pk, Series.modality != "").distinct()
-    ).all()
-    connection.execute(
-        update(Study)
-        .where(Study.pk == study_pk)
-        .values(modalities_in_study="\\".join(sorted(modalities))[:256])
-    )
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

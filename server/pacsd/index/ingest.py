@@ -207,11 +207,11 @@ def _series_pk(connection: Connection, attributes: InstanceAttributes) -> int:
         return connection.execute(
             select(Series.pk).where(Series.series_instance_uid == uid)
         ).scalar_one()
-    _refresh_modalities_in_study(connection, study_pk)
+    refresh_modalities_in_study(connection, study_pk)
     return created
 
 
-def _refresh_modalities_in_study(connection: Connection, study_pk: int) -> None:
+def refresh_modalities_in_study(connection: Connection, study_pk: int) -> None:
     """ModalitiesInStudy (0008,0061): the distinct modalities of the study's series."""
     modalities = connection.scalars(
         select(Series.modality).where(Series.study_fk == study_pk, Series.modality != "").distinct()

@@ -103,7 +103,7 @@ class FilesystemStore:
             size, digest = _write_and_sync(temp_path, head, source, offset)
             self._make_directories(final_path.parent)
             os.replace(temp_path, final_path)
-            _fsync_directory(final_path.parent)
+            fsync_directory(final_path.parent)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
             if exc.errno in _FULL_DISK_ERRNOS:
@@ -130,7 +130,7 @@ class FilesystemStore:
                 folder.mkdir()
             except FileExistsError:
                 continue  # another association created it at the same moment
-            _fsync_directory(folder.parent)
+            fsync_directory(folder.parent)
 
 
 def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> tuple[int, str]:
@@ -149,7 +149,8 @@ def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> t
     return size, hasher.hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
