@@ -16,6 +16,7 @@ Keys and the secret are read once, when the verifier is built from the settings.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -271,8 +272,18 @@ def _unverifiable(kind: int) -> str:
     return f"{IDENTITY_TYPE_NAMES.get(kind, f'identity type {kind}')} is not supported"
 
 
+# Password checks at once: each argon2 verification holds 64 MiB and ~0.1 s of a core, so a
+# burst of logins (or of guesses) waits its turn instead of exhausting memory.
+_PASSWORD_CHECKS = threading.BoundedSemaphore(2)
+
+
 def password_matches(password_hash: str, password: bytes) -> bool:
     """True when `password` fits the argon2 or bcrypt `password_hash`; never raises."""
+    with _PASSWORD_CHECKS:
+        return _password_matches(password_hash, password)
+
+
+def _password_matches(password_hash: str, password: bytes) -> bool:
     try:
         if password_hash.startswith(ARGON2_PREFIXES):
             return _HASHER.verify(password_hash, password)
