@@ -136,43 +136,51 @@ def serve(settings: Settings, config_source: Path | None) -> int:
                 signals = Signals()
                 signals.install()
                 return supervise(settings, config_source, signals)
-        configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
-        pdu_limits.install(pdu_limits.ReceiveLimits.from_settings(settings.limits))
-        archive = Archive(files, index, settings.storage.duplicate_policy, settings.limits)
         runtime = RuntimeConfig(settings, config_source)
         if trail is not None:
             trail.peers = runtime.peers  # C-MOVE destinations' addresses
-        commitment = CommitmentWorker(
-            index, files, runtime.peers, settings.commitment, settings.ae_title
-        )
-        services = Services(
-            storage=StorageService(archive),
-            query=QueryService(index, settings.query, settings.ae_title),
-            retrieve=RetrieveService(index, files, runtime.peers),
-            worklist=WorklistService(index, settings.query),
-            mpps=MppsService(index, settings.worklist.retire_completed),
-            commitment=CommitmentService(index, commitment),
-        )
-        listener = Listener(
-            settings,
-            services,
-            runtime.policy,
-            reuse_port=worker is not None,
-            tls_context=tls_context,
-        )
-        leading = worker in (None, 0)  # the one process with the status and commitment threads
-        if leading:
-            commitment.start()  # reports still pending from an earlier run go out now
-        try:
-            return _run_until_stopped(settings, runtime, listener, with_status=leading)
-        finally:
-            commitment.stop()
+        return _serve_associations(settings, runtime, index, files, worker, tls_context)
     finally:
         index.dispose()
         if worker is None:
             audit.application_stopped()
         audit.shutdown()
         log.info("stopped")
+
+
+def _serve_associations(
+    settings: Settings,
+    runtime: RuntimeConfig,
+    index: IndexDatabase,
+    files: FilesystemStore,
+    worker: int | None,
+    tls_context: ssl.SSLContext | None,
+) -> int:
+    """Compose the services and the listener, and serve until stopped."""
+    configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
+    pdu_limits.install(pdu_limits.ReceiveLimits.from_settings(settings.limits))
+    archive = Archive(files, index, settings.storage.duplicate_policy, settings.limits)
+    commitment = CommitmentWorker(
+        index, files, runtime.peers, settings.commitment, settings.ae_title
+    )
+    services = Services(
+        storage=StorageService(archive),
+        query=QueryService(index, settings.query, settings.ae_title),
+        retrieve=RetrieveService(index, files, runtime.peers),
+        worklist=WorklistService(index, settings.query),
+        mpps=MppsService(index, settings.worklist.retire_completed),
+        commitment=CommitmentService(index, commitment),
+    )
+    listener = Listener(
+        settings, services, runtime.policy, reuse_port=worker is not None, tls_context=tls_context
+    )
+    leading = worker in (None, 0)  # the one process with the status and commitment threads
+    if leading:
+        commitment.start()  # reports still pending from an earlier run go out now
+    try:
+        return _run_until_stopped(settings, runtime, listener, with_status=leading)
+    finally:
+        commitment.stop()
 
 
 def _start_status(settings: Settings, listener: Listener) -> StatusServer | None:
