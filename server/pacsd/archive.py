@@ -23,7 +23,8 @@ from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
 from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestOutcome, InstanceRecord
 from pacsd.index.writer import IndexWriter
-from pacsd.settings import DuplicatePolicy, LimitsSettings
+from pacsd.settings import DuplicatePolicy
+from pacsd.settings_security import LimitsSettings
 from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
 
 # The spool's preamble and file meta (PS3.10 7.1) come on top of the data set.

@@ -24,7 +24,8 @@ from pacsd.policy.identity import (
     password_matches,
 )
 from pacsd.policy.rules import PolicyRule
-from pacsd.settings import ConfigError, IdentitySettings, JwtSettings, load_settings
+from pacsd.settings import ConfigError, load_settings
+from pacsd.settings_security import IdentitySettings, JwtSettings
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 (a test value)
 ARGON2_HASH = hash_password(PASSWORD)

@@ -28,7 +28,8 @@ from pacsd.audit import events, transfers
 from pacsd.audit.messages import MINOR_FAILURE, SUCCESS, AuditMessage, AuditSource
 from pacsd.audit.sinks import FailureReport, FileSink, SyslogSink
 from pacsd.net.handle import ClientHandle
-from pacsd.settings import AuditSettings, Peer, Settings
+from pacsd.settings import Peer, Settings
+from pacsd.settings_security import AuditSettings
 
 PeerTable = Callable[[], Mapping[str, Peer]]
 NOT_AUTHORIZED = 0x0124

@@ -23,7 +23,7 @@ from typing import Any
 from rfc5424logging import Rfc5424SysLogHandler, transport  # type: ignore[import-untyped]
 
 from pacsd.logs import get_logger
-from pacsd.settings import SyslogSettings
+from pacsd.settings_security import SyslogSettings
 
 log = get_logger("pacsd.audit")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pacsd.settings import LimitsSettings
+from pacsd.settings_security import LimitsSettings
 
 # PDU types (PS3.8 9.3.1).
 A_ASSOCIATE_RQ = 0x01

@@ -23,7 +23,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from pynetdicom.association import Association
 
-from pacsd.settings import ClientCertificates, Peer, TlsSettings
+from pacsd.settings import Peer
+from pacsd.settings_security import ClientCertificates, TlsSettings
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 VERIFY_MODES = {

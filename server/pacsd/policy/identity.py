@@ -31,7 +31,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 if TYPE_CHECKING:
-    from pacsd.settings import IdentitySettings, JwtSettings
+    from pacsd.settings_security import IdentitySettings, JwtSettings
 
 # PS3.7 Table D.3-14: User-Identity-Type.
 USERNAME, USERNAME_AND_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
