@@ -6,8 +6,6 @@ response (-rsp); pacsd's rule requires a verified identity.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +16,9 @@ from tests.conftest import ServerFactory
 from tests.harness import PacsdProcess
 from tests.inspect_archive import index_rows
 from tests.integration.test_user_identity import PASSWORD, hash_password_cli
+from tests.interop.test_dcmtk import run
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
-TOOL_TIMEOUT_S = 60
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # PYNETDICOM_NOTES.md: Nagle costs ~40 ms
 
 
 @pytest.fixture
@@ -45,14 +42,7 @@ def server(pacsd_server: ServerFactory) -> PacsdProcess:
 def storescu(server: PacsdProcess, files: Sequence[Path], *identity: str) -> str:
     """storescu's verbose output; raises when it fails (bounded in time)."""
     command = ["storescu", "-v", "-aec", "PACSD", *identity, server.host, str(server.port)]
-    result = subprocess.run(
-        [*command, *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT_S,
-        env=DCMTK_ENV,
-        check=False,
-    )
+    result = run([*command, *map(str, files)])
     if result.returncode != 0:
         raise AssertionError(result.stdout + result.stderr)
     return result.stdout + result.stderr

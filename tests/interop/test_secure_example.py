@@ -10,10 +10,8 @@ and a certificate the rules do not know is rejected.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, base_config, pacsd_command
 from tests.inspect_archive import index_rows
+from tests.interop.test_dcmtk import run
 from tests.tls_certs import KEY_PASSWORD, SERVER_NAME, Pki, client_context, make_pki
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 SECURE = Path(__file__).resolve().parents[2] / "config" / "examples" / "secure.yaml"
 EXAMPLE_PASSWORD = "change-me"  # noqa: S105 - the example's documented placeholder
-TOOL_TIMEOUT_S = 60
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # PYNETDICOM_NOTES.md: Nagle costs ~40 ms
 
 
 def example_config(folder: Path) -> dict[str, Any]:
@@ -74,14 +71,7 @@ def dcmtk(pki: Pki, tool: str, name: str, calling: str, port: int, *args: str) -
     client = pki.client(name)
     command = [tool, "-v", "+tls", str(client.key), str(client.certificate), "+cf"]
     command += [str(pki.ca_file), "-aet", calling, "-aec", "PACSD", "127.0.0.1", str(port)]
-    result = subprocess.run(
-        [*command, *args],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT_S,
-        env=DCMTK_ENV,
-        check=False,
-    )
+    result = run([*command, *args])
     if result.returncode != 0:
         raise AssertionError(result.stdout + result.stderr)
     return result.stdout + result.stderr
