@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tests import datagen
 from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.scu import store_files
+from tests.tls_certs import SERVER_NAME, make_pki
 
 PUSH = "1.2.840.10008.1.20.1"
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
@@ -102,12 +104,14 @@ def server(setup: Setup) -> Iterator[PacsdProcess]:
 
 
 @contextmanager
-def requester_scp(setup: Setup) -> Iterator[None]:
+def requester_scp(setup: Setup, tls: ssl.SSLContext | None = None) -> Iterator[None]:
     """The modality's own SCP, where pacsd sends reports on a new association."""
     ae = AE(ae_title=REQUESTER)
     ae.add_supported_context(PUSH, scu_role=False, scp_role=True)
     handlers = [(evt.EVT_N_EVENT_REPORT, setup.reports.on_event_report)]
-    scp = ae.start_server(("127.0.0.1", setup.scp_port), block=False, evt_handlers=handlers)
+    scp = ae.start_server(
+        ("127.0.0.1", setup.scp_port), block=False, evt_handlers=handlers, ssl_context=tls
+    )
     try:
         yield
     finally:
@@ -216,6 +220,32 @@ def test_report_on_a_new_association_after_the_requester_released(
         event_type, report, came_on = setup.reports.next()
     assert (event_type, came_on) == (1, "acceptor")  # pacsd associated with the modality's SCP
     assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references}
+
+
+def test_report_over_tls_to_a_requester_marked_tls(setup: Setup, tmp_path: Path) -> None:
+    """A peer with `tls: true` gets its report over DICOM TLS: pacsd checks the modality's
+    certificate against network.tls.ca_file and presents its own, which the modality's SCP
+    requires."""
+    pki = make_pki(tmp_path / "pki")
+    config = setup.config()
+    config["peers"][0].update({"tls": True, "tls_server_name": SERVER_NAME})
+    config["network"] = {**config["network"], "tls": pki.listener()}
+    modality_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    modality_tls.load_cert_chain(str(pki.server.certificate), str(pki.server.key))
+    modality_tls.verify_mode = ssl.CERT_REQUIRED
+    modality_tls.load_verify_locations(str(pki.ca_file))
+    server = PacsdProcess.from_config(setup.root, config).start()
+    try:
+        references = stored(server, tmp_path / "ct", 2)
+        with requester_scp(setup, tls=modality_tls):
+            with modality(server, setup) as assoc:
+                assert request(assoc, action(references)) == 0x0000
+                assoc.release()  # the report goes on a new association, over TLS
+            event_type, report, came_on = setup.reports.next()
+        assert (event_type, came_on) == (1, "acceptor")
+        assert uids(report.ReferencedSOPSequence) == {uid for _, uid in references}
+    finally:
+        server.stop()
 
 
 def test_unreachable_requester_gets_the_report_when_it_is_back(
