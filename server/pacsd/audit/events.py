@@ -43,6 +43,7 @@ from pacsd.audit.messages import (
     USER_AUTHENTICATION,
     AuditMessage,
     AuditSource,
+    Coded,
     Participant,
     application_entity,
     audit_message,
@@ -78,28 +79,33 @@ def login(source: AuditSource, ae_title: str, handle: ClientHandle, outcome: int
         description += f"; user identity type {handle.user_identity_type} {verified}"
     if handle.tls_version:
         description += f"; {handle.tls_version} {handle.tls_subject or ''}".rstrip()
+    return _authentication(source, ae_title, handle, outcome, LOGIN, description)
+
+
+def logout(source: AuditSource, ae_title: str, handle: ClientHandle) -> AuditMessage:
+    """User Authentication / Logout: the association ended (outcome 0; the description says
+    released or aborted, as far as pacsd saw: EVT_RELEASED may come after the close)."""
+    description = f"association {handle.association_id} {handle.state}"
+    return _authentication(source, ae_title, handle, SUCCESS, LOGOUT, description)
+
+
+def _authentication(
+    source: AuditSource,
+    ae_title: str,
+    handle: ClientHandle,
+    outcome: int,
+    event_type: Coded,
+    description: str,
+) -> AuditMessage:
+    """User Authentication (110114) between the peer and pacsd, Login or Logout."""
     return audit_message(
         USER_AUTHENTICATION,
         EXECUTE,
         outcome,
         source,
         [requestor(handle), pacsd_participant(handle.called_ae_title or ae_title)],
-        event_types=[LOGIN],
+        event_types=[event_type],
         description=description,
-    )
-
-
-def logout(source: AuditSource, ae_title: str, handle: ClientHandle) -> AuditMessage:
-    """User Authentication / Logout: the association ended (outcome 0; the description says
-    released or aborted, as far as pacsd saw: EVT_RELEASED may come after the close)."""
-    return audit_message(
-        USER_AUTHENTICATION,
-        EXECUTE,
-        SUCCESS,
-        source,
-        [requestor(handle), pacsd_participant(handle.called_ae_title or ae_title)],
-        event_types=[LOGOUT],
-        description=f"association {handle.association_id} {handle.state}",
     )
 
 

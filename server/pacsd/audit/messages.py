@@ -140,12 +140,7 @@ def study_object(
     lifecycle: str | None = None,
 ) -> dict[str, Any]:
     """A study as ParticipantObject with its SOP classes and instance counts."""
-    element: dict[str, Any] = {
-        "ParticipantObjectID": study_instance_uid,
-        "ParticipantObjectTypeCode": SYSTEM_OBJECT,
-        "ParticipantObjectTypeCodeRole": ROLE_REPORT,
-        "ParticipantObjectIDTypeCode": ID_STUDY_INSTANCE_UID,
-    }
+    element = _system_object(study_instance_uid, ID_STUDY_INSTANCE_UID, ROLE_REPORT)
     if lifecycle:
         element["ParticipantObjectDataLifeCycle"] = lifecycle
     if sop_classes:
@@ -169,36 +164,31 @@ def query_object(
     sop_class_uid: str, identifier: bytes, transfer_syntax_uid: str, description: str = ""
 ) -> dict[str, Any]:
     """The query as ParticipantObject (PS3.15 A.5.3.10): the identifier as sent, base64."""
-    element: dict[str, Any] = {
-        "ParticipantObjectID": sop_class_uid,
-        "ParticipantObjectTypeCode": SYSTEM_OBJECT,
-        "ParticipantObjectTypeCodeRole": ROLE_QUERY,
-        "ParticipantObjectIDTypeCode": ID_SOP_CLASS_UID,
-        "ParticipantObjectQuery": base64.b64encode(identifier).decode("ascii"),
-        "ParticipantObjectDetail": [
-            {"type": "TransferSyntax", "value": _b64(transfer_syntax_uid)},
-        ],
-    }
-    if description:
-        element["ParticipantObjectDescription"] = description
+    element = _system_object(sop_class_uid, ID_SOP_CLASS_UID, ROLE_QUERY, description)
+    element["ParticipantObjectQuery"] = base64.b64encode(identifier).decode("ascii")
+    element["ParticipantObjectDetail"] = [
+        {"type": "TransferSyntax", "value": _b64(transfer_syntax_uid)}
+    ]
     return element
 
 
 def node_object(node_id: str, description: str = "") -> dict[str, Any]:
     """A network node (e.g. the peer of a rejected association) as ParticipantObject."""
-    return _system_object(node_id, ID_NODE, description)
+    return _system_object(node_id, ID_NODE, ROLE_RESOURCE, description)
 
 
 def uri_object(uri: str, description: str = "") -> dict[str, Any]:
     """A resource named by URI (a configuration file) as ParticipantObject."""
-    return _system_object(uri, ID_URI, description)
+    return _system_object(uri, ID_URI, ROLE_RESOURCE, description)
 
 
-def _system_object(object_id: str, id_type: Coded, description: str) -> dict[str, Any]:
+def _system_object(
+    object_id: str, id_type: Coded, role: int, description: str = ""
+) -> dict[str, Any]:
     element: dict[str, Any] = {
         "ParticipantObjectID": object_id,
         "ParticipantObjectTypeCode": SYSTEM_OBJECT,
-        "ParticipantObjectTypeCodeRole": ROLE_RESOURCE,
+        "ParticipantObjectTypeCodeRole": role,
         "ParticipantObjectIDTypeCode": id_type,
     }
     if description:

@@ -57,13 +57,15 @@ class Negotiator:
         assoc = event.assoc
         handle = self.handles.get(assoc)
         try:
-            request = self._read_request(assoc, handle)
+            policy = self.policy()  # one configuration for the whole decision, even mid-reload
             if not assoc.requestor.requested_contexts:
                 # PS3.8 9.3.2: an A-ASSOCIATE-RQ carries one or more presentation contexts;
                 # accepting none would leave an association that can do nothing until it times out.
+                self._read_request(assoc, handle, None)
                 decision = Decision.reject(REJECT_NO_REASON, "no presentation context proposed")
             else:
-                decision, handle.slot = self.slots.admit(request, self.policy())
+                request = self._read_request(assoc, handle, policy)
+                decision, handle.slot = self.slots.admit(request, policy)
             handle.decision = decision
             if decision.grant is not None:
                 self._apply(assoc, handle, decision.grant)
@@ -74,7 +76,10 @@ class Negotiator:
         if not decision.accepted:
             self._reject(assoc, handle, decision)
 
-    def _read_request(self, assoc: Association, handle: ClientHandle) -> AssociationRequest:
+    def _read_request(
+        self, assoc: Association, handle: ClientHandle, policy: Policy | None
+    ) -> AssociationRequest:
+        """Fill the handle from the A-ASSOCIATE-RQ; with `policy`, verify the user identity."""
         requestor = assoc.requestor
         primitive = requestor.primitive
         assert primitive is not None  # EVT_REQUESTED fires once the request has arrived
@@ -88,8 +93,9 @@ class Negotiator:
         handle.peer_max_pdu_size = requestor.maximum_length
         # PS3.7 D.3.3.7: verified before any rule is tried (it depends on the identity settings
         # only); the matching rule then says whether the result is used (engine.py).
-        identity = self.policy().identity.verify(_claim(requestor.user_identity))
-        _record_identity(handle, identity)
+        identity = policy.identity.verify(_claim(requestor.user_identity)) if policy else None
+        if identity is not None:
+            _record_identity(handle, identity)
         return AssociationRequest(
             calling_ae_title=handle.calling_ae_title,
             called_ae_title=handle.called_ae_title,

@@ -70,7 +70,3 @@ def on_connection_open(event: Event) -> None:
     transport = event.assoc.dul.socket
     if transport is not None and transport.socket is not None:
         _outgoing.apply(transport.socket)
-
-
-# The name services/commitment.py imports; it sets every configured option, not only NODELAY.
-no_delay = on_connection_open

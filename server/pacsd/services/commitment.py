@@ -52,7 +52,7 @@ from pacsd.index.commitment import (
 from pacsd.index.database import IndexDatabase
 from pacsd.logs import get_logger
 from pacsd.net.handle import ClientHandle
-from pacsd.net.sockets import no_delay
+from pacsd.net.sockets import on_connection_open
 from pacsd.net.tls import tls_args_for
 from pacsd.services.guard import NormalizedResult
 from pacsd.services.retrieve import pause_reactor
@@ -240,7 +240,7 @@ class CommitmentWorker:
             peer.port,
             ae_title=peer.ae_title,
             ext_neg=[build_role(PUSH_MODEL, scu_role=False, scp_role=True)],
-            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
             tls_args=tls_args_for(peer),  # DICOM TLS to a peer marked `tls` (net/tls.py)
         )
         if not assoc.is_established:
