@@ -71,7 +71,7 @@ from benchmarks.ingest import (
     work_folder,
 )
 from benchmarks.report import percentile
-from pacsd.net.sockets import no_delay
+from pacsd.net.sockets import on_connection_open
 from tests.datagen import TEST_UID_ROOT, StudyContext, ct_image, write_part10
 from tests.harness import PacsdProcess, base_config
 
@@ -333,7 +333,7 @@ def associate(ae: AE, server: PacsdProcess) -> Association:
 
 def associate_to(ae: AE, host: str, port: int, called_ae_title: str) -> Association:
     """An association to any SCP with TCP_NODELAY on the requester's socket."""
-    handlers: list[Any] = [(evt.EVT_CONN_OPEN, no_delay)]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, on_connection_open)]
     return ae.associate(host, port, ae_title=called_ae_title, evt_handlers=handlers)
 
 
