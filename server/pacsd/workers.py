@@ -139,7 +139,9 @@ def _watch(workers: list[subprocess.Popen[bytes]], signals: Signals, grace_perio
             log.error("a worker did not stop in time; killing it", pid=worker.pid)
             worker.kill()
             worker.wait()
-    clean = all(worker.returncode == 0 for worker in workers)
+    # A worker still starting when the stop was forwarded dies of the SIGTERM itself: it had
+    # not installed its handlers, so it had not listened or accepted anything either.
+    clean = all(worker.returncode in (0, -signal.SIGTERM) for worker in workers)
     return 1 if failed or not clean else 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import datagen
-from tests.harness import PacsdProcess
+from tests.harness import PacsdProcess, base_config
 from tests.inspect_archive import assert_index_matches_files
 from tests.scu import chunked_send, store_files
 
@@ -117,3 +119,28 @@ def test_workers_stop_when_the_supervisor_is_killed(workers: PacsdProcess) -> No
     while any(is_running(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(is_running(pid) for pid in pids.values())
+
+
+def test_sigterm_while_workers_are_starting_is_a_clean_stop(tmp_path: Path) -> None:
+    """A stop that reaches workers before they installed their handlers (they die of the
+    SIGTERM, having accepted nothing) still ends the service with exit code 0."""
+    config = base_config(tmp_path, network={"workers": 2})
+    server = PacsdProcess.from_config(tmp_path, config)
+    environment = {k: v for k, v in os.environ.items() if k != "PACSD_CONFIG"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacsd", "serve", "--config", str(server.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in process.stdout:  # bounded: the process ends, or the deadline below fails
+        if '"workers started"' in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)  # the workers are still importing pacsd
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert '"a worker ended; stopping the others"' not in output
