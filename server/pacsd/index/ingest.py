@@ -3,6 +3,9 @@
 Concurrent associations may create the same patient, study or series at the same moment; every
 insert is `INSERT ... ON CONFLICT DO NOTHING` followed by a lookup, so the unique constraints
 decide and nobody fails. The first instance of a study or series sets its attributes.
+
+The statements are built once and run with bound parameters: building them per C-STORE
+(`insert().values()`, `select().where()`) cost SQLAlchemy more than running them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, insert, select, text, update
+from sqlalchemy import Connection, Executable, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import InstrumentedAttribute
 
 from pacsd.dicom.header import InstanceAttributes
 from pacsd.index.models import Base, Instance, Patient, Series, Study
@@ -62,9 +65,7 @@ def record_instance(connection: Connection, record: InstanceRecord, replace: boo
                 return IngestResult(IngestOutcome.CREATED)  # our own row, committed in doubt
             if superseded is not None:
                 return IngestResult(IngestOutcome.REPLACED, superseded)
-        created = _insert_ignoring_conflict(
-            connection, Instance, values, [Instance.sop_instance_uid]
-        )
+        created = _insert_ignoring_conflict(connection, Instance, values)
         if created is not None:
             return IngestResult(IngestOutcome.CREATED)
         if not replace:
@@ -75,11 +76,7 @@ def record_instance(connection: Connection, record: InstanceRecord, replace: boo
 def _present(connection: Connection, record: InstanceRecord) -> IngestResult:
     """The row exists: another store's, or this record's own from a retried transaction whose
     COMMIT failed but took effect (file paths are unique per write: storage/filesystem.py)."""
-    file_path = connection.execute(
-        select(Instance.file_path).where(
-            Instance.sop_instance_uid == record.attributes.sop_instance_uid
-        )
-    ).scalar_one_or_none()
+    file_path = connection.scalar(_INSTANCE_FILE, {"uid": record.attributes.sop_instance_uid})
     if file_path == record.file_path:
         return IngestResult(IngestOutcome.CREATED)
     return IngestResult(IngestOutcome.ALREADY_PRESENT)
@@ -105,9 +102,7 @@ def _instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:
 def _replace_instance(connection: Connection, values: dict[str, Any]) -> str | None:
     """Point an existing row at the new file; return the old file path (None: no row)."""
     row = connection.execute(
-        select(Instance.pk, Instance.file_path)
-        .where(Instance.sop_instance_uid == values["sop_instance_uid"])
-        .with_for_update()
+        _INSTANCE_FOR_UPDATE, {"uid": values["sop_instance_uid"]}
     ).one_or_none()
     if row is None:
         return None
@@ -116,21 +111,50 @@ def _replace_instance(connection: Connection, values: dict[str, Any]) -> str | N
 
 
 def _insert_ignoring_conflict(
-    connection: Connection,
-    model: type[Base],
-    values: dict[str, Any],
-    conflict_columns: list[InstrumentedAttribute[Any]],
-    conflict_where: TextClause | None = None,
+    connection: Connection, model: type[Base], values: dict[str, Any]
 ) -> int | None:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING pk: the new key, or None on conflict."""
-    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
-    statement = (
-        insert(model)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=conflict_columns, index_where=conflict_where)
-        .returning(model.__table__.c.pk)
+    statement = _insert_statement(connection.dialect.name, model)
+    return connection.execute(statement, values).scalar_one_or_none()
+
+
+# The unique index each insert may conflict on (index_where: the partial index's predicate).
+_CONFLICT_TARGETS: dict[type[Base], tuple[list[str], str | None]] = {
+    Patient: (["patient_id", "issuer_of_patient_id"], "patient_id <> ''"),
+    Study: (["study_instance_uid"], None),
+    Series: (["series_instance_uid"], None),
+    Instance: (["sop_instance_uid"], None),
+}
+
+
+@cache
+def _insert_statement(dialect: str, model: type[Base]) -> Executable:
+    insert_for = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    columns, where = _CONFLICT_TARGETS[model]
+    table = model.__table__
+    return (
+        insert_for(model)
+        .on_conflict_do_nothing(
+            index_elements=[table.c[name] for name in columns],
+            index_where=text(where) if where is not None else None,
+        )
+        .returning(table.c.pk)
     )
-    return connection.execute(statement).scalar_one_or_none()
+
+
+_INSTANCE_FILE = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"))
+_INSTANCE_FOR_UPDATE = (
+    select(Instance.pk, Instance.file_path)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_PATIENT_PK = select(Patient.pk).where(
+    Patient.patient_id == bindparam("patient_id"),
+    Patient.issuer_of_patient_id == bindparam("issuer"),
+)
+_STUDY_PK = select(Study.pk).where(Study.study_instance_uid == bindparam("uid"))
+_SERIES_PK = select(Series.pk).where(Series.series_instance_uid == bindparam("uid"))
+_LOCK_STUDY = select(Study.pk).where(Study.pk == bindparam("pk")).with_for_update()
 
 
 def _patient_pk(connection: Connection, attributes: InstanceAttributes) -> int:
@@ -145,26 +169,16 @@ def _patient_pk(connection: Connection, attributes: InstanceAttributes) -> int:
         return connection.execute(
             insert(Patient).values(**values).returning(Patient.pk)
         ).scalar_one()
-    created = _insert_ignoring_conflict(
-        connection,
-        Patient,
-        values,
-        [Patient.patient_id, Patient.issuer_of_patient_id],
-        text("patient_id <> ''"),
-    )
+    created = _insert_ignoring_conflict(connection, Patient, values)
     if created is not None:
         return created
-    return connection.execute(
-        select(Patient.pk).where(
-            Patient.patient_id == attributes.patient_id,
-            Patient.issuer_of_patient_id == attributes.issuer_of_patient_id,
-        )
-    ).scalar_one()
+    key = {"patient_id": attributes.patient_id, "issuer": attributes.issuer_of_patient_id}
+    return connection.execute(_PATIENT_PK, key).scalar_one()
 
 
 def _study_pk(connection: Connection, attributes: InstanceAttributes) -> int:
     uid = attributes.study_instance_uid
-    existing = connection.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
+    existing = connection.scalar(_STUDY_PK, {"uid": uid})
     if existing is not None:
         return existing
     values = {
@@ -178,20 +192,20 @@ def _study_pk(connection: Connection, attributes: InstanceAttributes) -> int:
         "study_description": attributes.study_description,
         "modalities_in_study": "",
     }
-    created = _insert_ignoring_conflict(connection, Study, values, [Study.study_instance_uid])
+    created = _insert_ignoring_conflict(connection, Study, values)
     if created is not None:
         return created
-    return connection.execute(select(Study.pk).where(Study.study_instance_uid == uid)).scalar_one()
+    return connection.execute(_STUDY_PK, {"uid": uid}).scalar_one()
 
 
 def _series_pk(connection: Connection, attributes: InstanceAttributes) -> int:
     uid = attributes.series_instance_uid
-    existing = connection.scalar(select(Series.pk).where(Series.series_instance_uid == uid))
+    existing = connection.scalar(_SERIES_PK, {"uid": uid})
     if existing is not None:
         return existing
     study_pk = _study_pk(connection, attributes)
     # Lock the study so that concurrent new series of one study update its modalities in turn.
-    connection.execute(select(Study.pk).where(Study.pk == study_pk).with_for_update())
+    connection.execute(_LOCK_STUDY, {"pk": study_pk})
     values = {
         "study_fk": study_pk,
         "series_instance_uid": uid,
@@ -202,11 +216,9 @@ def _series_pk(connection: Connection, attributes: InstanceAttributes) -> int:
         "series_date": attributes.series_date,
         "series_time": attributes.series_time,
     }
-    created = _insert_ignoring_conflict(connection, Series, values, [Series.series_instance_uid])
+    created = _insert_ignoring_conflict(connection, Series, values)
     if created is None:
-        return connection.execute(
-            select(Series.pk).where(Series.series_instance_uid == uid)
-        ).scalar_one()
+        return connection.execute(_SERIES_PK, {"uid": uid}).scalar_one()
     refresh_modalities_in_study(connection, study_pk)
     return created
 
