@@ -56,6 +56,21 @@ def test_sequences_survive_in_the_header(tmp_path: Path) -> None:
     assert item["0040A160"]["Value"] == ["No acute findings."]
 
 
+def test_header_is_pydicoms_json_without_bulk(tmp_path: Path) -> None:
+    """Element for element what pydicom's to_json_dict gives, nested items included, with
+    only pixel data and binary values over 1 KiB left out (anywhere in the tree)."""
+    dataset = datagen.basic_text_sr(datagen.StudyContext(), 1)
+    dataset.ReferencedPerformedProcedureStepSequence = []  # an empty sequence
+    dataset.ContentSequence[0].add_new(0x00091010, "OB", b"\x01" * 2000)  # bulk inside an item
+    dataset.add_new(0x00091011, "OB", b"\x02" * 16)  # small binary: InlineBinary
+    parsed = parse(datagen.write_part10(dataset, tmp_path / "sr.dcm"))
+    expected = dataset.to_json_dict()
+    del expected["0040A730"]["Value"][0]["00091010"]
+    assert parsed.header == expected
+    assert parsed.header["00091011"]["InlineBinary"]
+    assert parsed.header["00081111"] == {"vr": "SQ", "Value": []}
+
+
 def test_missing_identifying_uid_is_a_mismatch(tmp_path: Path) -> None:
     """Without a Series Instance UID the instance cannot be filed: DatasetMismatch."""
     dataset = datagen.ct_image(datagen.StudyContext(), 1, 16)

@@ -57,23 +57,27 @@ def _is_bulk(element: DataElement | RawDataElement) -> bool:
     )
 
 
-def _without_bulk(dataset: Dataset) -> Dataset:
-    kept = Dataset()
+def header_json(dataset: Dataset) -> dict[str, Any]:
+    """The DICOM JSON model (PS3.18 F.2) of the header, bulk data left out.
+
+    Element by element, as pydicom's `Dataset.to_json_dict(suppress_invalid_tags=True)` does
+    (an element whose value cannot be serialized is left out), without first copying the
+    non-bulk elements into a new Dataset.
+    """
+    document: dict[str, Any] = {}
     for tag in dataset.keys():  # noqa: SIM118 (a Dataset is not a dict)
         if _is_bulk(dataset.get_item(tag, keep_deferred=True)):
             continue
-        element = dataset[tag]
-        if element.VR == "SQ":
-            items = [_without_bulk(item) for item in element.value]
-            element = DataElement(element.tag, "SQ", items)
-        kept.add(element)
-    return kept
-
-
-def header_json(dataset: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model (PS3.18 F.2) of the header, bulk data left out."""
-    result: dict[str, Any] = _without_bulk(dataset).to_json_dict(suppress_invalid_tags=True)
-    return result
+        try:
+            element = dataset[tag]
+            if element.VR == "SQ":
+                items = [header_json(item) for item in element.value]
+                document[f"{tag:08X}"] = {"vr": "SQ", "Value": items}
+            else:
+                document[f"{tag:08X}"] = element.to_json_dict(None, BULK_DATA_THRESHOLD)
+        except Exception:  # noqa: S112 (as pydicom's suppress_invalid_tags)
+            continue
+    return document
 
 
 def index_text(dataset: Dataset, keyword: str) -> str:
