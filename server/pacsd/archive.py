@@ -3,6 +3,10 @@
 Blob first, index second, compensate: the file is durable before its index row is written, the
 row is committed before the peer hears success, and a failed index write removes the new file.
 Nothing here knows about pynetdicom; services/storage.py adapts C-STORE to `Archive.store`.
+
+A spool that already starts with the file meta the stored file must have (net/dimse_limits.py
+writes it so) becomes the stored file itself, fsynced and linked into place; any other spool
+is copied behind pacsd's file meta.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class Archive:
                 spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
             )
             _check_matches_request(incoming, parsed)
-            stored = self._write_file(incoming, parsed, spool)
+            stored = self._write_file(incoming, parsed, spool, incoming.spool_path)
         outcome = self._index(incoming, parsed, stored)
         attributes = parsed.attributes
         return StoreResult(
@@ -105,7 +109,7 @@ class Archive:
             raise OutOfResources(f"data set larger than the maximum of {limit} bytes")
 
     def _write_file(
-        self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
+        self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO, path: Path
     ) -> StoredFile:
         attributes = parsed.attributes
         head = encode_file_meta(
@@ -118,6 +122,12 @@ class Archive:
             attributes.study_instance_uid, attributes.series_instance_uid
         )
         stem = uid_hash(attributes.sop_instance_uid)
+        if parsed.layout.dataset_offset == len(head):
+            spool.seek(0)
+            if spool.read(len(head)) == head:
+                adopted = self.files.adopt(directory, stem, spool, path)
+                if adopted is not None:
+                    return adopted
         return self.files.write(directory, stem, head, spool, parsed.layout.dataset_offset)
 
     def _index(

@@ -12,6 +12,10 @@ set, a C-STORE spool file or an in-memory data set, without bound. `LimitedDIMSE
 - a command set beyond `max_command_size`, any other data set beyond `max_memory_dataset_size`,
   a data set fragment before its command, or a new command inside a data set is a protocol
   error (PS3.7 6.3.1, PS3.8 E.2): `DimseProtocolError` makes the DUL abort the association.
+
+A C-STORE spool starts with pacsd's own file meta instead of pynetdicom's (rewritten before
+the first data set fragment), so that the archive can keep the spool file itself as the stored
+file rather than copying it (archive.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import P_DATA
 
+from pacsd.dicom.part10 import encode_file_meta
 from pacsd.logs import get_logger
 from pacsd.net import pdu_limits
 
@@ -52,6 +57,7 @@ class LimitedDIMSE(DIMSEServiceProvider):
         self._command_bytes = 0
         self._dataset_bytes = 0
         self._discarding = False
+        self._head_written = False
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         """Pass each PDV of a P-DATA-TF on, unless it breaks a limit (PS3.8 9.3.5.1)."""
@@ -69,7 +75,10 @@ class LimitedDIMSE(DIMSEServiceProvider):
                 self._spool_full(context_id, admitted)
             if self.message is None:  # the message is complete and queued
                 self._command_bytes = self._dataset_bytes = 0
-                self._discarding = False
+                self._discarding = self._head_written = False
+            elif not self._head_written and self._spooling():
+                self._head_written = True
+                self._write_pacsd_head(self.message)
 
     def _admit(self, fragment: bytes) -> bytes | None:
         """The fragment to hand to pynetdicom, a stand-in for it, or None to drop it."""
@@ -101,6 +110,29 @@ class LimitedDIMSE(DIMSEServiceProvider):
                 max_dataset_size=limit,
             )
         return _end_only(fragment)
+
+    def _write_pacsd_head(self, message: DIMSEMessage) -> None:
+        """Replace the file meta pynetdicom just wrote to a new spool by pacsd's (the data set
+        has not started): the file meta a stored file gets, from the request's UIDs, the
+        context's transfer syntax and the calling AE title."""
+        spool: Any = message._data_set_file
+        command = message.command_set
+        assoc: Any = self.assoc
+        try:
+            context = assoc._accepted_cx[message.context_id]
+            calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+            head = encode_file_meta(
+                str(command.AffectedSOPClassUID),
+                str(command.AffectedSOPInstanceUID),
+                str(context.transfer_syntax[0]),
+                calling,
+            )
+        except (AttributeError, KeyError, IndexError, TypeError):
+            return  # pynetdicom's file meta stays; the archive then copies the data set
+        spool.seek(0)
+        spool.truncate()
+        spool.write(head)
+        spool.flush()
 
     def _spooling(self) -> bool:
         message = self.message

@@ -21,6 +21,7 @@ from pacsd.errors import OutOfResources
 
 _COPY_CHUNK = 1 << 20
 _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+FILE_MODE = 0o640
 TMP_DIR = ".tmp"
 SPOOL_DIR = ".spool"
 
@@ -114,6 +115,38 @@ class FilesystemStore:
             raise
         return StoredFile(str(relative), size, digest)
 
+    def adopt(
+        self, directory: PurePosixPath, stem: str, source: BinaryIO, source_path: Path
+    ) -> StoredFile | None:
+        """Durably keep `source_path`, a whole file below the root (a C-STORE spool whose head
+        is already the stored file's), as a new `<directory>/<stem>-<n>.dcm` without copying.
+
+        A hard link, not a rename: the receiver still holds the spool's name and removes it
+        later, so the name must stay its own. None when the spool lies on another file system
+        (a link cannot cross it): the caller writes a copy instead.
+        """
+        unique = uuid.uuid4().hex
+        relative = directory / f"{stem}-{unique[:16]}.dcm"
+        final_path = self.root / relative
+        try:
+            size, digest = _digest(source)
+            os.fsync(source.fileno())
+            os.fchmod(source.fileno(), FILE_MODE)
+            self._make_directories(final_path.parent)
+            os.link(source_path, final_path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None
+            if exc.errno in _FULL_DISK_ERRNOS:
+                raise OutOfResources("storage is full") from exc
+            raise
+        try:
+            fsync_directory(final_path.parent)
+        except BaseException:
+            final_path.unlink(missing_ok=True)
+            raise
+        return StoredFile(str(relative), size, digest)
+
     def remove(self, relative_path: str) -> None:
         """Delete a stored file (missing is fine: the goal is its absence)."""
         self.absolute(relative_path).unlink(missing_ok=True)
@@ -133,10 +166,21 @@ class FilesystemStore:
             fsync_directory(folder.parent)
 
 
+def _digest(source: BinaryIO) -> tuple[int, str]:
+    """Size and SHA-256 of a whole file."""
+    hasher = hashlib.sha256()
+    size = 0
+    source.seek(0)
+    while chunk := source.read(_COPY_CHUNK):
+        hasher.update(chunk)
+        size += len(chunk)
+    return size, hasher.hexdigest()
+
+
 def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> tuple[int, str]:
     hasher = hashlib.sha256(head)
     size = len(head)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with open(descriptor, "wb") as out:
         out.write(head)
         source.seek(offset)
