@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
@@ -31,7 +32,7 @@ class Part10Layout:
     dataset_offset: int
     file_size: int
 
-    @property
+    @cached_property
     def transfer_syntax_uid(self) -> UID:
         """The transfer syntax the data set is encoded in."""
         return UID(self.meta.TransferSyntaxUID)
