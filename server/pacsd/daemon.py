@@ -7,6 +7,7 @@ rest of the grace period. SIGHUP: reload the policies and the peer table (runtim
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import ssl
@@ -200,6 +201,9 @@ def _run_until_stopped(
     signals = Signals()
     signals.install()
     addresses = listener.start()
+    # Everything made so far (modules, configuration, the composed services) lives until exit:
+    # out of the collector's sight, a full collection costs microseconds instead of ~60 ms.
+    gc.freeze()
     status = None
     try:
         status = _start_status(settings, listener) if with_status else None

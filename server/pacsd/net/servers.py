@@ -67,6 +67,12 @@ class PacsdServer(ThreadedAssociationServer):
             self.release(client_address)
             raise
 
+    def service_actions(self) -> None:
+        """Nothing. pynetdicom's runs a full `gc.collect()` every 60 calls (one per accepted
+        connection or idle poll): ~60 ms holding the GIL, which stalled every association of
+        the process. Python's own collector finds the association threads' reference cycles;
+        the daemon freezes the start-up heap so that its full collections stay small."""
+
     def key_of(self, client_address: Any) -> ConnectionKey:
         """The pending-connection key of a peer's address on this server."""
         return (str(client_address[0]), int(client_address[1]), int(self.server_address[1]))
