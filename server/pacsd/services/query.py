@@ -19,6 +19,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
@@ -178,6 +179,8 @@ def stream_matches(
 ) -> Iterator[tuple[int, Dataset | None]]:
     """One pending response per matching document, paced to the socket; C-CANCEL and the
     `max_results` cap end the stream (0xFE00, 0xA700)."""
+    syntax = UID(event.context.transfer_syntax)
+    little_endian = syntax.is_little_endian
     for count, document in enumerate(documents, start=1):
         if count % PACE_EVERY == 1:
             wait_until_sent(event.assoc)
@@ -188,7 +191,7 @@ def stream_matches(
         if count > settings.max_results:
             raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
         report.fields["matches"] = count
-        yield pending, response_dataset(document, charset)
+        yield pending, response_dataset(document, charset, syntax.is_implicit_VR, little_endian)
 
 
 def charset_terms(identifier: Dataset) -> list[str]:

@@ -1,0 +1,102 @@
+"""C-FIND response identifiers encode to exactly the bytes pydicom's own path gives
+(Dataset.from_json, then pydicom's writer), whichever elements take pacsd's raw shortcut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
+
+from pacsd.dicom.find_response import choose_charset, response_dataset
+
+STUDY_RESPONSE = {
+    "00080020": {"vr": "DA", "Value": ["20180301"]},
+    "00080030": {"vr": "TM", "Value": ["101500"]},
+    "00080050": {"vr": "SH", "Value": ["ACC-1"]},  # odd: padded with a space
+    "00080052": {"vr": "CS", "Value": ["STUDY"]},
+    "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+    "00081030": {"vr": "LO"},  # asked for, absent: zero length
+    "00100010": {"vr": "PN", "Value": [{"Alphabetic": "ADAMS^ANNA"}]},
+    "00100020": {"vr": "LO", "Value": ["PAT-0001"]},
+    "00100030": {"vr": "DA"},
+    "0020000D": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.10.1307.7552"]},
+    "00201208": {"vr": "IS", "Value": [5]},
+    "0020000E": {"vr": "UI", "Value": ["1.2.3.45"]},  # odd: padded with NULL
+}
+CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "study level, ASCII": (STUDY_RESPONSE, []),
+    "study level, latin-1 asked": (STUDY_RESPONSE, ["ISO_IR 100"]),
+    "latin-1 name": (
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}},
+        ["ISO_IR 100"],
+    ),
+    "UTF-8 for what latin-1 cannot encode": (
+        {
+            "00100010": {
+                "vr": "PN",
+                "Value": [
+                    {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ"}
+                ],
+            },
+            "00081030": {"vr": "LO", "Value": ["Étude ½"]},
+        },
+        ["ISO_IR 100"],
+    ),
+    "ISO 2022 asked": (
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Yamada", "Ideographic": "山田"}]}},
+        ["ISO 2022 IR 6", "ISO 2022 IR 87"],
+    ),
+    "person name groups": (
+        {
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B", "Phonetic": "x"}]},
+            "00101001": {"vr": "PN", "Value": [{"Alphabetic": "C"}, {"Ideographic": "D"}]},
+        },
+        [],
+    ),
+    "empty components and multiple values": (
+        {"00080008": {"vr": "CS", "Value": ["ORIGINAL", "", "AXIAL"]}},
+        [],
+    ),
+    "what goes through pydicom": (
+        {
+            "00281053": {"vr": "DS", "Value": [1.5]},
+            "00280010": {"vr": "US", "Value": [512]},
+            "00081111": {"vr": "SQ", "Value": []},
+            "00081110": {
+                "vr": "SQ",
+                "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3"]}}],
+            },
+            "00201209": {"vr": "IS", "Value": ["7"]},
+            "00091010": {"vr": "OB", "InlineBinary": "AAE="},
+        },
+        [],
+    ),
+}
+
+
+def pydicoms(document: dict[str, Any], request_charset: list[str]) -> Dataset:
+    """The response as pacsd built it before: all of it through Dataset.from_json."""
+    dataset = Dataset.from_json(document)
+    dataset.SpecificCharacterSet = choose_charset(document, request_charset)
+    return dataset
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_response_bytes_equal_pydicoms(case: str, implicit: bool) -> None:
+    document, request_charset = CASES[case]
+    ours = encode(response_dataset(document, request_charset, implicit), implicit, True)
+    theirs = encode(pydicoms(document, request_charset), implicit, True)
+    assert ours == theirs
+
+
+def test_simple_values_take_the_raw_shortcut() -> None:
+    """The shortcut is taken (else the test above would compare pydicom with itself)."""
+    dataset = response_dataset(STUDY_RESPONSE, [])
+    items = dataset.keys()
+    raw = [tag for tag in items if isinstance(dataset.get_item(tag), RawDataElement)]
+    assert len(raw) == len(STUDY_RESPONSE)
+    assert dataset.PatientName == "ADAMS^ANNA"  # and it still reads back as a value
