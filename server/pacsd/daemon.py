@@ -158,7 +158,10 @@ def _serve_associations(
     tls_context: ssl.SSLContext | None,
 ) -> int:
     """Compose the services and the listener, and serve until stopped."""
-    configure_pynetdicom(files.spool_dir, settings.logging.log_patient_data)
+    logging_settings = settings.logging
+    configure_pynetdicom(
+        files.spool_dir, logging_settings.log_patient_data, logging_settings.pynetdicom_level
+    )
     pdu_limits.install(pdu_limits.ReceiveLimits.from_settings(settings.limits))
     archive = Archive(files, index, settings.storage.duplicate_policy, settings.limits)
     commitment = CommitmentWorker(

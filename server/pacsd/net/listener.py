@@ -48,13 +48,16 @@ from pacsd.settings import Settings
 log = get_logger("pacsd.listener")
 
 
-def configure_pynetdicom(spool_dir: Path, log_identifiers: bool) -> None:
+def configure_pynetdicom(spool_dir: Path, log_identifiers: bool, pynetdicom_level: str) -> None:
     """Process-wide pynetdicom settings; call once before the listener starts.
 
     Chunked receive writes each incoming data set to a Part 10 spool file instead of memory;
     the spool lives under the storage root (tempfile's directory) so that it is cleaned at
     start-up and fills the same file system the free-space check watches.
     """
+    # pynetdicom's standard handlers describe every PDU and DIMSE message at INFO and DEBUG,
+    # building their text before the logger's level is looked at: not bound unless logged.
+    _config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_level in ("DEBUG", "INFO") else "none"
     _config.STORE_RECV_CHUNKED_DATASET = True
     unrecognized.install()
     use_for_requestors()  # C-MOVE sub-associations and commitment reports: event-driven too
