@@ -27,6 +27,7 @@ import queue
 from pathlib import Path
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.events import Event
@@ -35,6 +36,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pacsd.dicom.part10 import encode_file_meta
 from pacsd.logs import get_logger
 from pacsd.net import pdu_limits
+from pacsd.net.commands import Message, Unsupported
 
 log = get_logger("pacsd.dimse")
 _COMMAND = 0x01  # PS3.8 E.2 message control header: bit 0 command, bit 1 last fragment
@@ -79,6 +81,19 @@ class LimitedDIMSE(DIMSEServiceProvider):
             elif not self._head_written and self._spooling():
                 self._head_written = True
                 self._write_pacsd_head(self.message)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """pynetdicom's, with the command set packed by net/commands.py when it can be."""
+        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            super().send_msg(primitive, context_id)  # someone wants pynetdicom's message
+            return
+        try:
+            message = Message.of(primitive)
+        except Unsupported:
+            super().send_msg(primitive, context_id)
+            return
+        for pdata in message.fragments(context_id, self.maximum_pdu_size):
+            self.dul.send_pdu(pdata)
 
     def _admit(self, fragment: bytes) -> bytes | None:
         """The fragment to hand to pynetdicom, a stand-in for it, or None to drop it."""
