@@ -90,7 +90,7 @@ class Archive:
                 spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
             )
             _check_matches_request(incoming, parsed)
-            stored = self._write_file(incoming, parsed, spool, incoming.spool_path)
+            stored = self._write_file(incoming, parsed, spool)
         outcome = self._index(incoming, parsed, stored)
         attributes = parsed.attributes
         return StoreResult(
@@ -109,7 +109,7 @@ class Archive:
             raise OutOfResources(f"data set larger than the maximum of {limit} bytes")
 
     def _write_file(
-        self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO, path: Path
+        self, incoming: IncomingInstance, parsed: ParsedInstance, spool: BinaryIO
     ) -> StoredFile:
         attributes = parsed.attributes
         head = encode_file_meta(
@@ -125,7 +125,7 @@ class Archive:
         if parsed.layout.dataset_offset == len(head):
             spool.seek(0)
             if spool.read(len(head)) == head:
-                adopted = self.files.adopt(directory, stem, spool, path)
+                adopted = self.files.adopt(directory, stem, spool, incoming.spool_path)
                 if adopted is not None:
                     return adopted
         return self.files.write(directory, stem, head, spool, parsed.layout.dataset_offset)

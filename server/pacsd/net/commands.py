@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from math import ceil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
@@ -110,29 +110,29 @@ class Message:
 
     def fragments(self, context_id: int, max_pdu_length: int) -> Iterator[P_DATA]:
         """The message as P-DATA primitives, one PDV each (pynetdicom's encode_msg)."""
-        yield from _split(self.command_set, context_id, max_pdu_length, 0x01)
+        command = self.command_set
+        yield from _split(BytesIO(command), len(command), context_id, max_pdu_length, 0x01)
         if self.data_set is not None:
             encoded = self.data_set.getvalue()
             if encoded:
-                yield from _split(encoded, context_id, max_pdu_length, 0x00)
+                yield from _split(BytesIO(encoded), len(encoded), context_id, max_pdu_length, 0)
         elif self.data_set_path is not None:
             path, offset = self.data_set_path
             with open(path, "rb") as source:
                 length = source.seek(0, 2) - source.seek(offset)
-                size = length if max_pdu_length == 0 else max_pdu_length - 6
-                count = 1 if max_pdu_length == 0 else max(1, ceil(length / size))
-                for number in range(count):
-                    last = 0x02 if number == count - 1 else 0x00
-                    yield _pdata(context_id, bytes([last]) + source.read(size))
+                yield from _split(source, length, context_id, max_pdu_length, 0x00)
 
 
-def _split(encoded: bytes, context_id: int, max_pdu_length: int, kind: int) -> Iterator[P_DATA]:
-    """Fragments of at most max_pdu_length - 6 bytes; bit 1 of the header marks the last."""
-    size = len(encoded) if max_pdu_length == 0 else max_pdu_length - 6
-    count = 1 if max_pdu_length == 0 else max(1, ceil(len(encoded) / size))
+def _split(
+    source: BinaryIO, length: int, context_id: int, max_pdu_length: int, kind: int
+) -> Iterator[P_DATA]:
+    """`length` bytes of `source` in fragments of at most max_pdu_length - 6 bytes (at least
+    one); bit 0 of the header is `kind` (command or data set), bit 1 marks the last."""
+    size = length if max_pdu_length == 0 else max_pdu_length - 6
+    count = 1 if max_pdu_length == 0 else max(1, ceil(length / size))
     for number in range(count):
         header = kind | (0x02 if number == count - 1 else 0x00)
-        yield _pdata(context_id, bytes([header]) + encoded[number * size : (number + 1) * size])
+        yield _pdata(context_id, bytes([header]) + source.read(size))
 
 
 def _pdata(context_id: int, pdv: bytes) -> P_DATA:

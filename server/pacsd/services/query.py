@@ -180,7 +180,7 @@ def stream_matches(
     """One pending response per matching document, paced to the socket; C-CANCEL and the
     `max_results` cap end the stream (0xFE00, 0xA700)."""
     syntax = UID(event.context.transfer_syntax)
-    little_endian = syntax.is_little_endian
+    implicit_vr, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     for count, document in enumerate(documents, start=1):
         if count % PACE_EVERY == 1:
             wait_until_sent(event.assoc)
@@ -191,7 +191,7 @@ def stream_matches(
         if count > settings.max_results:
             raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
         report.fields["matches"] = count
-        yield pending, response_dataset(document, charset, syntax.is_implicit_VR, little_endian)
+        yield pending, response_dataset(document, charset, implicit_vr, little_endian)
 
 
 def charset_terms(identifier: Dataset) -> list[str]:
