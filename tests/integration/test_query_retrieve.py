@@ -28,9 +28,10 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom.dsutils import split_dataset
+from sqlalchemy.engine import make_url
 
 from tests import datagen, qr_archive
-from tests.conftest import _backends, index_url
+from tests.conftest import POSTGRES_ENV, _backends, index_url
 from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.qr_archive import Entry
@@ -586,9 +587,38 @@ def test_c_cancel_stops_a_move_and_releases_the_sub_association(
 
 
 def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
+    """The server's open descriptors and threads, not counting its index database connections:
+    a PostgreSQL pool opens a second connection whenever two checkouts overlap and keeps it."""
     assert server.process is not None
     pid = server.process.pid
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+    database = _database_sockets(pid)
+    descriptors = [
+        fd for fd in os.listdir(f"/proc/{pid}/fd") if _link(f"/proc/{pid}/fd/{fd}") not in database
+    ]
+    return len(descriptors), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:  # closed between listdir and readlink
+        return ""
+
+
+def _database_sockets(pid: int) -> set[str]:
+    """`socket:[inode]` of the process's TCP connections to the PostgreSQL test server's port."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        return set()
+    port = f"{make_url(url).port or 5432:04X}"
+    sockets = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[2].rsplit(":", 1)[1] == port:  # remote address:port, in hex
+                    sockets.add(f"socket:[{fields[9]}]")
+    return sockets
 
 
 def test_sub_associations_leave_no_descriptor_or_thread(
