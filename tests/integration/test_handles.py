@@ -32,6 +32,7 @@ from pynetdicom.sop_class import CTImageStorage
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, pacsd_command
 from tests.inspect_archive import dataset_bytes
+from tests.perf.associations import CALLING_AE, EncodedRequests, one_association
 from tests.scu import chunked_send, status_of
 
 ServerFactory = Callable[..., PacsdProcess]
@@ -256,6 +257,25 @@ def test_handle_disappears_when_the_association_ends(server: PacsdProcess, endin
     closed = wait_for_log(server, "association closed", association_id=association_id)
     assert closed["state"] == {"release": "released", "abort": "aborted"}[ending]
     assert status(server)["associations_accepted"] == 0, "its slot was given back"
+
+
+RELEASES = 30
+
+
+def test_a_peer_closing_as_soon_as_the_release_reply_arrives_is_logged_as_released(
+    pacsd_server: ServerFactory,
+) -> None:
+    """PS3.8 7.2: after the A-RELEASE-RP the requester may close at once. The server's reading
+    thread then sees the close before its association thread has finished the release; every
+    one of these associations must still end "released", never "aborted"."""
+    server = pacsd_server()
+    requests = EncodedRequests.for_called("PACSD")
+    for _ in range(RELEASES):
+        one_association(server.port, requests)  # open, C-ECHO, release, close on the reply
+    closed = server.wait_for("association closed", count=RELEASES + 1, timeout=STATUS_WAIT_S)
+    ours = [line for line in closed if line.get("calling_ae_title") == CALLING_AE]
+    assert len(ours) == RELEASES
+    assert [line["state"] for line in ours] == ["released"] * RELEASES
 
 
 def test_rejected_association_leaves_nothing(

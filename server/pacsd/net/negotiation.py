@@ -194,12 +194,14 @@ class Negotiator:
         handle = self.handles.find(event.assoc)
         if handle is not None:
             handle.data_received(len(event.data))
+            _note_release_reply(handle, event.data)
 
     def on_data_sent(self, event: Event) -> None:
         """EVT_DATA_SENT: one whole PDU written to the peer."""
         handle = self.handles.find(event.assoc)
         if handle is not None:
             handle.data_sent(len(event.data))
+            _note_release_reply(handle, event.data)
 
     def on_connection_close(self, event: Event) -> None:
         """EVT_CONN_CLOSE: give back the slot, log the handle's final line, forget it."""
@@ -290,3 +292,13 @@ def _tls_subject(assoc: Association, handle: ClientHandle) -> str | None:
     version (both None on the plain listener)."""
     handle.tls_subject, handle.tls_version = connection_tls(assoc)
     return handle.tls_subject
+
+
+def _note_release_reply(handle: ClientHandle, pdu: bytes) -> None:
+    """An A-RELEASE-RP (PDU type 0x06, PS3.8 9.3.7) sent or received ends the association by
+    release. Both events fire on the DUL's thread before it can see the connection close, while
+    EVT_RELEASED fires on the association's thread after the reply is sent: a peer that closes at
+    once (as it may, PS3.8 7.2) would otherwise make EVT_CONN_CLOSE find the handle still
+    "established" and log the release as an abort."""
+    if pdu[:1] == b"\x06" and handle.state == "established":
+        handle.state = "released"
