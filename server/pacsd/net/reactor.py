@@ -44,6 +44,7 @@ from pacsd.net.dimse_limits import DimseProtocolError, LimitedDIMSE, discard_spo
 from pacsd.net.pdu_reader import BoundedPduReader
 
 IDLE_WAIT_S = 0.05  # longest sleep of an idle loop: bounds how late a timer or flag is seen
+KILL_WAIT_S = 0.01  # longest wait between looks at whether the DUL has stopped (pynetdicom's)
 
 log = get_logger("pacsd.reactor")
 
@@ -71,6 +72,7 @@ class EventDUL(BoundedPduReader):
         self._pipe_lock = threading.Lock()
         self._limits = pdu_limits.current()
         self._acceptor_released = False
+        self.stopped = threading.Event()  # back in Sta1 after an action, or the thread ended
         # Closed when the thread ends, or when this object goes if the thread never ran (a
         # requestor whose connection failed before its DUL started).
         self._close_descriptors = weakref.finalize(
@@ -120,6 +122,7 @@ class EventDUL(BoundedPduReader):
             activity = getattr(self.assoc, "activity", None)
             if activity is not None:
                 activity.set()  # the association's reactor checks `dul.is_alive()`
+            self.stopped.set()
 
     def _release_waiting_acceptor(self) -> None:
         """End an acceptor's wait for the A-ASSOCIATE-RQ once none can come any more.
@@ -169,6 +172,7 @@ class EventDUL(BoundedPduReader):
                 return
             if self.state_machine.current_state == "Sta1":
                 self._release_waiting_acceptor()
+                self.stopped.set()
 
     def _abort_on(self, exc: Exception) -> None:
         """As pynetdicom: bypass the state machine, send an A-ABORT and stop both reactors."""
@@ -235,7 +239,17 @@ class EventAssociation(Association):
         self.network_timeout = self.ae.network_timeout
 
     def kill(self) -> None:
-        super().kill()
+        """pynetdicom's (3.0.4), but waiting for the DUL to reach Sta1 on an Event where
+        pynetdicom sleeps 10 ms between looks: after a release the DUL gets there only once the
+        connection closes, so every release (and so every C-MOVE sub-association, before its
+        final response) waited ~10 ms more than it needed."""
+        self._reactor_checkpoint.set()
+        self._kill = True
+        self.is_established = False
+        self._is_paused = True
+        dul = cast(EventDUL, self.dul)
+        while dul.is_alive() and not dul.stop_dul():
+            dul.stopped.wait(KILL_WAIT_S)  # bounded, as pynetdicom's sleep: flags are seen
         self.activity.set()
 
     def run_reactor(self) -> None:
