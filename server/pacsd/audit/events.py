@@ -84,7 +84,7 @@ def login(source: AuditSource, ae_title: str, handle: ClientHandle, outcome: int
 
 def logout(source: AuditSource, ae_title: str, handle: ClientHandle) -> AuditMessage:
     """User Authentication / Logout: the association ended (outcome 0; the description says
-    released or aborted, as far as pacsd saw: EVT_RELEASED may come after the close)."""
+    released (an A-RELEASE-RP was exchanged) or aborted)."""
     description = f"association {handle.association_id} {handle.state}"
     return _authentication(source, ae_title, handle, SUCCESS, LOGOUT, description)
 

@@ -159,7 +159,6 @@ class Listener:
             (evt.EVT_REQUESTED, negotiator.on_requested),
             (evt.EVT_ACCEPTED, negotiator.on_accepted),
             (evt.EVT_REJECTED, negotiator.on_rejected),
-            (evt.EVT_RELEASED, negotiator.on_released),
             (evt.EVT_ABORTED, negotiator.on_aborted),
             (evt.EVT_CONN_CLOSE, negotiator.on_connection_close),
             *self.pending.handlers(),

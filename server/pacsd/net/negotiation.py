@@ -177,12 +177,6 @@ class Negotiator:
         handle.log.warning("association rejected", reason="pynetdicom: local limit or ACSE check")
         audit.association_rejected(handle, "pynetdicom: local limit or ACSE check", None)
 
-    def on_released(self, event: Event) -> None:
-        """EVT_RELEASED; after EVT_CONN_CLOSE (a race) there is no handle left to update."""
-        handle = self.handles.find(event.assoc)
-        if handle is not None:
-            handle.state = "released"
-
     def on_aborted(self, event: Event) -> None:
         """EVT_ABORTED; for an abort by the peer it fires after EVT_CONN_CLOSE: nothing to do."""
         handle = self.handles.find(event.assoc)
@@ -296,9 +290,9 @@ def _tls_subject(assoc: Association, handle: ClientHandle) -> str | None:
 
 def _note_release_reply(handle: ClientHandle, pdu: bytes) -> None:
     """An A-RELEASE-RP (PDU type 0x06, PS3.8 9.3.7) sent or received ends the association by
-    release. Both events fire on the DUL's thread before it can see the connection close, while
-    EVT_RELEASED fires on the association's thread after the reply is sent: a peer that closes at
-    once (as it may, PS3.8 7.2) would otherwise make EVT_CONN_CLOSE find the handle still
-    "established" and log the release as an abort."""
+    release. Both events fire on the DUL's thread before it can see the connection close, where
+    EVT_RELEASED fires on the association's thread after the reply is sent: with a peer that
+    closes at once (as it may, PS3.8 7.2), EVT_CONN_CLOSE could come first and log the release
+    as an abort. So the state comes from the reply, and EVT_RELEASED is not needed."""
     if pdu[:1] == b"\x06" and handle.state == "established":
         handle.state = "released"
