@@ -307,7 +307,9 @@ def _length_field(rng: random.Random, data: bytearray) -> None:
 
 
 def _truncate(rng: random.Random, data: bytearray) -> None:
-    del data[rng.randrange(1, len(data)) :]
+    """Cut the stream short, keeping at least its first byte (a second cut may find only one)."""
+    if len(data) > 1:
+        del data[rng.randrange(1, len(data)) :]
 
 
 def _insert(rng: random.Random, data: bytearray) -> None:
