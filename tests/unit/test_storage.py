@@ -49,7 +49,9 @@ def test_written_file_stays_under_the_root(store: FilesystemStore, uid: str) -> 
     assert stored.sha256 == hashlib.sha256(b"HEADy").hexdigest()
 
 
-@pytest.mark.parametrize("relative", ["../outside.dcm", "/etc/passwd", ".", "a/../../b"])
+@pytest.mark.parametrize(
+    "relative", ["../outside.dcm", "/etc/passwd", ".", "", "a/../../b", "ab/cd/../../../x.dcm"]
+)
 def test_absolute_refuses_paths_outside_the_root(store: FilesystemStore, relative: str) -> None:
     """A path from the index that leaves the root is refused, not opened or deleted."""
     with pytest.raises(ValueError, match="outside the storage root"):
