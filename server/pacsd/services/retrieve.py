@@ -33,6 +33,7 @@ from pacsd.errors import DicomStatusError, OutOfResources
 from pacsd.index.database import IndexDatabase
 from pacsd.index.retrieve import Selection, StoredInstance, select_instances, stored_instances
 from pacsd.net.handle import ClientHandle
+from pacsd.net.reactor import Checkpoint
 from pacsd.net.tls import tls_args_for
 from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport
 from pacsd.services.query import CANCELLED, PENDING, decoded_identifier
@@ -146,30 +147,28 @@ def pause_reactor(assoc: Association, timeout: float = 5.0) -> bool:
     reactor wakes up: the reactor can then take the next C-STORE response off the DIMSE queue
     itself ("Received unexpected C-STORE service message") and send_c_store waits for it until
     the DIMSE timeout aborts the association (measured: once in ~700 sub-operations of a
-    C-MOVE to a fast DCMTK storescp; pynetdicom issue #435 for the same race). A thread
-    blocked in Event.wait is listed in the event's condition's waiters, so that is what is
-    waited for here. Not needed (and not possible) from the association's own thread, where a
-    C-GET handler runs with the reactor stopped in it. True when paused; on False the reactor
-    runs on and the caller must not use the association's DIMSE queue.
+    C-MOVE to a fast DCMTK storescp; pynetdicom issue #435 for the same race). The checkpoint
+    (net/reactor.Checkpoint) tells when a thread is blocked on it, and that is what is waited
+    for here. Not needed (and not possible) from the association's own thread, where a C-GET
+    handler runs with the reactor stopped in it. True when paused; on False the reactor runs
+    on and the caller must not use the association's DIMSE queue.
     """
     if threading.current_thread() is assoc:
         return True
-    checkpoint = assoc._reactor_checkpoint
+    checkpoint: Checkpoint = assoc._reactor_checkpoint  # type: ignore[assignment]
     checkpoint.clear()
     activity = getattr(assoc, "activity", None)  # net/reactor.py: wake an idle reactor
     if activity is not None:
         activity.set()
-    waiters = checkpoint._cond._waiters  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
-    while not waiters and assoc.is_alive() and time.monotonic() < deadline:
-        time.sleep(PAUSE_POLL_S)
-    if waiters:
-        return True
-    checkpoint.set()  # not paused in time: leave the reactor running
-    return False
+    while not checkpoint.parked.wait(PAUSE_WAIT_S):
+        if not assoc.is_alive() or time.monotonic() >= deadline:
+            checkpoint.set()  # not paused in time: leave the reactor running
+            return False
+    return True
 
 
-PAUSE_POLL_S = 0.0001
+PAUSE_WAIT_S = 0.01  # longest wait between looks at whether the association is still alive
 
 
 def _payload(assoc: Association, outgoing: Outgoing) -> Path | Dataset:
