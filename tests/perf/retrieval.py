@@ -67,7 +67,8 @@ class RetrievalOptions:
 
     find_instances: tuple[int, ...] = (10_000, 100_000)  # archive sizes
     repeat: int = 20  # per server: each C-FIND kind, one-study C-MOVE and C-GET
-    bulk_repeat: int = 2  # per server: whole-archive C-MOVE and C-GET, ingest batches
+    bulk_repeat: int = 2  # per server: whole-archive C-MOVE and C-GET
+    ingest_repeat: int = 5  # ingest batches per server, into empty and into full archives
     bulk_cap: int = 10_000  # instances of a "whole archive" retrieve at most
     ingest_batch: int = 2_000  # new instances per ingest batch
     ingest_associations: int = 4  # storescu processes, for the archive and the batches
@@ -77,7 +78,7 @@ class RetrievalOptions:
 
 
 SMOKE = RetrievalOptions(
-    find_instances=(60,), repeat=1, bulk_repeat=1, bulk_cap=60, ingest_batch=40
+    find_instances=(60,), repeat=1, bulk_repeat=1, ingest_repeat=1, bulk_cap=60, ingest_batch=40
 )
 
 
@@ -210,7 +211,7 @@ def batch_files(work: Path, options: RetrievalOptions) -> list[list[Path]]:
     """The ingest batches, one per repetition: new instances sharing no UID with any archive."""
     studies_per_batch = -(-options.ingest_batch // PER_SERIES)
     batches: list[list[Path]] = []
-    for number in range(options.bulk_repeat):
+    for number in range(options.ingest_repeat):
         first = BATCH_FIRST_STUDY + number * studies_per_batch
         folder = work / "inputs" / f"batch-{first}-{options.ingest_batch}"
         batches.append(write_archive(folder, plan(options.ingest_batch, first)))
@@ -415,7 +416,8 @@ def ingest_row(
         peers={"orthanc": median(ratios["orthanc"])},
         limit=0.85,
         samples=ratios,
-        note=f"{options.ingest_batch} new instances, storescu K={options.ingest_associations}; "
+        note=f"{options.ingest_repeat} batch(es) of {options.ingest_batch} new instances, "
+        f"storescu K={options.ingest_associations}; "
         f"instances/s empty -> full: {figures}",
     )
 
@@ -493,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--work", type=Path, required=True, help="work folder; generated inputs cached there")
     add("--instances", type=int, nargs="+", help="archive sizes (10000 100000)")
     add("--repeat", type=int, help="queries and one-study retrieves per server (20)")
-    add("--bulk-repeat", type=int, help="bulk retrieves and ingest batches per server (2)")
+    add("--bulk-repeat", type=int, help="bulk retrieves per server (2)")
+    add("--ingest-repeat", type=int, help="ingest batches per server and archive (5)")
     add("--case-insensitive-pn", action="store_true", help="PN matching ignores case in both")
     add("--keep", action="store_true", help="keep the servers' folders")
     args = parser.parse_args(argv)
@@ -508,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = replace(options, repeat=args.repeat)
     if args.bulk_repeat:
         options = replace(options, bulk_repeat=args.bulk_repeat)
+    if args.ingest_repeat:
+        options = replace(options, ingest_repeat=args.ingest_repeat)
     started = time.monotonic()
     rows, problems = retrieval_goals(args.work, options)
     print_rows(rows)
