@@ -10,7 +10,9 @@ work (PYNETDICOM_NOTES.md). Here the same loops wait instead on what they wait f
 - `EventDUL` blocks in select() on the peer's socket and a wake-up pipe, written to when the
   local user hands it a primitive to send (`send_pdu`) or stops it (`kill_dul`);
 - `EventAssociation`'s reactor blocks on an Event set whenever a DIMSE message is complete, the
-  DUL passes an ACSE primitive up (release, abort) or the DUL thread ends.
+  DUL passes an ACSE primitive up (release, abort) or the DUL thread ends;
+- its checkpoint (`Checkpoint`, in place of pynetdicom's plain Event) says when the reactor is
+  blocked on it, so that `services.retrieve.pause_reactor` waits for that instead of polling.
 
 Both still wake at least every `IDLE_WAIT_S` to check their timers (ARTIM, network idle) and
 flags. Everything else (state machine, checkpoint pausing that `services.retrieve.pause_reactor`
