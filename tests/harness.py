@@ -24,6 +24,8 @@ from pacsd.echo import send_echo
 
 VERIFICATION = VERIFICATION_SOP_CLASS  # for the tests that propose it
 START_TIMEOUT_S = 30.0
+STACK_DUMP_WAIT_S = 1.0  # after SIGUSR1, for faulthandler to print every thread's stack
+OUTPUT_TAIL_LINES = 200  # of a server that did not stop, in the error
 COMMAND_TIMEOUT_S = 60.0
 
 
@@ -155,13 +157,21 @@ class PacsdProcess:
         return self.wait(timeout)
 
     def wait(self, timeout: float = 30.0) -> int:
-        """Wait for exit (killing it after `timeout`); returns the exit code."""
+        """Wait for exit (killing it after `timeout`, with its threads' stacks in the error);
+        returns the exit code."""
         assert self.process is not None
         try:
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
+            self.process.send_signal(signal.SIGUSR1)  # pacsd prints every thread's stack
+            time.sleep(STACK_DUMP_WAIT_S)
             self.kill()
-            raise
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            tail = "\n".join(self.raw_lines[-OUTPUT_TAIL_LINES:])
+            raise RuntimeError(
+                f"pacsd did not exit within {timeout} s; its last output and stacks:\n{tail}"
+            ) from exc
         if self._reader is not None:
             self._reader.join(timeout=5)
         return self.returncode()

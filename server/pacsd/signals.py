@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 from types import FrameType
@@ -9,6 +10,7 @@ from types import FrameType
 
 class Signals:
     """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
+    SIGUSR1: every thread's stack to stderr (faulthandler), for a server that does not stop.
 
     Handlers only set flags and wake the main thread, which does the work outside the handler.
     """
@@ -24,6 +26,7 @@ class Signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # C-level: works when hung
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
