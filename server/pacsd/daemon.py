@@ -234,8 +234,7 @@ def _run_until_stopped(
 def _wait_for_stop(signals: Signals, runtime: RuntimeConfig) -> None:
     """Serve until SIGTERM/SIGINT, reloading the configuration on each SIGHUP."""
     while True:
-        signals.wake.wait()
-        signals.wake.clear()
+        signals.wait()
         if signals.reload.is_set():
             signals.reload.clear()
             log.info("SIGHUP: reloading the configuration")

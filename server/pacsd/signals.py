@@ -7,6 +7,8 @@ import signal
 import threading
 from types import FrameType
 
+HANDLER_CHECK_S = 0.5  # longest a signal received by another thread waits for its handler
+
 
 class Signals:
     """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
@@ -27,6 +29,17 @@ class Signals:
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # C-level: works when hung
+
+    def wait(self) -> None:
+        """Block until a handler has run (main thread), then clear the wake-up.
+
+        Waits in slices: the kernel may deliver a signal to any thread, and then the main
+        thread, blocked in a lock without a timeout, is not interrupted and never runs the
+        Python handler (a SIGTERM that never stopped the server, seen under load).
+        """
+        while not self.wake.wait(HANDLER_CHECK_S):
+            pass
+        self.wake.clear()
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():

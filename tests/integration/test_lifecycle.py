@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import signal
 import socket
 import threading
@@ -146,6 +149,32 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_serves_on(
     assert len(dump) >= 4  # main, listener, an association's reactor and its DUL, ...
     assert any("_wait_for_stop" in line for line in server.raw_lines)  # the main thread
     assert server.stop() == 0
+
+
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}  # linux/unistd.h: a signal to one thread
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_received_by_another_thread_than_the_main_one_is_acted_on(
+    pacsd_server: ServerFactory, database_url: str, signum: int
+) -> None:
+    """The kernel may hand a process's signal to any thread; pacsd must still act on it."""
+    number = SYS_TGKILL.get(platform.machine())
+    if number is None:
+        pytest.skip(f"tgkill's system call number unknown on {platform.machine()}")
+    server = pacsd_server(database_url)
+    assert server.process is not None
+    pid = server.process.pid
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    assert others, "pacsd runs threads besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(number, pid, others[0], int(signum)) == 0, ctypes.get_errno()
+    if signum == signal.SIGHUP:
+        _wait_for_event(server, "SIGHUP: reloading the configuration")
+        assert echo(server.host, server.port)
+        assert server.stop(WAIT_S) == 0
+    else:
+        assert server.wait(WAIT_S) == 0
 
 
 def _wait_for_event(server: PacsdProcess, event: str) -> None:
