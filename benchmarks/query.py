@@ -35,6 +35,7 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,6 @@ from benchmarks.ingest import (
     work_folder,
 )
 from benchmarks.report import percentile
-from pacsd.net.sockets import on_connection_open
 from tests.datagen import TEST_UID_ROOT, StudyContext, ct_image, write_part10
 from tests.harness import PacsdProcess, base_config
 
@@ -329,6 +329,14 @@ class Bench:
 def associate(ae: AE, server: PacsdProcess) -> Association:
     """An association to pacsd with TCP_NODELAY, as the DCMTK clients run (benchmarks/dcmtk)."""
     return associate_to(ae, server.host, server.port, PACSD_AE)
+
+
+def on_connection_open(event: Any) -> None:
+    """EVT_CONN_OPEN: TCP_NODELAY on the requester's socket (a delayed ACK costs ~40 ms per
+    exchange otherwise, docs/dicom-notes.md)."""
+    transport = event.assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def associate_to(ae: AE, host: str, port: int, called_ae_title: str) -> Association:

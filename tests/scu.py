@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from tests.harness import VERIFICATION, PacsdProcess
 
@@ -98,9 +99,28 @@ def request(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for abstract, syntaxes in contexts or [(VERIFICATION, UNCOMPRESSED)]:
         ae.add_requested_context(abstract, syntaxes)
-    return ae.associate(
-        server.host, server.port, ae_title=called, ext_neg=[*(ext_neg or []), *(roles or [])]
+    return settled(
+        ae.associate(
+            server.host, server.port, ae_title=called, ext_neg=[*(ext_neg or []), *(roles or [])]
+        )
     )
+
+
+def settled(assoc: Association) -> Association:
+    """`assoc` as the peer answered it, working around a pynetdicom 3.0 race.
+
+    pynetdicom's requestor thread checks that its socket is still connected after it sent the
+    A-ASSOCIATE-RQ (acse.py, ACSE._negotiate_as_requestor); when the acceptor answers faster
+    than that thread is scheduled again, its DUL thread has already received the
+    A-ASSOCIATE-RJ, queued the rejection and closed the socket (AE-4), and the requestor
+    reports an abort instead. The rejection is still in the DUL's queue: take it from there.
+    """
+    if assoc.is_aborted and not assoc.is_rejected:
+        answer = assoc.dul.receive_pdu(wait=False)
+        if isinstance(answer, A_ASSOCIATE) and answer.result in (0x01, 0x02):
+            assoc.acceptor.primitive = answer
+            assoc.is_rejected, assoc.is_aborted = True, False
+    return assoc
 
 
 def rejection_of(assoc: Association) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from pynetdicom import AE
 
 from tests.harness import VERIFICATION
+from tests.scu import settled
 
 KEY_PASSWORD = "pacsd-test-key-password"  # noqa: S105 - a test key's password
 SERVER_NAME = "localhost"  # in pacsd's certificate, with 127.0.0.1
@@ -125,7 +126,9 @@ def tls_echo(
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACSD", tls_args=(context, SERVER_NAME))
+    assoc = settled(
+        ae.associate("127.0.0.1", port, ae_title="PACSD", tls_args=(context, SERVER_NAME))
+    )
     if assoc.is_rejected:
         return "rejected", None
     if not assoc.is_established:

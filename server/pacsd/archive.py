@@ -2,11 +2,11 @@
 
 Blob first, index second, compensate: the file is durable before its index row is written, the
 row is committed before the peer hears success, and a failed index write removes the new file.
-Nothing here knows about pynetdicom; services/storage.py adapts C-STORE to `Archive.store`.
+Nothing here knows about the network; services/storage.py adapts C-STORE to the archive.
 
-A spool that already starts with the file meta the stored file must have (net/dimse_limits.py
-writes it so) becomes the stored file itself, fsynced and linked into place; any other spool
-is copied behind pacsd's file meta.
+A data set received over DICOM arrives in a file that already starts with pacsd's file meta
+(storage/incoming.py): once checked it becomes the stored file by a rename (`store_received`).
+A Part 10 file from elsewhere (an import) is copied behind pacsd's file meta (`store`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from sqlalchemy.exc import OperationalError
 
 from pacsd.dicom.instance import ParsedInstance, parse_part10
 from pacsd.dicom.part10 import encode_file_meta
-from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
+from pacsd.errors import CannotUnderstand, DatasetMismatch, DuplicateRejected, OutOfResources
 from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestOutcome, InstanceRecord
 from pacsd.index.writer import IndexWriter
 from pacsd.settings import DuplicatePolicy
 from pacsd.settings_security import LimitsSettings
 from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
+from pacsd.storage.incoming import IncomingFile
 
 # The spool's preamble and file meta (PS3.10 7.1) come on top of the data set.
 _MAX_FILE_META_SIZE = 64 * 1024
@@ -37,7 +38,7 @@ _MAX_FILE_META_SIZE = 64 * 1024
 
 @dataclass(frozen=True)
 class IncomingInstance:
-    """A received data set in a Part 10 spool file, with what the C-STORE request said of it."""
+    """A Part 10 file to store, with what the C-STORE request (or the importer) said of it."""
 
     spool_path: Path
     sop_class_uid: str
@@ -81,16 +82,44 @@ class Archive:
         self.writer = IndexWriter(index)
 
     def store(self, incoming: IncomingInstance) -> StoreResult:
-        """Store `incoming` durably, or raise a DicomStatusError saying why not."""
+        """Store the Part 10 file `incoming` durably (a copy behind pacsd's file meta), or
+        raise a DicomStatusError saying why not."""
         with incoming.spool_path.open("rb") as spool:
             spool_size = incoming.spool_path.stat().st_size
             self._check_size(spool_size)
             self.files.ensure_free_space(spool_size)
-            parsed = parse_part10(
-                spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
-            )
+            parsed = self._parse(spool)
             _check_matches_request(incoming, parsed)
             stored = self._write_file(incoming, parsed, spool)
+        return self._indexed(incoming, parsed, stored)
+
+    def store_received(self, received: IncomingFile, incoming: IncomingInstance) -> StoreResult:
+        """Store a data set received into `received` (its file meta is pacsd's: built from
+        the request, which the checks below hold the data set to): check, fsync, rename
+        into place, index. The caller discards `received` whatever happens."""
+        if received.refused is not None:
+            raise OutOfResources(received.refused)
+        self.files.ensure_free_space(received.size)  # as for a copy: room for it once more
+        with open(received.path, "rb") as spool:
+            parsed = self._parse(spool)
+        _check_matches_request(incoming, parsed)
+        attributes = parsed.attributes
+        if parsed.layout.dataset_offset != received.head_size:
+            raise CannotUnderstand("received file meta is not pacsd's")  # never: pacsd wrote it
+        directory = instance_directory(
+            attributes.study_instance_uid, attributes.series_instance_uid
+        )
+        stored = self.files.keep(received, directory, uid_hash(attributes.sop_instance_uid))
+        return self._indexed(incoming, parsed, stored)
+
+    def _parse(self, spool: BinaryIO) -> ParsedInstance:
+        return parse_part10(
+            spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
+        )
+
+    def _indexed(
+        self, incoming: IncomingInstance, parsed: ParsedInstance, stored: StoredFile
+    ) -> StoreResult:
         outcome = self._index(incoming, parsed, stored)
         attributes = parsed.attributes
         return StoreResult(
@@ -102,8 +131,8 @@ class Archive:
         )
 
     def _check_size(self, spool_size: int) -> None:
-        """limits.max_dataset_size, also for data sets that did not arrive over the network
-        (the receive path stops writing the spool long before: net/dimse_limits.py)."""
+        """limits.max_dataset_size, for data sets that did not arrive over the network (the
+        receive path stops writing long before: storage/incoming.py)."""
         limit = int(self.limits.max_dataset_size)
         if spool_size > limit + _MAX_FILE_META_SIZE:
             raise OutOfResources(f"data set larger than the maximum of {limit} bytes")
@@ -122,12 +151,6 @@ class Archive:
             attributes.study_instance_uid, attributes.series_instance_uid
         )
         stem = uid_hash(attributes.sop_instance_uid)
-        if parsed.layout.dataset_offset == len(head):
-            spool.seek(0)
-            if spool.read(len(head)) == head:
-                adopted = self.files.adopt(directory, stem, spool, incoming.spool_path)
-                if adopted is not None:
-                    return adopted
         return self.files.write(directory, stem, head, spool, parsed.layout.dataset_offset)
 
     def _index(

@@ -100,7 +100,7 @@ def config_check(file: Path) -> None:
 
 def _check_tls_files(file: Path, settings: Settings) -> None:
     """Load the certificate, key (with its password) and CA file as `serve` would."""
-    from pacsd.net.tls import TlsSetupError, client_context, server_context
+    from pacsd.engine.tls import TlsSetupError, client_context, server_context
 
     tls = settings.network.tls
     try:
@@ -457,7 +457,7 @@ def _status_url(settings: Settings) -> str:
         _fail(["the status interface is disabled (status.enabled: false)"], EXIT_FAILURE)
     if status.port == 0:
         _fail(["status.port is 0 (chosen at start-up): pass --url"], EXIT_FAILURE)
-    from pacsd.net.status import associations_url
+    from pacsd.http.status import associations_url
 
     return associations_url(_reachable(status.host), status.port)
 

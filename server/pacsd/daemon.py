@@ -1,12 +1,14 @@
 """Life cycle of `pacsd serve`: compose, start, wait for a signal, drain, stop in order.
 
+The DICOM engine runs on an asyncio event loop in the main thread (engine/core.py).
 SIGTERM or SIGINT: stop accepting, let running associations finish within the grace period,
-abort the rest, wait for their handlers, close the database, exit 0. A second signal skips the
-rest of the grace period. SIGHUP: reload the policies and the peer table (runtime.py).
+abort the rest, wait for their operations, close the database, exit 0. A second signal skips
+the rest of the grace period. SIGHUP: reload the policies and the peer table (runtime.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import os
@@ -14,15 +16,18 @@ import ssl
 import sys
 from pathlib import Path
 
+from pydicom import config as pydicom_config
+
 from pacsd import __version__, audit
 from pacsd.archive import Archive
+from pacsd.engine.core import Engine, ListenError
+from pacsd.engine.delivery import EngineDelivery
+from pacsd.engine.operations import Services
+from pacsd.engine.tls import TlsSetupError, configure_outgoing, server_context
+from pacsd.http.status import StatusServer, associations_url
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import bind_process, get_logger
-from pacsd.net import pdu_limits, sockets
-from pacsd.net.listener import Listener, Services, configure_pynetdicom
-from pacsd.net.status import StatusServer, associations_url
-from pacsd.net.tls import TlsSetupError, configure_outgoing, server_context
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
 from pacsd.services.commitment import CommitmentService, CommitmentWorker
@@ -32,7 +37,7 @@ from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
 from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
-from pacsd.signals import Signals
+from pacsd.signals import LoopSignals, Signals
 from pacsd.storage.filesystem import FilesystemStore
 from pacsd.workers import stop_with_supervisor, supervise, worker_index
 
@@ -88,7 +93,6 @@ def _prepare_tls(settings: Settings) -> ssl.SSLContext | None:
     network = settings.network
     needed_outgoing = network.tls.enabled or any(peer.tls for peer in settings.peers)
     configure_outgoing(network.tls, build_now=needed_outgoing)
-    sockets.configure(sockets.SocketOptions.from_settings(network))
     return server_context(network.tls) if network.tls.enabled else None
 
 
@@ -157,12 +161,10 @@ def _serve_associations(
     worker: int | None,
     tls_context: ssl.SSLContext | None,
 ) -> int:
-    """Compose the services and the listener, and serve until stopped."""
-    logging_settings = settings.logging
-    configure_pynetdicom(
-        files.spool_dir, logging_settings.log_patient_data, logging_settings.pynetdicom_level
-    )
-    pdu_limits.install(pdu_limits.ReceiveLimits.from_settings(settings.limits))
+    """Compose the services and the engine, and serve until stopped."""
+    # pydicom checks every value it decodes against its VR's regular expression only to warn:
+    # pacsd keeps what it receives as received; structural checks are dicom/integrity.py's.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     archive = Archive(files, index, settings.storage.duplicate_policy, settings.limits)
     commitment = CommitmentWorker(
         index, files, runtime.peers, settings.commitment, settings.ae_title
@@ -175,41 +177,43 @@ def _serve_associations(
         mpps=MppsService(index, settings.worklist.retire_completed),
         commitment=CommitmentService(index, commitment),
     )
-    listener = Listener(
-        settings, services, runtime.policy, reuse_port=worker is not None, tls_context=tls_context
-    )
     leading = worker in (None, 0)  # the one process with the status and commitment threads
+    return asyncio.run(_run(settings, runtime, services, commitment, worker, tls_context, leading))
+
+
+async def _run(
+    settings: Settings,
+    runtime: RuntimeConfig,
+    services: Services,
+    commitment: CommitmentWorker,
+    worker: int | None,
+    tls_context: ssl.SSLContext | None,
+    leading: bool,
+) -> int:
+    loop = asyncio.get_running_loop()
+    engine = Engine(
+        settings,
+        services,
+        runtime.policy,
+        runtime.peers,
+        reuse_port=worker is not None,
+        tls_context=tls_context,
+    )
+    signals = LoopSignals()
+    signals.install(loop)
+    commitment.delivery = EngineDelivery(engine, loop)
+    try:
+        addresses = await engine.start()
+    except ListenError as exc:
+        return _refuse_start(str(exc))
     if leading:
         commitment.start()  # reports still pending from an earlier run go out now
-    try:
-        return _run_until_stopped(settings, runtime, listener, with_status=leading)
-    finally:
-        commitment.stop()
-
-
-def _start_status(settings: Settings, listener: Listener) -> StatusServer | None:
-    status = settings.status
-    if not status.enabled:
-        return None
-    server = StatusServer(status.host, status.port, listener.status_snapshot)
-    server.start()
-    host, port = server.address
-    log.info("status interface listening", url=associations_url(host, port))
-    return server
-
-
-def _run_until_stopped(
-    settings: Settings, runtime: RuntimeConfig, listener: Listener, with_status: bool
-) -> int:
-    signals = Signals()
-    signals.install()
-    addresses = listener.start()
     # Everything made so far (modules, configuration, the composed services) lives until exit:
     # out of the collector's sight, a full collection costs microseconds instead of ~60 ms.
     gc.freeze()
     status = None
     try:
-        status = _start_status(settings, listener) if with_status else None
+        status = await _start_status(settings, engine) if leading else None
         # `port` is the plain listener's, or the TLS one's when there is no plain listener.
         log.info(
             "listening",
@@ -219,22 +223,36 @@ def _run_until_stopped(
             plain=addresses.port is not None,
             ae_title=settings.ae_title,
         )
-        _wait_for_stop(signals, runtime)
+        await _wait_for_stop(signals, runtime)
     finally:
         if status is not None:
             status.stop()
-        listener.stop_accepting()
-    grace = settings.daemon.shutdown_grace_period
-    if not listener.drain(grace, signals.force):
-        aborted = listener.abort_all()
-        log.warning("aborted associations still running after the grace period", count=aborted)
+        engine.stop_accepting()
+        grace = settings.daemon.shutdown_grace_period
+        if not await engine.drain(grace, signals.force):
+            aborted = await engine.abort_all()
+            log.warning("aborted associations still running after the grace period", count=aborted)
+        # Both may wait on the loop (a report in delivery, an operation's last response).
+        await loop.run_in_executor(None, commitment.stop)
+        await loop.run_in_executor(None, engine.close)
     return 0
 
 
-def _wait_for_stop(signals: Signals, runtime: RuntimeConfig) -> None:
+async def _start_status(settings: Settings, engine: Engine) -> StatusServer | None:
+    status = settings.status
+    if not status.enabled:
+        return None
+    server = StatusServer(status.host, status.port, engine.status_snapshot)
+    await server.start()
+    host, port = server.address
+    log.info("status interface listening", url=associations_url(host, port))
+    return server
+
+
+async def _wait_for_stop(signals: LoopSignals, runtime: RuntimeConfig) -> None:
     """Serve until SIGTERM/SIGINT, reloading the configuration on each SIGHUP."""
     while True:
-        signals.wait()
+        await signals.wait()
         if signals.reload.is_set():
             signals.reload.clear()
             log.info("SIGHUP: reloading the configuration")

@@ -1,28 +1,59 @@
-"""A C-ECHO client, used by `pacsd echo` (health checks) and by tests."""
+"""A C-ECHO client, used by `pacsd echo` (health checks) and by tests: pacsd's own engine as
+association requestor (engine/requestor.py)."""
 
 from __future__ import annotations
 
-from pynetdicom import AE
+import asyncio
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsd.dicom.sop_classes import VERIFICATION
+from pacsd.engine.association import Timeouts
+from pacsd.engine.limits import ReceiveLimits
+from pacsd.engine.requestor import AssociationRefused, Proposal, associate
+from pacsd.engine.responses import echo_request
+from pacsd.engine.sockets import SocketOptions
+
+ECHO_MAX_PDU = 16384
 
 
 def send_echo(
     host: str, port: int, calling_ae_title: str, called_ae_title: str, timeout: float
 ) -> tuple[int | None, str]:
     """One association, one C-ECHO: (status or None, problem description or '')."""
-    ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=called_ae_title)
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            return None, "association rejected"
-        return None, "no association (server unreachable or aborted)"
+    return asyncio.run(_echo(host, port, calling_ae_title, called_ae_title, timeout))
+
+
+async def _echo(
+    host: str, port: int, calling_ae_title: str, called_ae_title: str, timeout: float
+) -> tuple[int | None, str]:
+    proposal = Proposal(
+        calling_ae_title,
+        called_ae_title,
+        [(VERIFICATION, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])],
+        max_pdu=ECHO_MAX_PDU,
+    )
+    timeouts = Timeouts(timeout, timeout, timeout)
     try:
-        response = assoc.send_c_echo()
+        assoc = await associate(
+            host, port, proposal, ReceiveLimits(), timeouts, SocketOptions(), timeout
+        )
+    except AssociationRefused as exc:
+        reason = str(exc)
+        if reason.startswith("rejected"):
+            return None, f"association {reason}"
+        return None, f"no association ({reason})"
+    try:
+        context = next(iter(assoc.contexts.values()), None)
+        if context is None:
+            return None, "Verification not accepted"
+        message_id = assoc.next_message_id()
+        try:
+            reply, _ = await assoc.send_request(
+                context.context_id, echo_request(message_id), message_id, None
+            )
+        except (TimeoutError, ConnectionError):
+            return None, "no C-ECHO response"
     finally:
-        assoc.release()
-    status = getattr(response, "Status", None)
-    return (int(status), "") if status is not None else (None, "no C-ECHO response")
+        await assoc.release()
+    return (reply.status, "") if reply.status is not None else (None, "no C-ECHO response")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pydicom.uid import UID
 
 from pacsd.dicom import sop_classes, transfer_syntaxes
-from pacsd.net.contexts import is_served
+from pacsd.engine.negotiation import is_served
 from pacsd.policy.engine import AssociationRequest, Decision, Grant, allow, decide
 from pacsd.runtime import compile_policy
 from pacsd.settings import Settings

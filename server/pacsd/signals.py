@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import faulthandler
 import signal
 import threading
@@ -50,3 +51,36 @@ class Signals:
     def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload.set()
         self.wake.set()
+
+
+class LoopSignals:
+    """The same signals for a process whose main thread runs an asyncio loop: the handlers
+    run on the loop (signal.set_wakeup_fd wakes it whichever thread the kernel chose)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.reload = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Register the handlers on `loop` (main thread only)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # C-level: works when hung
+
+    async def wait(self) -> None:
+        """Until a handler has run; then clear the wake-up."""
+        await self._wake.wait()
+        self._wake.clear()
+
+    def _on_stop(self) -> None:
+        if self.stop.is_set():
+            self.force.set()
+        self.stop.set()
+        self._wake.set()
+
+    def _on_hangup(self) -> None:
+        self.reload.set()
+        self._wake.set()

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pacsd.net.pending import PendingConnections
-from pacsd.net.sockets import SocketOptions
+from pacsd.engine.pending import PendingConnections
+from pacsd.engine.sockets import SocketOptions
 from tests.conftest import ServerFactory
 from tests.harness import PacsdProcess, echo
 from tests.scu import established

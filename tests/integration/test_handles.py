@@ -33,7 +33,7 @@ from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, pacsd_command
 from tests.inspect_archive import dataset_bytes
 from tests.perf.associations import CALLING_AE, EncodedRequests, one_association
-from tests.scu import chunked_send, status_of
+from tests.scu import chunked_send, settled, status_of
 
 ServerFactory = Callable[..., PacsdProcess]
 Snapshot = dict[str, Any]
@@ -283,7 +283,9 @@ def test_rejected_association_leaves_nothing(
 ) -> None:
     """With no rule at all every association is rejected, and no handle stays behind."""
     server = pacsd_server(database_url, ready_by_echo=False, policies=[])
-    assoc = scu("CT1").associate(server.host, server.port, ae_title="PACSD", max_pdu=SCU_MAX_PDU)
+    assoc = settled(
+        scu("CT1").associate(server.host, server.port, ae_title="PACSD", max_pdu=SCU_MAX_PDU)
+    )
     assert assoc.is_rejected
     rejected = wait_for_log(server, "association rejected", calling_ae_title="CT1")
     wait_for_log(server, "association closed", association_id=rejected["association_id"])

@@ -58,7 +58,7 @@ def test_rejections_carry_the_configured_codes(
     """A rejecting rule answers its own result/source/reason; no matching rule answers 1/1/3."""
     server = pacsd_server(policies=[policy], ready_by_echo=False)
     assert rejection_of(request(server)) == expected
-    [line] = server.events("association rejected")
+    [line] = server.wait_for("association rejected")
     assert line["rejection"] == "result={} source={} reason={}".format(*expected)
 
 

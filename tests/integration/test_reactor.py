@@ -1,9 +1,8 @@
-"""The event-driven association reactors (server/pacsd/net/reactor.py) on a real pacsd.
+"""The engine's event loop on a real pacsd: associations are objects on one loop, not threads.
 
-pynetdicom's own reactors poll every millisecond; pacsd's wait on the socket and on their
-queues. What that must not change: timers still fire (ARTIM, network idle timeout), every
-association still works, and nothing is left behind (threads end, the wake-up pipes close).
-What it must change: idle associations cost (almost) no CPU.
+Timers still fire (ARTIM, network idle timeout), every association still works, nothing is
+left behind (no thread per association, descriptors closed), and idle associations cost
+(almost) no CPU.
 """
 
 from __future__ import annotations

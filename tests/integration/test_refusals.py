@@ -15,7 +15,7 @@ from pacsd.dicom.part10 import encode_file_meta
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, echo
 from tests.inspect_archive import dataset_bytes, index_rows, stored_files, work_files
-from tests.scu import associate, store_files
+from tests.scu import associate, settled, store_files
 
 ServerFactory = Callable[..., PacsdProcess]
 
@@ -205,7 +205,7 @@ def test_policy_rejection_uses_standard_codes(
     server = pacsd_server(database_url, policies=policies, ready_by_echo=False)
     ae = AE(ae_title="OUTSIDER")
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate(server.host, server.port, ae_title="PACSD")
+    assoc = settled(ae.associate(server.host, server.port, ae_title="PACSD"))
     assert assoc.is_rejected
     answer = assoc.acceptor.primitive
     assert (answer.result, answer.result_source, answer.diagnostic) == expected

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess
+from tests.scu import settled
 
 ServerFactory = Callable[..., PacsdProcess]
 
@@ -44,7 +45,7 @@ def associate(server: PacsdProcess, calling: str) -> Association:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    return ae.associate(server.host, server.port, ae_title="PACSD")
+    return settled(ae.associate(server.host, server.port, ae_title="PACSD"))
 
 
 def accepted(server: PacsdProcess, calling: str) -> bool:

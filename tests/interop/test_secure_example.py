@@ -25,6 +25,7 @@ from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, base_config, pacsd_command
 from tests.inspect_archive import index_rows
 from tests.interop.test_dcmtk import run
+from tests.scu import settled
 from tests.tls_certs import KEY_PASSWORD, SERVER_NAME, Pki, client_context, make_pki
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -87,8 +88,10 @@ def ris_association(pki: Pki, port: int, password: str) -> Any:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(VERIFICATION)
     context: ssl.SSLContext = client_context(pki, pki.client("ris.example.org"))
-    return ae.associate(
-        "127.0.0.1", port, ae_title="PACSD", ext_neg=[identity], tls_args=(context, SERVER_NAME)
+    return settled(
+        ae.associate(
+            "127.0.0.1", port, ae_title="PACSD", ext_neg=[identity], tls_args=(context, SERVER_NAME)
+        )
     )
 
 

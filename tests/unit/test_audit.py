@@ -13,7 +13,7 @@ import pytest
 from pacsd import audit
 from pacsd.audit import events, messages, transfers
 from pacsd.audit.sinks import FailureReport, FileSink
-from pacsd.net.handle import ClientHandle
+from pacsd.handle import ClientHandle
 from pacsd.settings import Settings
 
 SOURCE = messages.AuditSource("PACSD@host", "Hospital")

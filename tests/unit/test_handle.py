@@ -1,29 +1,15 @@
-"""The client handle registry: handles live exactly as long as their association."""
+"""The client handle: counters that add up across threads, and its JSON snapshot."""
 
 from __future__ import annotations
 
 import threading
 
-from pacsd.net.handle import HandleRegistry, NegotiatedContext
-
-
-def test_registry_forgets_closed_and_finished_associations() -> None:
-    """close() removes a handle; close_finished() sweeps those whose close event was missed."""
-    registry = HandleRegistry()
-    alive, ended, closed = object(), object(), object()
-    for key, port in ((alive, 1), (ended, 2), (closed, 3)):
-        registry.open(key, "127.0.0.1", port)
-    assert registry.close(closed) is not None
-    assert registry.close(closed) is None  # a second close event is harmless
-    swept = registry.close_finished(lambda key: key is ended)
-    assert [handle.peer_port for handle in swept] == [2]
-    assert [handle.peer_port for handle in registry.live()] == [1]
-    assert registry.find(ended) is None
+from pacsd.handle import ClientHandle, NegotiatedContext
 
 
 def test_counters_per_service_survive_concurrent_updates() -> None:
     """Invoked/completed/failed per DIMSE service and byte counts add up across threads."""
-    handle = HandleRegistry().open(object(), "::1", 4242)
+    handle = ClientHandle.connect("::1", 4242)
 
     def work() -> None:
         for _ in range(500):
@@ -51,7 +37,7 @@ def test_counters_per_service_survive_concurrent_updates() -> None:
 
 def test_snapshot_splits_accepted_and_rejected_contexts() -> None:
     """The snapshot names SOP classes and keeps roles and results."""
-    handle = HandleRegistry().open(object(), "127.0.0.1", 5)
+    handle = ClientHandle.connect("127.0.0.1", 5)
     handle.contexts = [
         NegotiatedContext(1, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 0, True, True),
         NegotiatedContext(3, "1.2.3.4", "1.2.840.10008.1.2", 3),

@@ -22,12 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.events import Event
-
 from pacsd.audit import events, transfers
 from pacsd.audit.messages import MINOR_FAILURE, SUCCESS, AuditMessage, AuditSource
 from pacsd.audit.sinks import FailureReport, FileSink, SyslogSink
-from pacsd.net.handle import ClientHandle
+from pacsd.dimse.messages import Request
+from pacsd.handle import ClientHandle
 from pacsd.settings import Peer, Settings
 from pacsd.settings_security import AuditSettings
 
@@ -202,7 +201,7 @@ def association_closed(handle: ClientHandle) -> None:
 
 def operation_finished(
     handle: ClientHandle,
-    event: Event,
+    request: Request,
     operation: str,
     status: int,
     fields: Mapping[str, Any],
@@ -216,7 +215,7 @@ def operation_finished(
     if trail is None:
         return
     try:
-        _operation(trail, handle, event, operation, status, fields, subject)
+        _operation(trail, handle, request, operation, status, fields, subject)
     except Exception as exc:
         trail.errors.failed(exc)
 
@@ -224,7 +223,7 @@ def operation_finished(
 def _operation(
     trail: AuditTrail,
     handle: ClientHandle,
-    event: Event,
+    request: Request,
     operation: str,
     status: int,
     fields: Mapping[str, Any],
@@ -232,19 +231,18 @@ def _operation(
 ) -> None:
     source, ae_title = trail.source, trail.ae_title
     if status == NOT_AUTHORIZED:
-        sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+        sop_class = request.sop_class_uid
         trail.emit(events.operation_refused(source, ae_title, handle, operation, sop_class))
     elif operation == "C-STORE":
-        key = transfers.store_key(event, status, str(fields.get("outcome", "")), subject)
-        sop_class = str(event.request.AffectedSOPClassUID or "")
-        trail.stores.add(handle, key, sop_class, status)
+        key = transfers.store_key(request, status, str(fields.get("outcome", "")), subject)
+        trail.stores.add(handle, key, request.sop_class_uid, status)
     elif operation == "C-FIND":
-        trail.emit(transfers.query_message(source, ae_title, handle, event, status, fields))
+        trail.emit(transfers.query_message(source, ae_title, handle, request, status, fields))
     elif operation in ("C-GET", "C-MOVE"):
         address = _peer_address(trail, str(fields.get("destination", "") or ""))
         trail.emit(
             transfers.retrieve_message(
-                source, ae_title, handle, event, operation, status, fields, address
+                source, ae_title, handle, request, operation, status, fields, address
             )
         )
 

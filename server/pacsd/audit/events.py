@@ -52,7 +52,7 @@ from pacsd.audit.messages import (
     study_object,
     uri_object,
 )
-from pacsd.net.handle import ClientHandle
+from pacsd.handle import ClientHandle
 
 
 def requestor(handle: ClientHandle, role: Participant | None = None) -> Participant:

@@ -17,15 +17,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom.dimse_primitives import C_FIND
-from pynetdicom.events import Event
 
 from pacsd.audit.events import requestor
 from pacsd.audit.messages import (
@@ -48,7 +46,8 @@ from pacsd.audit.messages import (
     study_object,
 )
 from pacsd.dicom.part10 import open_dataset, read_layout
-from pacsd.net.handle import ClientHandle
+from pacsd.dimse.messages import Request
+from pacsd.handle import ClientHandle
 
 _LAST_TAG_READ = 0x0020000D  # StudyInstanceUID: PatientID (0010,0020) comes before it
 _HEADER_INFLATE_LIMIT = 16 * 1024 * 1024
@@ -135,23 +134,25 @@ def _local(handle: ClientHandle, ae_title: str) -> Participant:
 
 
 def store_key(
-    event: Event, status: int, outcome: str, subject: tuple[str, str] | None = None
+    request: Request, status: int, outcome: str, subject: tuple[str, str] | None = None
 ) -> StudyKey:
-    """The study, patient and action of one finished C-STORE (read from the spool file when
-    the archive did not get that far)."""
-    study_instance_uid, patient_id = subject or instance_subject(event)
+    """The study, patient and action of one finished C-STORE (read from the received file
+    when the archive did not get that far)."""
+    path = getattr(request.data, "path", None)
+    study_instance_uid, patient_id = subject or instance_subject(path)
     action = _ACTIONS.get(outcome, CREATE)
     return StudyKey(study_instance_uid, patient_id, action, outcome_of_status(status))
 
 
-def instance_subject(event: Event) -> tuple[str, str]:
-    """(StudyInstanceUID, PatientID) of the received data set, read from its spool file.
+def instance_subject(path: Path | None) -> tuple[str, str]:
+    """(StudyInstanceUID, PatientID) of a received data set, read from its file.
 
     Only the elements up to (0020,000D) are parsed, values over 1 KiB left unread; a data set
     that cannot be read (it may be why the C-STORE failed) gives empty strings.
     """
+    if path is None:
+        return "", ""
     try:
-        path = Path(event.dataset_path)
         with path.open("rb") as fp:
             layout = read_layout(fp)
             if layout.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
@@ -184,13 +185,12 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def query_message(
-    source: AuditSource, ae_title: str, handle: ClientHandle, event: Event, status: int,
+    source: AuditSource, ae_title: str, handle: ClientHandle, request: Request, status: int,
     fields: Mapping[str, Any],
 ) -> AuditMessage:  # fmt: skip
     """Query (PS3.15 A.5.3.10): one C-FIND request, with its identifier as received."""
-    request = cast(C_FIND, event.request)
-    identifier = request.Identifier.getvalue() if request.Identifier is not None else b""
-    sop_class_uid = str(request.AffectedSOPClassUID or "")
+    identifier = request.data if isinstance(request.data, bytes) else b""
+    sop_class_uid = request.sop_class_uid
     level = " ".join(str(fields[name]) for name in ("model", "query_level") if name in fields)
     description = f"{level}; {fields.get('matches', 0)} matches".lstrip("; ")
     return audit_message(
@@ -199,9 +199,7 @@ def query_message(
         outcome_of_status(status),
         source,
         [requestor(handle, Participant("", True, role=ROLE_SOURCE)), _local(handle, ae_title)],
-        objects=[
-            query_object(sop_class_uid, identifier, str(event.context.transfer_syntax), level)
-        ],
+        objects=[query_object(sop_class_uid, identifier, request.context.transfer_syntax, level)],
         description=f"{description}; status 0x{status:04X}",
     )
 
@@ -210,7 +208,7 @@ def retrieve_message(
     source: AuditSource,
     ae_title: str,
     handle: ClientHandle,
-    event: Event,
+    request: Request,
     operation: str,
     status: int,
     fields: Mapping[str, Any],
@@ -240,15 +238,15 @@ def retrieve_message(
         outcome_of_status(status),
         source,
         participants,
-        objects=list(_retrieved_objects(event)),
+        objects=list(_retrieved_objects(request)),
         description=description,
     )
 
 
-def _retrieved_objects(event: Event) -> Iterator[dict[str, Any]]:
+def _retrieved_objects(request: Request) -> Iterator[dict[str, Any]]:
     """The studies and patient the retrieve identifier names (its unique keys)."""
     try:
-        identifier: Dataset = event.identifier
+        identifier: Dataset = request.dataset()
         studies = identifier.get("StudyInstanceUID", "") or ""
         patient_id = _text(identifier, "PatientID")
     except Exception:

@@ -7,6 +7,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
@@ -57,6 +58,16 @@ def read_layout(fp: BinaryIO) -> Part10Layout:
     if "TransferSyntaxUID" not in meta:
         raise CannotUnderstand("file meta has no Transfer Syntax UID")
     return Part10Layout(meta=meta, dataset_offset=dataset_offset, file_size=file_size)
+
+
+def dataset_offset(path: Path) -> int:
+    """Where the data set of a Part 10 file pacsd stored begins (after its file meta group)."""
+    with open(path, "rb") as fp:
+        head = fp.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != _GROUP_LENGTH_TAG:
+        raise CannotUnderstand(f"{path.name} is not a Part 10 file with a group length")
+    (group_length,) = struct.unpack("<L", head[140:144])
+    return 144 + int(group_length)
 
 
 def encode_file_meta(

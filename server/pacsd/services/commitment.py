@@ -2,10 +2,10 @@
 
 The N-ACTION handler checks the request, stores it in the index and answers Success at once;
 the report is the worker's job, never the handler's. The worker checks every referenced
-instance (index row, file present, SHA-256 as stored), keeps the outcome, and sends the
-N-EVENT-REPORT (event 1: all committed; event 2: with the Failed SOP Sequence):
+instance (index row, file present, SHA-256 as stored), keeps the outcome, and has the engine
+send the N-EVENT-REPORT (event 1: all committed; event 2: with the Failed SOP Sequence):
 - on the requesting association when it is still open and `commitment.report_on_same_association`
-  is on, once its reactor is idle between requests (services/retrieve.pause_reactor);
+  is on (the engine interleaves it with the requester's own requests);
 - otherwise on a new association to the requester's address from the AE table, proposing the
   SCP role for the Storage Commitment Push Model SOP class (PS3.4 J.3.3, PS3.7 D.3.3.4).
 A failed delivery is retried with exponential back-off; pending requests are in the database,
@@ -14,24 +14,16 @@ so a restarted pacsd delivers them.
 
 from __future__ import annotations
 
-import queue
 import threading
-import time
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from io import BytesIO
-from typing import Any, cast
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE, build_role, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
-from pynetdicom.dsutils import encode
-from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 
+from pacsd.dimse.commands import ACTION_TYPE_ID
+from pacsd.dimse.messages import Request
 from pacsd.errors import (
     MissingAttribute,
     NoSuchAction,
@@ -39,6 +31,7 @@ from pacsd.errors import (
     ProcessingFailure,
     UnrecognizedOperation,
 )
+from pacsd.handle import ClientHandle
 from pacsd.index.commitment import (
     add_request,
     due_now,
@@ -51,11 +44,7 @@ from pacsd.index.commitment import (
 )
 from pacsd.index.database import IndexDatabase
 from pacsd.logs import get_logger
-from pacsd.net.handle import ClientHandle
-from pacsd.net.sockets import on_connection_open
-from pacsd.net.tls import tls_args_for
-from pacsd.services.guard import NormalizedResult
-from pacsd.services.retrieve import pause_reactor
+from pacsd.services.guard import OperationResult
 from pacsd.settings import CommitmentSettings, Peer
 from pacsd.storage.filesystem import FilesystemStore
 
@@ -64,16 +53,25 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.5
 REQUEST_COMMITMENT = 1  # Action Type ID, PS3.4 J.3.2.1
 ALL_COMMITTED, SOME_FAILED = 1, 2  # Event Type ID, PS3.4 J.3.3.1
 MAX_WAIT_S = 5.0
-PAUSE_TIMEOUT_S = 10.0
-REPORT_TIMEOUT_S = 30.0
-POLL_S = 0.1  # how often a report sent on the same association checks that it is still open
-REPORT_MESSAGE_ID = 1
 
 log = get_logger("pacsd.commitment")
 
 
 class DeliveryFailed(Exception):
     """The report could not be delivered this time; the reason is for the log."""
+
+
+class ReportDelivery(Protocol):
+    """How the engine puts an N-EVENT-REPORT on the wire (blocking the worker's thread)."""
+
+    def on_same_association(self, association_id: str, report: Dataset, event_type: int) -> bool:
+        """Send it on that (acceptor) association if it is still open with a context for the
+        report; True once the requester acknowledged it with Success."""
+        ...
+
+    def on_new_association(self, peer: Peer, report: Dataset, event_type: int) -> None:
+        """Send it on a new association to `peer`; DeliveryFailed when that did not work."""
+        ...
 
 
 def requested_references(info: Dataset) -> list[tuple[str, str]]:
@@ -128,10 +126,11 @@ class CommitmentWorker:
     ) -> None:
         self.index, self.files, self.peers = index, files, peers
         self.settings, self.ae_title = settings, ae_title
+        self.delivery: ReportDelivery | None = None  # the engine's, set before `start`
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._associations: dict[str, weakref.ref[Association]] = {}
+        self._associations: dict[str, str] = {}  # transaction UID -> association ID
         self._thread = threading.Thread(target=self._run, name="commitment", daemon=True)
 
     def start(self) -> None:
@@ -148,7 +147,7 @@ class CommitmentWorker:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, transaction_uid: str, assoc: Association) -> None:
+    def submit(self, transaction_uid: str, association_id: str) -> None:
         """A new request: remember its association, and look at it now.
 
         Not started (a worker other than worker 0): the leading worker finds the request in
@@ -158,7 +157,7 @@ class CommitmentWorker:
             return
         if self.settings.report_on_same_association:
             with self._lock:
-                self._associations[transaction_uid] = weakref.ref(assoc)
+                self._associations[transaction_uid] = association_id
         self._wake.set()
 
     def _run(self) -> None:
@@ -216,108 +215,20 @@ class CommitmentWorker:
     def _deliver(self, transaction_uid: str, calling: str, result: Mapping[str, Any]) -> str:
         report = report_dataset(transaction_uid, result, self.ae_title)
         event_type = SOME_FAILED if result["failed"] else ALL_COMMITTED
+        delivery = self.delivery
+        if delivery is None:
+            raise DeliveryFailed("no engine to deliver the report")
         with self._lock:
-            reference = self._associations.get(transaction_uid)
-        assoc = reference() if reference is not None else None
-        if (
-            assoc is not None
-            and assoc.is_established
-            and pause_reactor(assoc, PAUSE_TIMEOUT_S)
-            and _send_between_requests(assoc, report, event_type)
+            association_id = self._associations.get(transaction_uid)
+        if association_id is not None and delivery.on_same_association(
+            association_id, report, event_type
         ):
             return "same association"
-        return self._deliver_on_new_association(calling, report, event_type)
-
-    def _deliver_on_new_association(self, calling: str, report: Dataset, event_type: int) -> str:
         peer = self.peers().get(calling)
         if peer is None:
             raise DeliveryFailed(f"{calling} is not in the AE table (peers)")
-        ae = AE(ae_title=self.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(PUSH_MODEL)
-        assoc = ae.associate(
-            peer.host,
-            peer.port,
-            ae_title=peer.ae_title,
-            ext_neg=[build_role(PUSH_MODEL, scu_role=False, scp_role=True)],
-            evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
-            tls_args=tls_args_for(peer),  # DICOM TLS to a peer marked `tls` (net/tls.py)
-        )
-        if not assoc.is_established:
-            raise DeliveryFailed(f"no association with {peer.ae_title} at {peer.host}:{peer.port}")
-        try:
-            if not self._send(assoc, report, event_type):
-                raise DeliveryFailed(f"{peer.ae_title} did not acknowledge the report")
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        delivery.on_new_association(peer, report, event_type)
         return "new association"
-
-    @staticmethod
-    def _send(assoc: Association, report: Dataset, event_type: int) -> bool:
-        try:
-            status, _reply = assoc.send_n_event_report(
-                report, event_type, PUSH_MODEL, WELL_KNOWN_INSTANCE
-            )
-        except (RuntimeError, ValueError) as exc:
-            assoc._reactor_checkpoint.set()  # never leave the reactor stopped
-            log.warning("commitment report could not be sent", reason=str(exc))
-            return False
-        return int(status.get("Status", 0xFFFF)) == 0x0000
-
-
-def _send_between_requests(assoc: Association, report: Dataset, event_type: int) -> bool:
-    """N-EVENT-REPORT on an association whose reactor `pause_reactor` has stopped.
-
-    The requester may send its next request before it answers the report; pynetdicom's
-    send_n_event_report would take that request for the answer. Here any request that arrives
-    meanwhile is put back on the DIMSE queue, in order, for the reactor to serve once resumed.
-    """
-    stashed: list[Any] = []
-    try:
-        context = next(
-            c for c in assoc.accepted_contexts if c.abstract_syntax == PUSH_MODEL and c.as_scp
-        )
-        syntax = context.transfer_syntax[0]
-        request = N_EVENT_REPORT()
-        request.MessageID = REPORT_MESSAGE_ID
-        request.AffectedSOPClassUID = PUSH_MODEL
-        request.AffectedSOPInstanceUID = WELL_KNOWN_INSTANCE
-        request.EventTypeID = event_type
-        encoded = encode(report, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-        if encoded is None:
-            raise ValueError("the report does not encode")
-        request.EventInformation = BytesIO(encoded)
-        assoc.dimse.send_msg(request, cast(int, context.context_id))
-        deadline = time.monotonic() + float(assoc.dimse_timeout or REPORT_TIMEOUT_S)
-        while _still_open(assoc) and time.monotonic() < deadline:
-            # Short waits, not get_msg(block=True), which waits out the whole DIMSE timeout.
-            try:
-                context_id, message = assoc.dimse.msg_queue.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if isinstance(message, N_EVENT_REPORT) and not message.is_valid_request:
-                return int(message.Status or 0) == 0x0000
-            stashed.append((context_id, message))
-        return False
-    except (StopIteration, RuntimeError, ValueError) as exc:
-        log.warning("commitment report could not be sent", reason=repr(exc))
-        return False
-    finally:
-        for item in stashed:
-            assoc.dimse.msg_queue.put(item)
-        assoc._reactor_checkpoint.set()
-
-
-def _still_open(assoc: Association) -> bool:
-    """Whether a report sent on `assoc` can still be answered.
-
-    The paused reactor does not handle the requester's A-RELEASE-RQ, so `is_established` stays
-    True; the release (or abort) waiting on the DUL's queue says the requester is leaving, and
-    a requester ignores N-EVENT-REPORTs while it releases (pynetdicom does).
-    """
-    leaving = isinstance(assoc.dul.peek_next_pdu(), (A_RELEASE, A_ABORT, A_P_ABORT))
-    return assoc.is_established and assoc.dul.is_alive() and not leaving
 
 
 class CommitmentService:
@@ -327,24 +238,24 @@ class CommitmentService:
         self.index = index
         self.worker = worker
 
-    def on_n_action(self, event: Event, handle: ClientHandle) -> NormalizedResult:
+    def on_n_action(self, request: Request, handle: ClientHandle) -> OperationResult:
         """Store the request and answer Success; the worker reports."""
-        request = cast(N_ACTION, event.request)
-        if str(request.RequestedSOPClassUID) != PUSH_MODEL:
-            raise UnrecognizedOperation(f"N-ACTION on {request.RequestedSOPClassUID}")
-        if request.ActionTypeID != REQUEST_COMMITMENT:
-            raise NoSuchAction(f"action type {request.ActionTypeID} (only 1: request)")
-        if str(request.RequestedSOPInstanceUID) != WELL_KNOWN_INSTANCE:
+        if request.sop_class_uid != PUSH_MODEL:
+            raise UnrecognizedOperation(f"N-ACTION on {request.sop_class_uid}")
+        action_type = request.command.number(ACTION_TYPE_ID)
+        if action_type != REQUEST_COMMITMENT:
+            raise NoSuchAction(f"action type {action_type} (only 1: request)")
+        if request.sop_instance_uid != WELL_KNOWN_INSTANCE:
             raise NoSuchObjectInstance(f"use the well-known instance {WELL_KNOWN_INSTANCE}")
         try:
-            info: Dataset = event.action_information
+            info = request.dataset()
         except Exception as exc:
             raise ProcessingFailure(f"action information cannot be decoded: {exc}") from None
         references = requested_references(info)
         transaction = str(info.TransactionUID)
         add_request(self.index, transaction, handle.calling_ae_title, references)
-        self.worker.submit(transaction, event.assoc)
+        self.worker.submit(transaction, handle.association_id)
         handle.log.info(
             "storage commitment requested", transaction_uid=transaction, instances=len(references)
         )
-        return 0x0000, None
+        return OperationResult(0x0000)

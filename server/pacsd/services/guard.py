@@ -1,34 +1,44 @@
-"""The one place where service outcomes and errors become DIMSE responses and log lines.
+"""The one place where service outcomes and errors become DIMSE statuses and log lines.
 
-Every DIMSE handler is wrapped here: domain errors answer their own status with an Error
-Comment, anything unexpected is logged with its traceback and answers Processing Failure
-(0x0110, PS3.7 C.4), and each operation gets exactly one log line with its status and duration.
+Every DIMSE request goes through here: the policy's second question (may this peer do this?),
+then the service; domain errors answer their own status with an Error Comment, anything
+unexpected is logged with its traceback and answers Processing Failure (0x0110, PS3.7 C.4) or,
+for the streaming operations, Unable to Process (0xC000); and each operation gets exactly one
+log line with its status and duration, and its audit record.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom.events import Event
 
 from pacsd import audit
+from pacsd.dicom.sop_classes import sop_class_keyword
+from pacsd.dimse.messages import Request
 from pacsd.errors import DicomStatusError, NotAuthorized
-from pacsd.net.handle import ClientHandle
+from pacsd.handle import ClientHandle
 from pacsd.policy.engine import allow
+from pacsd.services.ports import OperationPort, SubOperationCounts
 
 PROCESSING_FAILURE = 0x0110
+UNABLE_TO_PROCESS = 0xC000
+MOVE_DESTINATION_UNKNOWN = 0xA801
 _NOT_LO_CHARACTERS = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+
+
+def error_comment(text: str) -> str:
+    """An Error Comment (0000,0902) value: LO, 64 characters, no backslash or control codes."""
+    return _NOT_LO_CHARACTERS.sub("?", text)[:64]
 
 
 @dataclass(frozen=True)
 class OperationResult:
-    """A handled operation: its status, data set bytes, and what was done (for the log)."""
+    """A handled operation: its status, what was done (for the log), and what to answer."""
 
     status: int
     size: int = 0
@@ -37,137 +47,126 @@ class OperationResult:
     # (Study Instance UID, Patient ID) of a stored instance, for the audit trail only: patient
     # data never goes to the service log.
     subject: tuple[str, str] | None = None
+    dataset: Dataset | None = None  # an N-service reply's data set (N-GET attributes, ...)
+    affected_sop_instance_uid: str = ""  # N-CREATE: the UID pacsd gave the new instance
 
 
-Operation = Callable[[Event, ClientHandle], OperationResult]
-HandleLookup = Callable[[Event], ClientHandle]
+@dataclass(frozen=True)
+class Response:
+    """What the engine sends back for a finished non-streaming request."""
+
+    status: int
+    comment: str = ""
+    dataset: Dataset | None = None
+    error_id: int | None = None
+    attribute_tags: tuple[int, ...] = ()  # Attribute Identifier List (N-GET/N-SET failures)
+    affected_sop_instance_uid: str = ""
 
 
-def error_comment(text: str) -> str:
-    """An Error Comment (0000,0902) value: LO, 64 characters, no backslash or control codes."""
-    return _NOT_LO_CHARACTERS.sub("?", text)[:64]
+Operation = Callable[[Request, ClientHandle], OperationResult]
 
 
-def status_dataset(status: int, comment: str = "") -> Dataset:
-    response = Dataset()
-    response.Status = status
-    if comment:
-        response.ErrorComment = error_comment(comment)
-    return response
-
-
-def _sop_class_uid(event: Event) -> str:
-    request = event.request
-    uid = getattr(request, "AffectedSOPClassUID", None) or getattr(
-        request, "RequestedSOPClassUID", None
-    )
-    return str(uid or "")
-
-
-def _sop_class_name(event: Event) -> str:
-    uid = UID(_sop_class_uid(event))
-    return uid.keyword or str(uid)
-
-
-def _authorize(handle: ClientHandle, policy_operation: str, event: Event) -> None:
-    """The policy's second question (PS: STYLE), asked per request: may this peer do this?"""
-    destination = None
-    if policy_operation == "move":
-        destination = str(getattr(event.request, "MoveDestination", "") or "").strip()
-    permission = allow(handle, policy_operation, _sop_class_uid(event), destination)
+def _authorize(handle: ClientHandle, policy_operation: str, request: Request) -> None:
+    """The policy's second question (STYLE), asked per request: may this peer do this?"""
+    destination = request.move_destination.strip() if policy_operation == "move" else None
+    permission = allow(handle, policy_operation, request.sop_class_uid, destination)
     if not permission.allowed:
         handle.log.warning("operation refused by policy", reason=permission.reason)
+        if policy_operation == "move" and "destination" in permission.reason:
+            # A destination this peer may not use is, to this peer, an unknown one.
+            raise MoveDestinationRefused(permission.reason)
         raise NotAuthorized(permission.reason)
 
 
-def guarded(
-    operation_name: str, policy_operation: str, operation: Operation, handle_of: HandleLookup
-) -> Callable[[Event], Dataset]:
-    """A pynetdicom handler that checks the policy, runs `operation`, and never raises."""
+class MoveDestinationRefused(DicomStatusError):
+    """PS3.4 C.4.2.1.5: Refused: Move Destination unknown (0xA801)."""
 
-    def handler(event: Event) -> Dataset:
-        handle = handle_of(event)
-        handle.operation_started(operation_name)
-        started = time.perf_counter()
-        comment = ""
-        try:
-            _authorize(handle, policy_operation, event)
-            result = operation(event, handle)
-        except DicomStatusError as exc:
-            result, comment = OperationResult(exc.status), exc.comment
-        except Exception:
-            handle.log.exception("operation failed unexpectedly", operation=operation_name)
-            result, comment = OperationResult(PROCESSING_FAILURE), "processing failure"
-        _finish(
-            handle,
-            event,
-            operation_name,
-            started,
+    status = MOVE_DESTINATION_UNKNOWN
+
+
+def run_operation(
+    policy_operation: str, operation: Operation, request: Request, handle: ClientHandle
+) -> Response:
+    """Check the policy, run `operation`, and turn whatever happens into a Response."""
+    name = request.name
+    handle.operation_started(name)
+    started = time.perf_counter()
+    result, response = OperationResult(PROCESSING_FAILURE), Response(PROCESSING_FAILURE)
+    try:
+        _authorize(handle, policy_operation, request)
+        result = operation(request, handle)
+        response = Response(
             result.status,
-            comment,
-            stored=result.stored,
-            size=result.size,
-            subject=result.subject,
-            bytes=result.size,
-            **({"outcome": result.outcome} if result.outcome else {}),
+            dataset=result.dataset,
+            affected_sop_instance_uid=result.affected_sop_instance_uid,
         )
-        return status_dataset(result.status, comment)
-
-    return handler
-
-
-NormalizedResult = tuple[int, Dataset | None]
-NormalizedOperation = Callable[[Event, ClientHandle], NormalizedResult]
-
-
-def guarded_normalized(
-    operation_name: str,
-    policy_operation: str,
-    operation: NormalizedOperation,
-    handle_of: HandleLookup,
-) -> Callable[[Event], tuple[Dataset, Dataset | None]]:
-    """A pynetdicom N-service handler: policy, then `operation` -> (status, data set).
-
-    A DicomStatusError becomes the failure response with its Error Comment, and its Error ID
-    and offending tags when it has them (`error_id`, `tags`: PS3.7 C.4 Attribute Identifier
-    List, which pynetdicom sends for N-GET and N-SET responses only).
-    """
-
-    def handler(event: Event) -> tuple[Dataset, Dataset | None]:
-        handle = handle_of(event)
-        handle.operation_started(operation_name)
-        started = time.perf_counter()
-        comment, dataset, response = "", None, Dataset()
-        try:
-            _authorize(handle, policy_operation, event)
-            status, dataset = operation(event, handle)
-            response = status_dataset(status)
-        except DicomStatusError as exc:
-            status, comment = exc.status, exc.comment
-            response = _failure(exc, operation_name)
-        except Exception:
-            handle.log.exception("operation failed unexpectedly", operation=operation_name)
-            status, comment = PROCESSING_FAILURE, "processing failure"
-            response = status_dataset(status, comment)
-        _finish(handle, event, operation_name, started, status, comment)
-        return response, dataset
-
-    return handler
-
-
-def _failure(exc: DicomStatusError, operation_name: str) -> Dataset:
-    response = status_dataset(exc.status, exc.comment)
-    if exc.error_id is not None:
-        response.ErrorID = exc.error_id
-    if exc.tags and operation_name in ("N-SET", "N-GET"):
-        response.AttributeIdentifierList = list(exc.tags)
+    except DicomStatusError as exc:
+        result = OperationResult(exc.status)
+        response = Response(
+            exc.status, error_comment(exc.comment), None, exc.error_id, tuple(exc.tags)
+        )
+    except Exception:
+        handle.log.exception("operation failed unexpectedly", operation=name)
+        result = OperationResult(PROCESSING_FAILURE)
+        response = Response(PROCESSING_FAILURE, "processing failure")
+    fields: dict[str, Any] = {}
+    if name == "C-STORE":
+        fields["bytes"] = result.size
+    if result.outcome:
+        fields["outcome"] = result.outcome
+    finish(
+        handle, request, started, response.status, response.comment,
+        stored=result.stored, size=result.size, subject=result.subject, **fields,
+    )  # fmt: skip
     return response
 
 
-def _finish(
+@dataclass
+class StreamReport:
+    """What a streaming operation (C-FIND, C-GET, C-MOVE) did, filled in as it runs.
+
+    `status` is the final status the peer receives, `fields` extra log fields (matches,
+    sub-operation counts).
+    """
+
+    status: int = 0x0000
+    comment: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    # C-GET / C-MOVE once sub-operations began: the counts and failed UIDs of the final response
+    sub_operations: SubOperationCounts | None = None
+    failed_uids: list[str] = field(default_factory=list)
+
+
+StreamOperation = Callable[[Request, ClientHandle, StreamReport, OperationPort], None]
+
+
+def run_stream(
+    policy_operation: str,
+    operation: StreamOperation,
+    request: Request,
     handle: ClientHandle,
-    event: Event,
-    operation_name: str,
+    port: OperationPort,
+) -> StreamReport:
+    """Check the policy and run a streaming operation; its final status is in the report."""
+    name = request.name
+    handle.operation_started(name)
+    started = time.perf_counter()
+    report = StreamReport()
+    try:
+        _authorize(handle, policy_operation, request)
+        operation(request, handle, report, port)
+    except DicomStatusError as exc:
+        report.status, report.comment = exc.status, error_comment(exc.comment)
+    except Exception:
+        handle.log.exception("operation failed unexpectedly", operation=name)
+        report.status, report.comment = UNABLE_TO_PROCESS, "processing failure"
+    finish(handle, request, started, report.status, report.comment, **report.fields)
+    return report
+
+
+def finish(
+    handle: ClientHandle,
+    request: Request,
     started: float,
     status: int,
     comment: str,
@@ -176,108 +175,21 @@ def _finish(
     subject: tuple[str, str] | None = None,
     **fields: Any,
 ) -> None:
-    """Count a finished DIMSE operation on its handle and write its one canonical log line.
+    """Count a finished DIMSE operation on its handle, audit it, write its one log line.
 
     Success, warnings (0xBxxx) and a cancel (0xFE00) are not failures.
     """
+    name = request.name
     failed = status not in (0x0000, 0xFE00) and not 0xB000 <= status <= 0xBFFF
-    handle.operation_finished(operation_name, failed, stored=stored, size=size)
-    audit.operation_finished(handle, event, operation_name, status, fields, subject)
+    handle.operation_finished(name, failed, stored=stored, size=size)
+    audit.operation_finished(handle, request, name, status, fields, subject)
     log = handle.log.warning if failed else handle.log.info
     log(
         "dimse",
-        operation=operation_name,
-        sop_class=_sop_class_name(event),
+        operation=name,
+        sop_class=sop_class_keyword(request.sop_class_uid),
         status=f"0x{status:04X}",
         **fields,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **({"error_comment": error_comment(comment)} if comment else {}),
     )
-
-
-@dataclass
-class StreamReport:
-    """What a streaming operation (C-FIND, C-GET, C-MOVE) did, filled in as it runs.
-
-    `started_stream` turns True once the service has made the yields pynetdicom needs before
-    statuses (C-GET: the count; C-MOVE: destination and count); `status` is the final status
-    the peer receives, `fields` extra log fields (matches, sub-operation counts).
-    """
-
-    status: int = 0x0000
-    comment: str = ""
-    started_stream: bool = False
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-StreamOperation = Callable[[Event, ClientHandle, StreamReport], Iterator[Any]]
-Refusal = Callable[[StreamReport, int, str], Iterator[Any]]
-
-
-def refuse_find(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
-    """C-FIND: a failure is one final response."""
-    yield status_dataset(status, comment), None
-
-
-def refuse_get(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
-    """C-GET: pynetdicom wants the sub-operation count first; a failure follows it."""
-    if not report.started_stream:
-        yield 1  # pynetdicom answers 0 sub-operations with Success, so announce one
-    yield status_dataset(status, comment), None
-
-
-def refuse_move(report: StreamReport, status: int, comment: str) -> Iterator[Any]:
-    """C-MOVE: before the destination, pynetdicom's only refusal is 0xA801 (PS3.4 C.4.2.1.5).
-
-    A policy refusal therefore answers "Move Destination unknown" and pacsd's log says why; any
-    other error before streaming is raised, which pynetdicom answers with 0xC514 (unable to
-    process).
-    """
-    if report.started_stream:
-        yield status_dataset(status, comment), None
-        return
-    if status in (NotAuthorized.status, MOVE_DESTINATION_UNKNOWN):
-        report.status = MOVE_DESTINATION_UNKNOWN
-        yield None, None
-        return
-    report.status = 0xC514
-    raise RuntimeError(comment)
-
-
-MOVE_DESTINATION_UNKNOWN = 0xA801
-
-
-def guarded_stream(
-    operation_name: str,
-    policy_operation: str,
-    operation: StreamOperation,
-    handle_of: HandleLookup,
-    refusal: Refusal,
-) -> Callable[[Event], Iterator[Any]]:
-    """A pynetdicom generator handler that checks the policy and maps errors to statuses."""
-
-    def handler(event: Event) -> Iterator[Any]:
-        handle = handle_of(event)
-        handle.operation_started(operation_name)
-        started = time.perf_counter()
-        report = StreamReport()
-        try:
-            _authorize(handle, policy_operation, event)
-            yield from operation(event, handle, report)
-        except DicomStatusError as exc:
-            report.status, report.comment = exc.status, exc.comment
-            yield from refusal(report, exc.status, exc.comment)
-        except Exception:
-            handle.log.exception("operation failed unexpectedly", operation=operation_name)
-            report.status, report.comment = UNABLE_TO_PROCESS, "processing failure"
-            yield from refusal(report, UNABLE_TO_PROCESS, "processing failure")
-        finally:
-            _finish(
-                handle, event, operation_name, started, report.status, report.comment,
-                **report.fields,
-            )  # fmt: skip
-
-    return handler
-
-
-UNABLE_TO_PROCESS = 0xC000

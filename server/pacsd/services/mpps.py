@@ -7,23 +7,21 @@ operator sees which are complete and whether their series arrived (`pacsd mpps l
 
 from __future__ import annotations
 
-from typing import cast
-
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom.dimse_primitives import N_CREATE, N_GET, N_SET
-from pynetdicom.events import Event
 
 from pacsd.dicom.header import index_text
 from pacsd.dicom.mpps import COMPLETED, apply_set, check_create, check_set
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from pacsd.dimse.commands import ATTRIBUTE_IDENTIFIER_LIST
+from pacsd.dimse.messages import Request
 from pacsd.errors import ProcessingFailure, UnrecognizedOperation
+from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
 from pacsd.index.mpps import create_step, read_step, update_step
 from pacsd.index.worklist import retire_steps
-from pacsd.net.handle import ClientHandle
-from pacsd.services.guard import NormalizedResult
+from pacsd.services.guard import OperationResult
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 MPPS_RETRIEVE = "1.2.840.10008.3.1.2.3.4"  # N-GET of a step, PS3.4 F.8
@@ -42,28 +40,24 @@ class MppsService:
         self.index = index
         self.retire_completed = retire_completed
 
-    def on_n_create(self, event: Event, handle: ClientHandle) -> NormalizedResult:
+    def on_n_create(self, request: Request, handle: ClientHandle) -> OperationResult:
         """Check and store a new IN PROGRESS step; generate its UID when the SCU sent none."""
-        request = cast(N_CREATE, event.request)
-        _require_mpps_class(request.AffectedSOPClassUID, "N-CREATE")
-        attributes = _decoded(event, "attribute_list")
+        _require_mpps_class(request.sop_class_uid, "N-CREATE")
+        attributes = _decoded(request, "attribute list")
         check_create(attributes)
-        uid = str(request.AffectedSOPInstanceUID or "")
-        response: Dataset | None = None
+        uid = request.sop_instance_uid
+        generated = ""
         if not uid:
-            uid = generate_uid(_UID_ROOT)
-            response = Dataset()
-            response.AffectedSOPInstanceUID = uid  # pynetdicom moves it to the response command
+            uid = generated = generate_uid(_UID_ROOT)  # PS3.7 10.1.5.1.4: in the response
         create_step(self.index, uid, attributes, handle.calling_ae_title)
         handle.log.info("performed procedure step created", sop_instance_uid=uid)
-        return 0x0000, response
+        return OperationResult(0x0000, affected_sop_instance_uid=generated)
 
-    def on_n_set(self, event: Event, handle: ClientHandle) -> NormalizedResult:
+    def on_n_set(self, request: Request, handle: ClientHandle) -> OperationResult:
         """Apply a Modification List to a step that is still IN PROGRESS."""
-        request = cast(N_SET, event.request)
-        _require_mpps_class(request.RequestedSOPClassUID, "N-SET")
-        modification = _decoded(event, "modification_list")
-        uid = str(request.RequestedSOPInstanceUID or "")
+        _require_mpps_class(request.sop_class_uid, "N-SET")
+        modification = _decoded(request, "modification list")
+        uid = request.sop_instance_uid
 
         def change(status: str, current: Dataset) -> tuple[str, Dataset]:
             new_status = check_set(status, modification, current)
@@ -77,19 +71,15 @@ class MppsService:
         if status == COMPLETED and self.retire_completed:
             retired = retire_steps(self.index, _scheduled_steps(attributes))
             handle.log.info("worklist items retired", sop_instance_uid=uid, items=retired)
-        return 0x0000, None
+        return OperationResult(0x0000)
 
-    def on_n_get(self, event: Event, handle: ClientHandle) -> NormalizedResult:
+    def on_n_get(self, request: Request, handle: ClientHandle) -> OperationResult:
         """The requested attributes of a step (all of them when the list is empty)."""
-        request = cast(N_GET, event.request)
-        uid = str(request.RequestedSOPInstanceUID or "")
+        uid = request.sop_instance_uid
         stored = read_step(self.index, uid)
-        identifiers = request.AttributeIdentifierList or []
-        wanted = [
-            int(tag) for tag in (identifiers if isinstance(identifiers, list) else [identifiers])
-        ]
+        wanted = list(request.command.tags(ATTRIBUTE_IDENTIFIER_LIST))
         if not wanted:
-            return 0x0000, stored
+            return OperationResult(0x0000, dataset=stored)
         result = Dataset()
         if "SpecificCharacterSet" in stored:
             result.SpecificCharacterSet = stored.SpecificCharacterSet
@@ -98,7 +88,7 @@ class MppsService:
                 result[tag] = stored[tag]
             else:
                 _add_empty(result, tag)
-        return 0x0000, result
+        return OperationResult(0x0000, dataset=result)
 
 
 def _scheduled_steps(attributes: Dataset) -> list[tuple[str, str, str]]:
@@ -114,12 +104,12 @@ def _scheduled_steps(attributes: Dataset) -> list[tuple[str, str, str]]:
     ]
 
 
-def _decoded(event: Event, name: str) -> Dataset:
+def _decoded(request: Request, name: str) -> Dataset:
     try:
-        dataset: Dataset = getattr(event, name)
+        dataset = request.dataset()
         dataset.decode()
     except Exception as exc:
-        raise ProcessingFailure(f"{name.replace('_', ' ')} cannot be decoded: {exc}") from None
+        raise ProcessingFailure(f"{name} cannot be decoded: {exc}") from None
     return dataset
 
 

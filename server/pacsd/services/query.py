@@ -2,16 +2,15 @@
 
 The identifier's level and hierarchy are checked (qr_models), its keys parsed into matchers
 (dicom/matching), the index streams the matches (index/query) and each becomes a response
-holding every requested key (dicom/find_response). A C-CANCEL is honoured between two matches
-(0xFE00); more matches than `query.max_results` end the query with 0xA700. (pynetdicom drops a
-C-CANCEL that arrives before it hands the request to the handler: Association._serve_request
-clears dimse.cancel_req, so a cancel is seen once the first response is out.)
+holding every requested key (dicom/find_response), sent through the operation's port (which
+waits while the peer reads slower than the matches come). A C-CANCEL is honoured between two
+matches, whenever it arrived (0xFE00); more matches than `query.max_results` end the query
+with 0xA700.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -20,8 +19,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
-from pynetdicom.association import Association
-from pynetdicom.events import Event
 
 from pacsd.dicom.find_response import response_dataset, response_json
 from pacsd.dicom.matching import MatchOptions, parse_identifier
@@ -32,11 +29,13 @@ from pacsd.dicom.qr_models import (
     level_of,
     model_of,
 )
+from pacsd.dimse.messages import Request
 from pacsd.errors import CannotUnderstand, OutOfResources
+from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
 from pacsd.index.query import find, usable_keys
-from pacsd.net.handle import ClientHandle
 from pacsd.services.guard import StreamReport
+from pacsd.services.ports import OperationPort
 from pacsd.settings import QuerySettings
 
 PENDING = 0xFF00
@@ -47,10 +46,10 @@ RETRIEVE_AE_TITLE = int(Tag("RetrieveAETitle"))
 INSTANCE_AVAILABILITY = int(Tag("InstanceAvailability"))
 
 
-def decoded_identifier(event: Event) -> Dataset:
+def decoded_identifier(request: Request) -> Dataset:
     """The request identifier, or Cannot Understand (0xC000) when it does not decode."""
     try:
-        identifier: Dataset = event.identifier
+        identifier = request.dataset()
         identifier.decode()  # apply its Specific Character Set now, not while matching
         _restore_text_vrs(identifier)
     except Exception as exc:
@@ -105,30 +104,6 @@ def _restore_text_vrs(identifier: Dataset) -> None:
         identifier[element.tag] = DataElement(element.tag, vr, values)
 
 
-def wait_until_sent(assoc: Association, timeout: float = 30.0) -> None:
-    """Wait (bounded) until pynetdicom has put every queued PDU of `assoc` on the wire.
-
-    pynetdicom's DUL thread reads the peer's PDUs only when it has nothing left to send
-    (dul.py, DULServiceProvider.run_reactor: send first, `elif` receive), so a handler that
-    yields responses faster than they are sent would not see a C-CANCEL until the whole result
-    was queued, and would hold all of it in memory. Pacing each response to the send queue
-    keeps both bounded.
-    """
-    outgoing = assoc.dul.to_provider_queue
-    deadline = time.monotonic() + timeout
-    while outgoing.qsize() and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(SEND_POLL_S)
-
-
-SEND_POLL_S = 0.0005
-# Responses queued between two waits for the send queue to drain: the DUL reads the peer (a
-# C-CANCEL) only when the queue is empty, and sleeps 1 ms whenever it is; waiting after every
-# response cost that millisecond per match.
-# Measured (benchmarks.query, 2,000 instances, 10 matches): median 21.5 ms waiting after every
-# response, 17.1 ms every 16; a C-CANCEL is then seen within 16 responses.
-PACE_EVERY = 16
-
-
 class QueryService:
     """C-FIND SCP over the index."""
 
@@ -139,11 +114,12 @@ class QueryService:
         self.options = MatchOptions(settings.person_name_case_insensitive)
 
     def on_c_find(
-        self, event: Event, handle: ClientHandle, report: StreamReport
-    ) -> Iterator[tuple[Any, Dataset | None]]:
-        """Yield (0xFF00 or 0xFF01, identifier) per match; pynetdicom then answers Success."""
-        identifier = decoded_identifier(event)
-        model = model_of(str(event.request.AffectedSOPClassUID))
+        self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
+    ) -> None:
+        """One pending response (0xFF00, or 0xFF01) per match; the engine then sends the
+        final one with the report's status."""
+        identifier = decoded_identifier(request)
+        model = model_of(request.sop_class_uid)
         level = level_of(identifier, model)
         check_find_hierarchy(identifier, model, level)
         keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
@@ -157,7 +133,7 @@ class QueryService:
             self._filled(response_json(keys, match.header, match.computed), level)
             for match in find(self.index, level, usable)
         )
-        yield from stream_matches(event, report, documents, pending, charset, self.settings)
+        stream_matches(request, report, port, documents, pending, charset, self.settings)
 
     def _filled(self, document: dict[str, Any], level: Level) -> dict[str, Any]:
         """Query/Retrieve Level, and Retrieve AE Title / Instance Availability when asked."""
@@ -170,28 +146,28 @@ class QueryService:
 
 
 def stream_matches(
-    event: Event,
+    request: Request,
     report: StreamReport,
+    port: OperationPort,
     documents: Iterable[dict[str, Any]],
     pending: int,
     charset: list[str],
     settings: QuerySettings,
-) -> Iterator[tuple[int, Dataset | None]]:
-    """One pending response per matching document, paced to the socket; C-CANCEL and the
-    `max_results` cap end the stream (0xFE00, 0xA700)."""
-    syntax = UID(event.context.transfer_syntax)
+) -> None:
+    """One pending response per matching document; C-CANCEL and the `max_results` cap end
+    the stream (0xFE00, 0xA700)."""
+    syntax = UID(request.context.transfer_syntax)
     implicit_vr, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     for count, document in enumerate(documents, start=1):
-        if count % PACE_EVERY == 1:
-            wait_until_sent(event.assoc)
-        if event.is_cancelled:
+        if request.cancelled:
             report.status = CANCELLED
-            yield CANCELLED, None
             return
         if count > settings.max_results:
             raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
         report.fields["matches"] = count
-        yield pending, response_dataset(document, charset, implicit_vr, little_endian)
+        port.pending(pending, response_dataset(document, charset, implicit_vr, little_endian))
+    if request.cancelled:
+        report.status = CANCELLED
 
 
 def charset_terms(identifier: Dataset) -> list[str]:

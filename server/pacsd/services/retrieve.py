@@ -1,41 +1,38 @@
 """Query/Retrieve - GET and MOVE (PS3.4 C.4.2, C.4.3): stored instances sent as C-STOREs.
 
-The handler yields one `Outgoing` per selected instance, a Dataset holding only the instance's
-UIDs and where its file is. pacsd's sender (installed on the C-GET association and on every
-association pacsd opens, so on C-MOVE sub-associations) turns it into what goes on the wire:
-the stored file streamed untouched when the receiver accepted its transfer syntax
-(pynetdicom's chunked send: no decode, no whole copy in memory), else a transcoded data set
-(dicom/transcode), else a failed sub-operation that pynetdicom counts and lists in the Failed
-SOP Instance UID List. pynetdicom sends the pending responses with the counts and the final
-status (0x0000, 0xB000 with the failed list, 0xA702 when all failed, 0xFE00 on C-CANCEL).
+The identifier selects instances in the index (fixed when counted); each becomes one C-STORE
+sub-operation: on the requester's own association for a C-GET, on a new association to the
+destination from the AE table for a C-MOVE. The stored file goes out untouched when the
+receiver accepted its transfer syntax, else transcoded (dicom/transcode), else the
+sub-operation fails and the others go on. A pending response with the counts follows each
+sub-operation; the final status is Success, Warning (0xB000, with the Failed SOP Instance UID
+List), Failure (0xA702, all failed) or Cancel (0xFE00) (PS3.4 C.4.2.1.5, C.4.3.1.5).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.events import Event
-from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.status import code_to_category
 
+from pacsd.dicom.part10 import dataset_offset
 from pacsd.dicom.qr_models import level_of, model_of, retrieve_keys
 from pacsd.dicom.transcode import TranscodeError, choose_transfer_syntax, transcoded_dataset
+from pacsd.dimse.messages import Request, encode_dataset
 from pacsd.errors import DicomStatusError, OutOfResources
+from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
 from pacsd.index.retrieve import Selection, StoredInstance, select_instances, stored_instances
-from pacsd.net.handle import ClientHandle
-from pacsd.net.reactor import Checkpoint
-from pacsd.net.tls import tls_args_for
 from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport
+from pacsd.services.ports import (
+    OperationPort,
+    Outgoing,
+    StoreSender,
+    SubOperationCounts,
+    SubOperationError,
+)
 from pacsd.services.query import CANCELLED, PENDING, decoded_identifier
 from pacsd.settings import Peer
 from pacsd.storage.filesystem import FilesystemStore
@@ -54,34 +51,44 @@ class MoveDestinationUnknown(DicomStatusError):
 
 @dataclass
 class SubOperations:
-    """The outcome of each C-STORE sub-operation, as pacsd's sender saw it (for the log)."""
+    """The outcome of each C-STORE sub-operation so far."""
 
+    total: int
     completed: int = 0
     warning: int = 0
     failed: int = 0
+    failed_uids: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
 
-    def record(self, status: Any) -> None:
-        """Count one sub-operation from the C-STORE response (an empty one is a failure)."""
-        code = getattr(status, "Status", None)
-        category = code_to_category(int(code)) if code is not None else "Failure"
-        if category == "Success":
+    def record(self, instance: StoredInstance, status: int) -> None:
+        """Count one sub-operation from its C-STORE-RSP status (PS3.4 B.2.3)."""
+        if status == 0x0000:
             self.completed += 1
-        elif category == "Warning":
+        elif status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
             self.warning += 1
         else:
-            self.fail(f"peer answered 0x{int(code):04X}" if code is not None else "no response")
+            self.fail(instance, f"peer answered 0x{status:04X}")
 
-    def fail(self, reason: str) -> None:
-        """Count one failed sub-operation and why."""
+    def fail(self, instance: StoredInstance, reason: str) -> None:
+        """Count one failed sub-operation and why (PS3.4 C.4.3.1.3.2: its UID is listed)."""
         self.failed += 1
+        self.failed_uids.append(instance.sop_instance_uid)
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
-    def final_status(self, total: int) -> int:
-        """The final status pynetdicom sends for these outcomes (PS3.4 C.4.2.1.5)."""
+    @property
+    def done(self) -> int:
+        """Sub-operations finished."""
+        return self.completed + self.warning + self.failed
+
+    def counts(self) -> SubOperationCounts:
+        """The counts for a response."""
+        return SubOperationCounts(self.total - self.done, self.completed, self.failed, self.warning)
+
+    def final_status(self) -> int:
+        """Success, Warning or Failure (PS3.4 C.4.2.1.5, C.4.3.1.5)."""
         if not self.failed and not self.warning:
             return 0x0000
-        return 0xA702 if self.failed == total else 0xB000
+        return 0xA702 if self.failed == self.total else 0xB000
 
     def fields(self) -> dict[str, Any]:
         """Log fields."""
@@ -95,107 +102,7 @@ class SubOperations:
         return fields
 
 
-class Outgoing(Dataset):
-    """A stored instance on its way to a C-STORE sub-operation (see the module docstring)."""
-
-    def __init__(self, instance: StoredInstance, path: Path, tally: SubOperations) -> None:
-        super().__init__()
-        self.SOPClassUID = instance.sop_class_uid
-        self.SOPInstanceUID = instance.sop_instance_uid
-        self.stored = instance
-        self.path = path
-        self.tally = tally
-
-
-SendCStore = Callable[..., Dataset]
-
-
-def install_sender(assoc: Association) -> None:
-    """Make `assoc.send_c_store` send `Outgoing` instances (once per association)."""
-    original: SendCStore = assoc.send_c_store
-    if getattr(original, "pacsd_sender", False):
-        return
-
-    def send_paused(payload: Any, *args: Any, **kwargs: Any) -> Dataset:
-        pause_reactor(assoc)
-        try:
-            return original(payload, *args, **kwargs)
-        except BaseException:
-            assoc._reactor_checkpoint.set()  # never leave the reactor stopped
-            raise
-
-    def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-        if not isinstance(dataset, Outgoing):
-            return send_paused(dataset, *args, **kwargs)
-        try:
-            status = send_paused(_payload(assoc, dataset), *args, **kwargs)
-        except Exception as exc:
-            dataset.tally.fail(_reason(exc))
-            raise  # pynetdicom counts the failure and lists the SOP Instance UID
-        dataset.tally.record(status)
-        return status
-
-    send_c_store.pacsd_sender = True  # type: ignore[attr-defined]
-    assoc.send_c_store = send_c_store  # type: ignore[method-assign]
-
-
-def pause_reactor(assoc: Association, timeout: float = 5.0) -> bool:
-    """Wait (bounded) until `assoc`'s own thread is blocked at its reactor checkpoint.
-
-    pynetdicom's send_c_store pauses the association's reactor by clearing a checkpoint and
-    waiting for `_is_paused`, but that flag is still True from the previous send while the
-    reactor wakes up: the reactor can then take the next C-STORE response off the DIMSE queue
-    itself ("Received unexpected C-STORE service message") and send_c_store waits for it until
-    the DIMSE timeout aborts the association (measured: once in ~700 sub-operations of a
-    C-MOVE to a fast DCMTK storescp; pynetdicom issue #435 for the same race). The checkpoint
-    (net/reactor.Checkpoint) tells when a thread is blocked on it, and that is what is waited
-    for here. Not needed (and not possible) from the association's own thread, where a C-GET
-    handler runs with the reactor stopped in it. True when paused; on False the reactor runs
-    on and the caller must not use the association's DIMSE queue.
-    """
-    if threading.current_thread() is assoc:
-        return True
-    checkpoint: Checkpoint = assoc._reactor_checkpoint  # type: ignore[assignment]
-    checkpoint.clear()
-    activity = getattr(assoc, "activity", None)  # net/reactor.py: wake an idle reactor
-    if activity is not None:
-        activity.set()
-    deadline = time.monotonic() + timeout
-    while not checkpoint.parked.wait(PAUSE_WAIT_S):
-        if not assoc.is_alive() or time.monotonic() >= deadline:
-            checkpoint.set()  # not paused in time: leave the reactor running
-            return False
-    return True
-
-
-PAUSE_WAIT_S = 0.01  # longest wait between looks at whether the association is still alive
-
-
-def _payload(assoc: Association, outgoing: Outgoing) -> Path | Dataset:
-    """The file itself when the receiver takes its syntax, else a transcoded data set."""
-    stored = outgoing.stored
-    accepted = [
-        str(context.transfer_syntax[0])
-        for context in assoc.accepted_contexts
-        if context.abstract_syntax == stored.sop_class_uid and context.as_scu
-    ]
-    target = choose_transfer_syntax(stored.transfer_syntax_uid, accepted)
-    if target is None:
-        raise TranscodeError("receiver accepts no syntax this instance converts to")
-    if target == stored.transfer_syntax_uid:
-        return outgoing.path
-    return transcoded_dataset(outgoing.path, target)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, TranscodeError):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "stored file missing"
-    return type(exc).__name__
-
-
-def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[PresentationContext]:
+def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     """Contexts for a C-MOVE sub-association, built from what will be sent.
 
     Per SOP class: one context per stored compressed syntax (a receiver may accept each one
@@ -203,9 +110,9 @@ def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[Presentatio
     Past 128 contexts, the compressed ones are dropped first.
     """
     classes = sorted({sop_class for sop_class, _syntax in presentations})
-    plain = [build_context(sop_class, list(UNCOMPRESSED)) for sop_class in classes]
+    plain = [(sop_class, [str(syntax) for syntax in UNCOMPRESSED]) for sop_class in classes]
     specific = [
-        build_context(sop_class, [syntax])
+        (sop_class, [syntax])
         for sop_class, syntax in sorted(presentations)
         if syntax not in UNCOMPRESSED
     ]
@@ -223,9 +130,9 @@ class RetrieveService:
         self.files = files
         self.peers = peers
 
-    def _selection(self, event: Event, report: StreamReport) -> Selection:
-        identifier = decoded_identifier(event)
-        model = model_of(str(event.request.AffectedSOPClassUID))
+    def _selection(self, request: Request, report: StreamReport) -> Selection:
+        identifier = decoded_identifier(request)
+        model = model_of(request.sop_class_uid)
         level = level_of(identifier, model)
         selection = select_instances(self.index, retrieve_keys(identifier, model, level))
         report.fields.update(query_level=level.name, model=model.name, instances=selection.count)
@@ -233,48 +140,81 @@ class RetrieveService:
             raise OutOfResources(f"{selection.count} instances: retrieve at a lower level")
         return selection
 
-    def on_c_get(self, event: Event, handle: ClientHandle, report: StreamReport) -> Iterator[Any]:
-        """The count, then one pending Outgoing per instance, sent on this association."""
-        selection = self._selection(event, report)
-        install_sender(event.assoc)
-        yield selection.count
-        report.started_stream = True
-        yield from self._send(event, selection, report)
+    def on_c_get(
+        self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
+    ) -> None:
+        """Send each selected instance on the requester's own association."""
+        selection = self._selection(request, report)
+        self._send(request, selection, report, port, port.same_association)
 
-    def on_c_move(self, event: Event, handle: ClientHandle, report: StreamReport) -> Iterator[Any]:
-        """The destination from the AE table, the count, then one Outgoing per instance."""
-        title = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
+    def on_c_move(
+        self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
+    ) -> None:
+        """Send each selected instance on a new association to the Move Destination."""
+        title = request.move_destination.strip()
         peer = self.peers().get(title)
         if peer is None:
             raise MoveDestinationUnknown(f"{title} is not in the AE table (peers)")
-        selection = self._selection(event, report)
+        selection = self._selection(request, report)
         report.fields["destination"] = title
-        kwargs = {
-            "ae_title": title,
-            "contexts": move_contexts(selection.presentations),
-            "tls_args": tls_args_for(peer),  # DICOM TLS to a peer marked `tls` (net/tls.py)
-        }
-        yield peer.host, peer.port, kwargs
-        if selection.count:
-            # pynetdicom answers 0xA801 itself and never resumes this generator when the
-            # destination does not accept the sub-association; the log then says so.
-            report.status, report.comment = (
-                MOVE_DESTINATION_UNKNOWN,
-                "destination did not associate",
-            )
-        yield selection.count
-        report.started_stream = True
-        yield from self._send(event, selection, report)
+        if not selection.count:
+            report.sub_operations = SubOperations(0).counts()
+            return
+        with port.sub_association(peer, move_contexts(selection.presentations)) as sender:
+            self._send(request, selection, report, port, sender)
 
-    def _send(self, event: Event, selection: Selection, report: StreamReport) -> Iterator[Any]:
-        tally = SubOperations()
-        report.status, report.comment = 0x0000, ""
-        for instance in stored_instances(self.index, selection):
-            if event.is_cancelled:
-                report.status = CANCELLED
-                report.fields.update(tally.fields())
-                yield CANCELLED, None
-                return
-            yield PENDING, Outgoing(instance, self.files.absolute(instance.file_path), tally)
+    def _send(
+        self,
+        request: Request,
+        selection: Selection,
+        report: StreamReport,
+        port: OperationPort,
+        sender: StoreSender,
+    ) -> None:
+        tally = SubOperations(selection.count)
+        try:
+            for instance in stored_instances(self.index, selection):
+                if request.cancelled:
+                    report.status = CANCELLED
+                    return
+                self._sub_operation(instance, tally, sender)
+                report.sub_operations = tally.counts()
+                port.pending(PENDING, counts=tally.counts())
+            report.status = tally.final_status()
+        finally:
+            report.sub_operations = tally.counts()
+            report.failed_uids = tally.failed_uids
             report.fields.update(tally.fields())
-        report.status = tally.final_status(selection.count)
+
+    def _sub_operation(
+        self, instance: StoredInstance, tally: SubOperations, sender: StoreSender
+    ) -> None:
+        try:
+            outgoing = self._outgoing(instance, sender)
+            status = sender.send_c_store(outgoing)
+        except TranscodeError as exc:
+            tally.fail(instance, str(exc))
+        except FileNotFoundError:
+            tally.fail(instance, "stored file missing")
+        except SubOperationError as exc:
+            tally.fail(instance, str(exc))
+        except (OSError, DicomStatusError) as exc:  # an unreadable stored file: this one fails
+            tally.fail(instance, f"stored file unreadable: {type(exc).__name__}")
+        else:
+            tally.record(instance, status)
+
+    def _outgoing(self, instance: StoredInstance, sender: StoreSender) -> Outgoing:
+        """The file itself when the receiver takes its syntax, else a transcoded data set."""
+        path = self.files.absolute(instance.file_path)
+        accepted = sender.accepted_syntaxes(instance.sop_class_uid)
+        if not accepted:
+            raise TranscodeError("no accepted context where pacsd may send this SOP class")
+        target = choose_transfer_syntax(instance.transfer_syntax_uid, accepted)
+        if target is None:
+            raise TranscodeError("receiver accepts no syntax this instance converts to")
+        uids = (instance.sop_class_uid, instance.sop_instance_uid)
+        if target == instance.transfer_syntax_uid:
+            return Outgoing(*uids, target, path=path, offset=dataset_offset(path))
+        return Outgoing(
+            *uids, target, data=encode_dataset(transcoded_dataset(path, target), target)
+        )

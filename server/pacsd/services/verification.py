@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pynetdicom.events import Event
-
-from pacsd.net.handle import ClientHandle
+from pacsd.dimse.messages import Request
+from pacsd.handle import ClientHandle
 from pacsd.services.guard import OperationResult
 
 
-def on_c_echo(event: Event, handle: ClientHandle) -> OperationResult:
+def on_c_echo(request: Request, handle: ClientHandle) -> OperationResult:
     """PS3.7 9.3.5: C-ECHO always succeeds on an established association."""
     return OperationResult(status=0x0000)

@@ -8,19 +8,15 @@ stream is paced, cancellable and capped exactly like a C-FIND (services/query).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pynetdicom.events import Event
-
 from pacsd.dicom.find_response import response_json
 from pacsd.dicom.matching import MatchOptions, parse_identifier
 from pacsd.dicom.qr_models import QUERY_RETRIEVE_LEVEL
+from pacsd.dimse.messages import Request
+from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
 from pacsd.index.worklist import find_items
-from pacsd.net.handle import ClientHandle
 from pacsd.services.guard import StreamReport
+from pacsd.services.ports import OperationPort
 from pacsd.services.query import (
     PENDING,
     PENDING_KEYS_UNSUPPORTED,
@@ -42,10 +38,10 @@ class WorklistService:
         self.options = MatchOptions(settings.person_name_case_insensitive)
 
     def on_c_find(
-        self, event: Event, handle: ClientHandle, report: StreamReport
-    ) -> Iterator[tuple[Any, Dataset | None]]:
-        """Yield (0xFF00 or 0xFF01, item) per matching scheduled step."""
-        identifier = decoded_identifier(event)
+        self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
+    ) -> None:
+        """One pending response (0xFF00 or 0xFF01) per matching scheduled step."""
+        identifier = decoded_identifier(request)
         keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
         refused = [key for key in keys if not key.supported]
         usable = [key for key in keys if key.supported]
@@ -55,4 +51,4 @@ class WorklistService:
         pending = PENDING_KEYS_UNSUPPORTED if refused else PENDING
         documents = (response_json(keys, item, {}) for item in find_items(self.index, usable))
         charset = charset_terms(identifier)
-        yield from stream_matches(event, report, documents, pending, charset, self.settings)
+        stream_matches(request, report, port, documents, pending, charset, self.settings)

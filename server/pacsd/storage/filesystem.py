@@ -15,9 +15,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pacsd.errors import OutOfResources
+
+if TYPE_CHECKING:
+    from pacsd.storage.incoming import IncomingFile
 
 _COPY_CHUNK = 1 << 20
 _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -122,37 +125,24 @@ class FilesystemStore:
             raise
         return StoredFile(str(relative), size, digest)
 
-    def adopt(
-        self, directory: PurePosixPath, stem: str, source: BinaryIO, source_path: Path
-    ) -> StoredFile | None:
-        """Durably keep `source_path`, a whole file below the root (a C-STORE spool whose head
-        is already the stored file's), as a new `<directory>/<stem>-<n>.dcm` without copying.
-
-        A hard link, not a rename: the receiver still holds the spool's name and removes it
-        later, so the name must stay its own. None when the spool lies on another file system
-        (a link cannot cross it): the caller writes a copy instead.
-        """
+    def keep(self, incoming: IncomingFile, directory: PurePosixPath, stem: str) -> StoredFile:
+        """Durably keep a received file (storage/incoming.py) as `<directory>/<stem>-<n>.dcm`:
+        fsync, rename into place, fsync the directory. The file is never copied."""
         unique = uuid.uuid4().hex
         relative = directory / f"{stem}-{unique[:16]}.dcm"
         final_path = self.root / relative
         try:
-            size, digest = _digest(source)
-            os.fsync(source.fileno())
-            os.fchmod(source.fileno(), FILE_MODE)
+            os.fsync(incoming.descriptor)
+            incoming.close()
             self._make_directories(final_path.parent)
-            os.link(source_path, final_path)
+            os.rename(incoming.path, final_path)
+            fsync_directory(final_path.parent)
         except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return None
+            final_path.unlink(missing_ok=True)
             if exc.errno in _FULL_DISK_ERRNOS:
                 raise OutOfResources("storage is full") from exc
             raise
-        try:
-            fsync_directory(final_path.parent)
-        except BaseException:
-            final_path.unlink(missing_ok=True)
-            raise
-        return StoredFile(str(relative), size, digest)
+        return StoredFile(str(relative), incoming.size, incoming.sha256)
 
     def remove(self, relative_path: str) -> None:
         """Delete a stored file (missing is fine: the goal is its absence)."""
@@ -171,17 +161,6 @@ class FilesystemStore:
             except FileExistsError:
                 continue  # another association created it at the same moment
             fsync_directory(folder.parent)
-
-
-def _digest(source: BinaryIO) -> tuple[int, str]:
-    """Size and SHA-256 of a whole file."""
-    hasher = hashlib.sha256()
-    size = 0
-    source.seek(0)
-    while chunk := source.read(_COPY_CHUNK):
-        hasher.update(chunk)
-        size += len(chunk)
-    return size, hasher.hexdigest()
 
 
 def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> tuple[int, str]:

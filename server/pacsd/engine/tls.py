@@ -13,15 +13,14 @@ password never appears in a message or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import socket
 import ssl
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from pynetdicom.association import Association
 
 from pacsd.settings import Peer
 from pacsd.settings_security import ClientCertificates, TlsSettings
@@ -154,34 +153,10 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def handshake(raw: socket.socket, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
-    """The server side of the handshake on an accepted socket, at most `timeout` seconds.
-
-    Runs in the connection's own thread (PYNETDICOM_NOTES.md, "TLS"): a peer that connects and
-    says nothing holds up only itself. Since Python 3.5 the socket timeout bounds the whole
-    handshake, not each read. Afterwards the socket blocks, as pynetdicom's AssociationSocket
-    expects (its DUL selects before reading). On failure the socket is closed and the error
-    raised.
-    """
-    try:
-        tls_socket = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-    except BaseException:
-        raw.close()
-        raise
-    try:
-        tls_socket.settimeout(timeout)
-        tls_socket.do_handshake()
-        tls_socket.settimeout(None)
-    except BaseException:
-        tls_socket.close()
-        raise
-    return tls_socket
-
-
 def handshake_failure(exc: BaseException, timeout: float) -> str:
     """One short reason for a failed handshake, for the log."""
-    if isinstance(exc, TimeoutError):
-        return f"no handshake within {timeout:g} s"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or "taking longer" in str(exc):
+        return f"no handshake within {timeout:g} s"  # asyncio's: ConnectionAbortedError
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc.args[-1])
     if isinstance(exc, OSError):
@@ -189,7 +164,7 @@ def handshake_failure(exc: BaseException, timeout: float) -> str:
     return repr(exc)
 
 
-def peer_subject(sock: ssl.SSLSocket) -> str | None:
+def peer_subject(sock: ssl.SSLSocket | ssl.SSLObject) -> str | None:
     """The verified peer certificate's subject as an RFC 4514 string; None without one."""
     der = sock.getpeercert(binary_form=True)
     if not der:
@@ -213,20 +188,10 @@ def configure_outgoing(tls: TlsSettings, build_now: bool) -> None:
 
 
 def tls_args_for(peer: Peer) -> tuple[ssl.SSLContext, str] | None:
-    """`tls_args` for pynetdicom's AE.associate: None for a plain peer; for a peer marked
-    `tls`, the client context and the name its certificate must carry."""
+    """How to connect to `peer`: None for a plain peer; for a peer marked `tls`, the client
+    context and the name its certificate must carry."""
     if not peer.tls:
         return None
     if _Outgoing.context is None:
         _Outgoing.context = client_context(_Outgoing.settings or TlsSettings())
     return _Outgoing.context, peer.tls_server_name or peer.host
-
-
-def connection_tls(assoc: Association) -> tuple[str | None, str | None]:
-    """The client certificate's subject (RFC 4514) and the TLS version of an accepted
-    association's connection; (None, None) on the plain listener."""
-    holder = assoc.dul.socket
-    sock = holder.socket if holder is not None else None
-    if not isinstance(sock, ssl.SSLSocket):
-        return None, None
-    return peer_subject(sock), sock.version()

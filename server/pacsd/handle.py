@@ -2,7 +2,8 @@
 
 Built when the connection opens, completed when the A-ASSOCIATE-RQ arrives and when negotiation
 ends, handed to every service handler as one typed object, listed by the status interface, and
-logged once when it closes.
+logged once when it closes. The engine's event loop writes it; services, which run in executor
+threads, count their operations on it (hence the lock on the counters).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import structlog
 
 from pacsd.dicom.sop_classes import sop_class_keyword
-from pacsd.logs import ThreadContext, get_logger
+from pacsd.logs import get_logger
 from pacsd.policy.engine import Decision
 from pacsd.policy.limits import Slot
 
@@ -94,13 +94,14 @@ class ClientHandle:
     tls_version: str | None = None  # e.g. "TLSv1.3"; None on the plain listener
     peer_max_pdu_size: int | None = None  # what the peer receives (0: unlimited)
     local_max_pdu_size: int | None = None  # what pacsd offered to receive
+    # The A-ASSOCIATE-AC user identity Server-response to send (PS3.7 D.3.3.7.2), if any.
+    identity_response: bytes | None = None
     decision: Decision | None = None
     slot: Slot | None = None
     contexts: list[NegotiatedContext] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     log: structlog.stdlib.BoundLogger = field(init=False)
     _started: float = field(default_factory=time.monotonic, init=False)
-    _thread_ids: tuple[int | None, ...] = field(default=(), init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -120,16 +121,12 @@ class ClientHandle:
             "peer": f"{self.peer_address}:{self.peer_port}",
         }
 
-    def requested(
-        self, calling_ae_title: str, called_ae_title: str, thread_ids: tuple[int | None, ...]
-    ) -> None:
-        """Record the A-ASSOCIATE-RQ's AE titles; bind the log context to pynetdicom's threads."""
+    def requested(self, calling_ae_title: str, called_ae_title: str) -> None:
+        """Record the A-ASSOCIATE-RQ's AE titles (and put them in the log context)."""
         self.calling_ae_title = calling_ae_title
         self.called_ae_title = called_ae_title
         self.state = "requested"
         self.log = get_logger("pacsd.association", **self.log_context())
-        self._thread_ids = thread_ids
-        ThreadContext.bind(thread_ids, self.log_context())
 
     @property
     def accepted_contexts(self) -> list[NegotiatedContext]:
@@ -202,55 +199,3 @@ class ClientHandle:
             "rejected_contexts": [cx.as_dict() for cx in self.contexts if cx.result != 0],
             "counters": counters,
         }
-
-    def close(self) -> None:
-        """Forget the thread bindings; the handle stays readable for its final log line."""
-        ThreadContext.unbind(self._thread_ids)
-
-
-class HandleRegistry:
-    """The live client handles of this process, keyed by their association object."""
-
-    def __init__(self) -> None:
-        self._handles: dict[object, ClientHandle] = {}
-        self._lock = threading.Lock()
-
-    def open(self, key: object, peer_address: str, peer_port: int) -> ClientHandle:
-        """Register a handle for a new connection."""
-        handle = ClientHandle.connect(peer_address, peer_port)
-        with self._lock:
-            self._handles[key] = handle
-        return handle
-
-    def get(self, key: object) -> ClientHandle:
-        """The handle of `key`; a connection pacsd missed opening gets one now."""
-        with self._lock:
-            handle = self._handles.get(key)
-            if handle is None:
-                handle = self._handles[key] = ClientHandle.connect("unknown", 0)
-            return handle
-
-    def find(self, key: object) -> ClientHandle | None:
-        """The handle of `key` if it is registered."""
-        with self._lock:
-            return self._handles.get(key)
-
-    def close(self, key: object) -> ClientHandle | None:
-        """Remove and return the handle of `key`."""
-        with self._lock:
-            handle = self._handles.pop(key, None)
-        if handle is not None:
-            handle.close()
-        return handle
-
-    def close_finished(self, is_finished: Callable[[object], bool]) -> list[ClientHandle]:
-        """Remove the handles whose association ended without pacsd seeing it close."""
-        with self._lock:
-            keys = [key for key in self._handles if is_finished(key)]
-        return [handle for key in keys if (handle := self.close(key)) is not None]
-
-    def live(self) -> list[ClientHandle]:
-        """The registered handles, oldest first."""
-        with self._lock:
-            handles = list(self._handles.values())
-        return sorted(handles, key=lambda handle: handle.connected_at)

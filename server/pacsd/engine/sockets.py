@@ -1,7 +1,7 @@
 """Socket options pacsd sets on every connection it accepts or opens (`network.*`).
 
 TCP_NODELAY: with Nagle's algorithm on, a DIMSE request/response exchange can wait ~40 ms for a
-delayed ACK (PYNETDICOM_NOTES.md, "Sockets and measurement"). SO_KEEPALIVE lets the kernel
+delayed ACK (docs/dicom-notes.md, "Sockets and measurement"). SO_KEEPALIVE lets the kernel
 notice a peer that vanished without a FIN. SO_SNDBUF/SO_RCVBUF are the operator's knob for
 long, high-latency links; unset, the kernel's defaults and auto-tuning stay.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from typing import Any
-
-from pynetdicom.events import Event
 
 from pacsd.settings import NetworkSettings
 
@@ -45,7 +43,9 @@ class SocketOptions:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer_size)
 
     def apply(self, sock: Any) -> None:
-        """Every configured option on a connected TCP socket (plain or TLS-wrapped)."""
+        """Every configured option on a connected TCP socket (None: not a socket, skipped)."""
+        if sock is None:
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.tcp_keepalive))
         self.apply_buffers(sock)
@@ -53,20 +53,3 @@ class SocketOptions:
 
 def _optional_int(value: int | None) -> int | None:
     return int(value) if value is not None else None
-
-
-_outgoing = SocketOptions()  # the options of outgoing connections; `configure` sets them
-
-
-def configure(options: SocketOptions) -> None:
-    """Set the options of outgoing associations, process-wide (once at start-up)."""
-    global _outgoing
-    _outgoing = options
-
-
-def on_connection_open(event: Event) -> None:
-    """EVT_CONN_OPEN handler of outgoing associations (C-MOVE sub-associations, commitment
-    reports): the configured socket options, as on the accepted connections."""
-    transport = event.assoc.dul.socket
-    if transport is not None and transport.socket is not None:
-        _outgoing.apply(transport.socket)

@@ -1,0 +1,131 @@
+"""DIMSE requests as the services see them: the command, its context, its data set.
+
+The engine builds a `Request` for every request message it receives and hands it to a
+service; services read the command's fields and decode the data set (identifier, action
+information, attribute list) only when they need it. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from pacsd.dimse.commands import COMMAND_NAMES, MOVE_DESTINATION, PRIORITY, Command
+
+# Data sets held in memory (identifiers, N-service attribute lists): a deflated one may not
+# inflate beyond this (the engine bounds what arrives; this bounds what it becomes).
+MAX_INFLATED_SIZE = 64 * 1024**2
+
+
+class DataSetError(Exception):
+    """A data set that cannot be decoded in its presentation context's transfer syntax."""
+
+
+@dataclass(frozen=True)
+class AcceptedContext:
+    """A presentation context as negotiated (PS3.8 9.3.3.2); the roles are pacsd's own."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    pacsd_scu: bool = False
+    pacsd_scp: bool = True
+
+
+class Request:
+    """One DIMSE request: its command set, context and (encoded) data set.
+
+    `cancelled` turns True when a C-CANCEL for it arrives (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3);
+    the engine sets it from its event loop and a service reads it between two responses.
+    """
+
+    __slots__ = ("_dataset", "cancelled", "command", "context", "data")
+
+    def __init__(self, command: Command, context: AcceptedContext, data: object) -> None:
+        self.command = command
+        self.context = context
+        self.data = data
+        self.cancelled = False
+        self._dataset: Dataset | None = None
+
+    @property
+    def name(self) -> str:
+        """The request's DIMSE name, e.g. "C-FIND"."""
+        return COMMAND_NAMES.get(self.command.field, f"0x{self.command.field:04X}")
+
+    @property
+    def message_id(self) -> int:
+        """Message ID (0 when absent)."""
+        return self.command.message_id or 0
+
+    @property
+    def sop_class_uid(self) -> str:
+        """Affected or Requested SOP Class UID."""
+        return self.command.sop_class_uid
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """Affected or Requested SOP Instance UID."""
+        return self.command.sop_instance_uid
+
+    @property
+    def move_destination(self) -> str:
+        """C-MOVE: the Move Destination AE title."""
+        return self.command.text(MOVE_DESTINATION)
+
+    @property
+    def priority(self) -> int:
+        """Priority (PS3.7 9.3.1.1.1: 0 medium, 1 high, 2 low)."""
+        return self.command.number(PRIORITY) or 0
+
+    def dataset(self) -> Dataset:
+        """The data set decoded (cached); DataSetError when there is none or it is broken."""
+        if self._dataset is None:
+            if not isinstance(self.data, bytes):
+                raise DataSetError("the request carries no data set")
+            self._dataset = decode_dataset(self.data, self.context.transfer_syntax)
+        return self._dataset
+
+
+def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """A data set from its bytes in `transfer_syntax` (deflated ones inflated, bounded)."""
+    syntax = UID(transfer_syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        data = _inflate(data)
+    try:
+        return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+    except Exception as exc:  # pydicom raises many kinds on broken input
+        raise DataSetError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, MAX_INFLATED_SIZE)
+    except zlib.error as exc:
+        raise DataSetError(f"deflated data set does not inflate: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise DataSetError("deflated data set inflates beyond the limit")
+    return inflated
+
+
+def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """`dataset` encoded in `transfer_syntax` (PS3.5 A.1-A.5), as a message carries it."""
+    syntax = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    buffer.is_little_endian = syntax.is_little_endian
+    write_dataset(buffer, dataset)
+    encoded: bytes = buffer.getvalue()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        encoded = compressor.compress(encoded) + compressor.flush()
+        encoded += b"\0" if len(encoded) % 2 else b""  # PS3.5 A.5: an even length
+    return encoded

@@ -1,0 +1,305 @@
+"""A-ASSOCIATE-RQ -> policy decision -> A-ASSOCIATE-AC or A-ASSOCIATE-RJ.
+
+`Negotiator.decide` reads the request into the client handle, asks the policy (one
+configuration snapshot for the whole decision, fail closed), and for an accepting rule builds
+the answer: per proposed context, the first of the rule's transfer syntaxes the peer proposed
+(PS3.8 9.3.3.2), the SCP/SCU roles (PS3.7 D.3.3.4), the asynchronous operations window
+(D.3.3.3), the user identity response (D.3.3.7.2) and pacsd's maximum PDU length (D.1).
+Verifying a password hashes it (tens of milliseconds): `needs_executor` tells the engine when
+to run `decide` off its event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsd.dicom.qr_models import MODELS
+from pacsd.dicom.sop_classes import operation_of
+from pacsd.dimse.messages import AcceptedContext
+from pacsd.engine.pdu import (
+    APPLICATION_CONTEXT_NAME,
+    AssociateAccept,
+    AssociateRequest,
+    ContextResult,
+    ProposedContext,
+    RoleSelection,
+    UserInformation,
+)
+from pacsd.handle import ClientHandle, NegotiatedContext
+from pacsd.policy.engine import (
+    REJECT_NO_REASON,
+    REJECT_TRANSIENT_NO_REASON,
+    REJECTIONS,
+    AssociationRequest,
+    Decision,
+    Grant,
+    Policy,
+)
+from pacsd.policy.identity import IdentityClaim, IdentityResult, Outcome
+from pacsd.policy.limits import AssociationSlots
+from pacsd.policy.rules import RejectReason
+
+PolicyProvider = Callable[[], Policy]
+# The operations this version of pacsd has a service for; of find/get/move, the information
+# models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
+SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps", "commit"})
+# Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served.
+_NOT_SERVED = frozenset({"1.2.840.10008.3.1.2.3.5"})
+# PS3.8 9.3.3.2 results.
+ACCEPTANCE, USER_REJECTION, ABSTRACT_SYNTAX_NOT_SUPPORTED, TRANSFER_SYNTAXES_NOT_SUPPORTED = (
+    0,
+    1,
+    3,
+    4,
+)
+REJECT_APPLICATION_CONTEXT = REJECTIONS[RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED]
+
+
+def is_served(sop_class_uid: str) -> bool:
+    """True when pacsd has a service for the SOP class."""
+    if sop_class_uid in _NOT_SERVED:
+        return False
+    return operation_of(sop_class_uid) in SERVED_OPERATIONS or sop_class_uid in MODELS
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What an accepted association was given."""
+
+    accept: AssociateAccept
+    contexts: dict[int, AcceptedContext]  # accepted ones, by context ID
+    invoked_window: int  # operations the peer may have outstanding (PS3.7 D.3.3.3)
+    peer_max_pdu: int  # the longest P-DATA-TF pacsd may send (0: no limit, PS3.8 D.1)
+    local_max_pdu: int  # the longest P-DATA-TF pacsd accepts
+
+
+class Negotiator:
+    """Decides association requests against the policy in force."""
+
+    def __init__(self, policy: PolicyProvider, max_pdu_size: int) -> None:
+        self.policy = policy
+        self.slots = AssociationSlots()
+        self.max_pdu_size = max_pdu_size
+
+    def needs_executor(self, request: AssociateRequest) -> bool:
+        """Whether deciding `request` may block (a user identity to verify)."""
+        return request.user.user_identity is not None
+
+    def decide(self, request: AssociateRequest, handle: ClientHandle) -> Decision:
+        """Fill `handle` from the request and decide it; never raises (fail closed).
+
+        An accepted decision holds a slot in the association limits (`handle.slot`) until
+        `release` gives it back.
+        """
+        try:
+            read_request(request, handle)
+            if request.application_context != APPLICATION_CONTEXT_NAME:
+                # PS3.8 Table 9-21: application-context-name not supported (1, 1, 2), as DCMTK.
+                return Decision.reject(
+                    REJECT_APPLICATION_CONTEXT,
+                    f"application context {request.application_context!r} not supported",
+                )
+            if not request.contexts:
+                # PS3.8 9.3.2: one or more presentation contexts; none would leave an
+                # association that can do nothing until it times out.
+                return Decision.reject(REJECT_NO_REASON, "no presentation context proposed")
+            policy = self.policy()  # one configuration for the whole decision, even mid-reload
+            identity = policy.identity.verify(_claim(request))
+            _record_identity(handle, identity)
+            decision, handle.slot = self.slots.admit(_policy_request(handle, identity), policy)
+            return decision
+        except Exception:
+            handle.log.exception("policy evaluation failed; rejecting (fail closed)")
+            return Decision.reject(REJECT_TRANSIENT_NO_REASON, "policy evaluation failed")
+
+    def release(self, handle: ClientHandle) -> None:
+        """Give back the association's slot (idempotent)."""
+        slot, handle.slot = handle.slot, None
+        if slot is not None:
+            self.slots.release(slot)
+
+    def accept(self, request: AssociateRequest, handle: ClientHandle, grant: Grant) -> Accepted:
+        """The A-ASSOCIATE-AC for an accepted request; records the contexts on `handle`."""
+        roles = {role.sop_class_uid: role for role in request.user.roles}
+        results: list[ContextResult] = []
+        accepted: dict[int, AcceptedContext] = {}
+        replies: dict[str, RoleSelection] = {}
+        negotiated: list[NegotiatedContext] = []
+        for proposed in _unique(request):
+            result, context, reply = _negotiate_context(proposed, grant, roles)
+            results.append(ContextResult(proposed.context_id, result, context.transfer_syntax))
+            negotiated.append(_for_handle(proposed.abstract_syntax, result, context))
+            if result == ACCEPTANCE:
+                accepted[context.context_id] = context
+                if reply is not None:
+                    replies[reply.sop_class_uid] = reply
+        local_max = grant.offered_pdu_size(self.max_pdu_size)
+        window, window_item = _window(request, grant)
+        identity_response = None
+        if grant.user_identity == "not-accepted":
+            handle.username, handle.user_verified = None, None  # the sent identity is ignored
+        elif handle.identity_response is not None:
+            identity_response = handle.identity_response
+        user = UserInformation(
+            maximum_length=local_max,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            asynchronous_operations=window_item,
+            roles=tuple(replies[uid] for uid in sorted(replies)),
+            user_identity_response=identity_response,
+        )
+        handle.contexts = negotiated
+        handle.local_max_pdu_size = local_max
+        accept = AssociateAccept(
+            request.called_ae_title,
+            request.calling_ae_title,
+            APPLICATION_CONTEXT_NAME,
+            tuple(sorted(results, key=lambda item: item.context_id)),
+            user,
+        )
+        return Accepted(accept, accepted, window, request.user.maximum_length or 0, local_max)
+
+
+def _unique(request: AssociateRequest) -> list[ProposedContext]:
+    """The proposed contexts, one per context ID (the first when a peer repeats an ID)."""
+    seen: dict[int, ProposedContext] = {}
+    for context in request.contexts:
+        seen.setdefault(context.context_id, context)
+    return list(seen.values())
+
+
+def _negotiate_context(
+    proposed: ProposedContext, grant: Grant, roles: dict[str, RoleSelection]
+) -> tuple[int, AcceptedContext, RoleSelection | None]:
+    uid = proposed.abstract_syntax
+    syntaxes = grant.transfer_syntaxes.get(uid) if is_served(uid) else None
+    first = proposed.transfer_syntaxes[0]
+    if syntaxes is None:
+        return ABSTRACT_SYNTAX_NOT_SUPPORTED, AcceptedContext(proposed.context_id, uid, first), None
+    chosen = next((ts for ts in syntaxes if ts in proposed.transfer_syntaxes), None)
+    if chosen is None:
+        return (
+            TRANSFER_SYNTAXES_NOT_SUPPORTED,
+            AcceptedContext(proposed.context_id, uid, first),
+            None,
+        )
+    outcome = _roles(roles.get(uid), uid in grant.peer_scp)
+    if outcome is None:
+        return USER_REJECTION, AcceptedContext(proposed.context_id, uid, chosen), None
+    pacsd_scu, pacsd_scp, reply = outcome
+    context = AcceptedContext(proposed.context_id, uid, chosen, pacsd_scu, pacsd_scp)
+    return ACCEPTANCE, context, reply
+
+
+def _roles(
+    proposed: RoleSelection | None, peer_may_be_scp: bool
+) -> tuple[bool, bool, RoleSelection | None] | None:
+    """(pacsd acts as SCU, pacsd acts as SCP, the reply item), or None: reject the context.
+
+    PS3.7 D.3.3.4: without a role selection item the requestor is SCU and pacsd SCP. pacsd
+    always lets the requestor be SCU; it lets it be SCP (pacsd then the SCU: C-GET's C-STOREs,
+    a report to a modality) for the SOP classes the rule grants `peer_scp_role`. The reply
+    never accepts a role the requestor did not propose.
+    """
+    if proposed is None:
+        return False, True, None
+    requestor_scu, requestor_scp = proposed.scu_role, proposed.scp_role
+    granted_scp = requestor_scp and peer_may_be_scp
+    if not requestor_scu and not granted_scp:
+        return None  # nothing left that either side could do on this context
+    reply = RoleSelection(proposed.sop_class_uid, requestor_scu, granted_scp)
+    if requestor_scu and granted_scp:
+        return True, True, reply
+    if granted_scp:
+        return True, False, reply
+    return False, True, reply
+
+
+def _window(request: AssociateRequest, grant: Grant) -> tuple[int, tuple[int, int] | None]:
+    """The operations the peer may have outstanding, and the reply item (PS3.7 D.3.3.3)."""
+    proposed = request.user.asynchronous_operations
+    if proposed is None or grant.async_operations_window <= 1 or proposed == (1, 1):
+        return 1, None
+    invoked, _performed = proposed
+    # 0 proposed means unlimited; grant at most the rule's window. pacsd invokes its own
+    # operations (C-GET's C-STOREs) one at a time: performed 1.
+    window = min(invoked or grant.async_operations_window, grant.async_operations_window)
+    return window, (window, 1)
+
+
+def _for_handle(abstract_syntax: str, result: int, context: AcceptedContext) -> NegotiatedContext:
+    return NegotiatedContext(
+        context_id=context.context_id,
+        abstract_syntax=abstract_syntax,
+        transfer_syntax=context.transfer_syntax,
+        result=result,
+        pacsd_scu=context.pacsd_scu if result == ACCEPTANCE else False,
+        pacsd_scp=context.pacsd_scp if result == ACCEPTANCE else False,
+    )
+
+
+def ae_title(raw: bytes) -> str:
+    """An AE title field as text: leading and trailing spaces are not significant (PS3.8
+    9.3.2); bytes outside ASCII are escaped rather than refused."""
+    return raw.decode("ascii", "backslashreplace").strip(" \0")
+
+
+def read_request(request: AssociateRequest, handle: ClientHandle) -> None:
+    """Fill the handle from the A-ASSOCIATE-RQ (AE titles, the peer's implementation)."""
+    handle.requested(
+        calling_ae_title=ae_title(request.calling_ae_title),
+        called_ae_title=ae_title(request.called_ae_title),
+    )
+    user = request.user
+    handle.peer_implementation_class_uid = user.implementation_class_uid
+    handle.peer_implementation_version_name = user.implementation_version_name
+    handle.peer_max_pdu_size = user.maximum_length
+
+
+def _claim(request: AssociateRequest) -> IdentityClaim | None:
+    """The User Identity sub-item as plain values (PS3.7 D.3.3.7.1)."""
+    item = request.user.user_identity
+    if item is None:
+        return None
+    return IdentityClaim(
+        identity_type=item.identity_type,
+        primary_field=item.primary_field,
+        secondary_field=item.secondary_field,
+        positive_response_requested=item.positive_response_requested,
+    )
+
+
+def _record_identity(handle: ClientHandle, identity: IdentityResult) -> None:
+    """Put the verdict on the handle and log it: username and type only, never a secret."""
+    handle.identity_response = identity.server_response()
+    if identity.outcome is Outcome.NONE:
+        return
+    handle.user_identity_type = identity.identity_type
+    handle.user_verified = identity.verified
+    handle.username = identity.username
+    if identity.verified:
+        handle.log.info(
+            "user identity verified",
+            username=identity.username,
+            user_identity_type=identity.identity_type,
+        )
+    else:
+        handle.log.info(
+            "user identity not verified",
+            user_identity_type=identity.identity_type,
+            reason=identity.reason,
+        )
+
+
+def _policy_request(handle: ClientHandle, identity: IdentityResult) -> AssociationRequest:
+    return AssociationRequest(
+        calling_ae_title=handle.calling_ae_title,
+        called_ae_title=handle.called_ae_title,
+        peer_address=handle.peer_address,
+        peer_port=handle.peer_port,
+        username=handle.username,
+        tls_subject=handle.tls_subject,
+        identity=identity,
+    )

@@ -1,0 +1,161 @@
+"""The bridge between a service's executor thread and the engine's event loop.
+
+`ThreadPort` is services/ports.py's OperationPort: a pending response is encoded in the
+service's thread and handed to the loop in order (`Outbox`), which blocks the thread, never
+the loop, while the peer reads slower than the service produces. A C-STORE sub-operation is a
+coroutine on the loop (Association.send_c_store) the thread waits for. Everything the thread
+hands over goes through `call_soon_threadsafe`, so it reaches the wire in the order the
+thread made it, before the operation's final response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+
+from pacsd.dimse.messages import Request, encode_dataset
+from pacsd.engine.dimse import message_pdus
+from pacsd.engine.responses import response
+from pacsd.services.ports import Outgoing, StoreSender, SubOperationCounts, SubOperationError
+from pacsd.services.retrieve import MoveDestinationUnknown
+from pacsd.settings import Peer
+
+if TYPE_CHECKING:
+    from pacsd.engine.acceptor import Acceptor
+    from pacsd.engine.association import Association
+
+OUTBOX_HIGH_WATER = 1024 * 1024  # bytes handed to the loop and not yet written
+WAIT_SLICE_S = 0.5  # a blocked thread looks again at least this often (association gone?)
+CONNECT_MARGIN_S = 5.0
+
+
+class Outbox:
+    """PDUs handed from threads to an association's transport, with back-pressure."""
+
+    def __init__(self, assoc: Association, loop: asyncio.AbstractEventLoop) -> None:
+        self.assoc = assoc
+        self.loop = loop
+        self._condition = threading.Condition()
+        self._in_flight = 0
+
+    def post(self, pdus: list[bytes]) -> None:
+        """From a worker thread: queue `pdus` for the wire once there is room."""
+        size = sum(len(item) for item in pdus)
+        with self._condition:
+            while self._congested() and not self.assoc.gone:
+                self._condition.wait(WAIT_SLICE_S)
+            if self.assoc.gone:
+                return  # the association ended: the operation is cancelled and stops soon
+            self._in_flight += size
+        self.loop.call_soon_threadsafe(self._write, pdus, size)
+
+    def _congested(self) -> bool:
+        return self._in_flight > OUTBOX_HIGH_WATER or not self.assoc.writable
+
+    def _write(self, pdus: list[bytes], size: int) -> None:
+        self.assoc.write_all(pdus)
+        with self._condition:
+            self._in_flight -= size
+            self._condition.notify_all()
+
+    def wake(self) -> None:
+        """On the loop: the transport drained or closed; blocked threads look again."""
+        with self._condition:
+            self._condition.notify_all()
+
+
+class AssociationSender(StoreSender):
+    """C-STOREs on an association, from a worker thread."""
+
+    def __init__(
+        self,
+        assoc: Association,
+        loop: asyncio.AbstractEventLoop,
+        originator: tuple[str, int] | None = None,
+    ) -> None:
+        self.assoc = assoc
+        self.loop = loop
+        self.originator = originator
+
+    def accepted_syntaxes(self, sop_class_uid: str) -> list[str]:
+        return [
+            context.transfer_syntax
+            for context in list(self.assoc.contexts.values())
+            if context.abstract_syntax == sop_class_uid and context.pacsd_scu
+        ]
+
+    def send_c_store(self, outgoing: Outgoing) -> int:
+        coroutine = self.assoc.send_c_store(outgoing, self.originator)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(self.assoc.timeouts.dimse + CONNECT_MARGIN_S)
+        except FutureTimeout:
+            future.cancel()
+            raise SubOperationError("no C-STORE response in time") from None
+        except (ConnectionError, TimeoutError):
+            raise SubOperationError("no C-STORE response: association ended") from None
+        except LookupError as exc:
+            raise SubOperationError(str(exc)) from None
+
+
+class ThreadPort:
+    """services.ports.OperationPort for one streaming operation of an acceptor."""
+
+    def __init__(self, assoc: Acceptor, request: Request, loop: asyncio.AbstractEventLoop) -> None:
+        self.assoc = assoc
+        self.request = request
+        self.loop = loop
+
+    def pending(
+        self,
+        status: int,
+        identifier: Dataset | None = None,
+        counts: SubOperationCounts | None = None,
+    ) -> None:
+        request = self.request
+        data = encode_dataset(identifier, request.context.transfer_syntax) if identifier else None
+        command = response(request.command, status, has_data_set=data is not None, counts=counts)
+        context_id = request.context.context_id
+        self.assoc.outbox.post(
+            list(message_pdus(context_id, command, data, self.assoc.peer_max_pdu))
+        )
+
+    @property
+    def same_association(self) -> StoreSender:
+        return AssociationSender(self.assoc, self.loop)
+
+    @contextmanager
+    def sub_association(
+        self, peer: Peer, contexts: Sequence[tuple[str, Sequence[str]]]
+    ) -> Iterator[StoreSender]:
+        """PS3.4 C.4.2.3.1: the C-MOVE's C-STOREs go on an association pacsd opens to the
+        destination, each naming the C-MOVE's requester and Message ID."""
+        engine = self.assoc.engine
+        timeout = engine.timeouts.acse + engine.connect_timeout + CONNECT_MARGIN_S
+        coroutine = engine.connect(peer, [(uid, list(ts)) for uid, ts in contexts])
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            requestor = future.result(timeout)
+        except Exception as exc:
+            future.cancel()
+            raise MoveDestinationUnknown(f"destination did not associate: {_reason(exc)}") from None
+        originator = (self.assoc.handle.calling_ae_title, self.request.message_id)
+        try:
+            yield AssociationSender(requestor, self.loop, originator)
+        finally:
+            release = asyncio.run_coroutine_threadsafe(requestor.release(), self.loop)
+            try:
+                release.result(timeout)
+            except Exception as exc:
+                self.assoc.handle.log.warning("sub-association release failed", reason=_reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

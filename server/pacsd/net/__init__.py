@@ -1,1 +1,0 @@
-"""The DICOM listener and the per-association client handle."""

@@ -1,0 +1,83 @@
+"""What a streaming service asks of the association it answers on (the engine implements it).
+
+C-FIND, C-GET and C-MOVE run in an executor thread, away from the engine's event loop; they
+talk back through an `OperationPort`: pending responses, the C-STORE sub-operations of a C-GET
+on the same association, and, for a C-MOVE, a new association to the destination. Each call
+blocks its thread, never the loop, and waits when the peer reads slower than pacsd sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+
+from pacsd.settings import Peer
+
+
+@dataclass(frozen=True)
+class SubOperationCounts:
+    """The sub-operation counts of a C-GET/C-MOVE response (PS3.7 9.3.3.2, 9.3.4.2)."""
+
+    remaining: int
+    completed: int
+    failed: int
+    warning: int
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A stored instance to send in a C-STORE sub-operation: the file's data set as it is
+    (`path` from `offset`), or a transcoded one (`data`), in `transfer_syntax`."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path | None = None
+    offset: int = 0
+    data: bytes | None = None
+
+
+class SubOperationError(Exception):
+    """A C-STORE sub-operation got no response (the association ended, a timeout)."""
+
+
+class StoreSender(Protocol):
+    """An association pacsd sends C-STOREs on (the C-GET's own, or a C-MOVE's new one)."""
+
+    def accepted_syntaxes(self, sop_class_uid: str) -> list[str]:
+        """The transfer syntaxes of the contexts where pacsd may send this SOP class."""
+        ...
+
+    def send_c_store(self, outgoing: Outgoing) -> int:
+        """Send one instance; the status of the C-STORE-RSP (SubOperationError: none came)."""
+        ...
+
+
+class OperationPort(Protocol):
+    """The association a streaming operation answers on."""
+
+    def pending(
+        self,
+        status: int,
+        identifier: Dataset | None = None,
+        counts: SubOperationCounts | None = None,
+    ) -> None:
+        """Send a pending response (PS3.7 9.1.2.1.6)."""
+        ...
+
+    @property
+    def same_association(self) -> StoreSender:
+        """The requester's own association, for C-GET's sub-operations."""
+        ...
+
+    def sub_association(
+        self, peer: Peer, contexts: Sequence[tuple[str, Sequence[str]]]
+    ) -> AbstractContextManager[StoreSender]:
+        """A new association to `peer` proposing `contexts` (abstract syntax, transfer
+        syntaxes), released at the end; MoveDestinationUnknown when it cannot be made."""
+        ...

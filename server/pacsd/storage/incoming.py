@@ -1,0 +1,106 @@
+"""A C-STORE data set written to its file as its fragments arrive.
+
+The file starts with pacsd's own file meta (built from the request and the presentation
+context), so that once the data set is checked it becomes the stored file by a rename: every
+received byte is written once. The SHA-256 the index keeps is computed over the same bytes on
+the way. A data set beyond `limits.max_dataset_size`, or one the disk has no room for, stops
+being written: the file is emptied, the remaining fragments are read and dropped, and the
+request is answered 0xA700 (`refused` says why). DIMSE cannot stop a peer in the middle of a
+message short of A-ABORT, and an abort would cost the peer every instance queued behind this
+one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from pacsd.storage.filesystem import FILE_MODE
+
+_FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class IncomingFile:
+    """The temporary file of one incoming data set (engine/dimse.py's DataSink)."""
+
+    __slots__ = ("_descriptor", "_hasher", "dataset_size", "head_size", "limit", "path", "refused")
+
+    def __init__(self, folder: Path, head: bytes, limit: int) -> None:
+        self.path = folder / f"{uuid.uuid4().hex}.part"
+        self.limit = limit
+        self.head_size = len(head)
+        self.dataset_size = 0  # data set bytes received (also those dropped)
+        self.refused: str | None = None
+        self._hasher = hashlib.sha256(head)
+        self._descriptor = -1
+        try:
+            self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            self._write_all(head)
+        except OSError as exc:
+            self._refuse(
+                "storage is full" if exc.errno in _FULL_DISK_ERRNOS else f"storage: {exc.strerror}"
+            )
+
+    def write(self, chunk: memoryview) -> None:
+        """Append a fragment's bytes (or count and drop them once refused)."""
+        self.dataset_size += len(chunk)
+        if self.refused is not None:
+            return
+        if self.dataset_size > self.limit:
+            self._refuse(f"data set larger than the maximum of {self.limit} bytes")
+            return
+        try:
+            self._write_all(chunk)
+        except OSError as exc:
+            self._refuse(
+                "storage is full" if exc.errno in _FULL_DISK_ERRNOS else f"storage: {exc.strerror}"
+            )
+            return
+        self._hasher.update(chunk)
+
+    def _write_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._descriptor, view)
+            view = view[written:]
+
+    def _refuse(self, reason: str) -> None:
+        self.refused = reason
+        if self._descriptor >= 0:  # free the space now; the file goes when the request ends
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._descriptor, 0)
+
+    def finish(self) -> IncomingFile:
+        """The last fragment arrived: the file is complete (not yet durable)."""
+        return self
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file: file meta and data set."""
+        return self.head_size + self.dataset_size
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the file's bytes."""
+        return self._hasher.hexdigest()
+
+    @property
+    def descriptor(self) -> int:
+        """The open, writable descriptor (-1 once closed)."""
+        return self._descriptor
+
+    def close(self) -> None:
+        """Close the descriptor; the file stays."""
+        descriptor, self._descriptor = self._descriptor, -1
+        if descriptor >= 0:
+            os.close(descriptor)
+
+    def discard(self) -> None:
+        """Close and remove the file unless it was kept (idempotent)."""
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
