@@ -227,10 +227,11 @@ def _encode_element(tag: int, value: CommandValue) -> bytes:
 
 def _encode_value(tag: int, value: CommandValue) -> bytes:
     vr = _VRS.get(tag)
-    if vr == "US" and isinstance(value, int):
-        return struct.pack("<H", value)
-    if vr == "UL" and isinstance(value, int):
-        return struct.pack("<L", value)
+    if vr in ("US", "UL"):  # PS3.5 Table 6.2-1: 2- and 4-byte unsigned integers
+        maximum = 0xFFFF if vr == "US" else 0xFFFFFFFF
+        if type(value) is not int or not 0 <= value <= maximum:
+            raise CommandError(f"(0000,{tag:04X}): {value!r} is not a {vr} value")
+        return struct.pack("<H" if vr == "US" else "<L", value)
     if vr == "AT" and isinstance(value, tuple):
         return b"".join(struct.pack("<HH", item >> 16, item & 0xFFFF) for item in value)
     if isinstance(value, str):

@@ -176,7 +176,7 @@ def message_pdus(
     PS3.8 9.3.5: a P-DATA-TF may hold several PDVs; the command's last fragment and the
     data set's are separate PDVs (E.2). Each PDU's variable field stays within `max_pdu`.
     """
-    limit = (max_pdu or UNLIMITED_PDU) - 6  # the PDV item header inside a P-DATA-TF
+    limit = fragment_limit(max_pdu)  # the PDV item header inside a P-DATA-TF
     if data is not None and len(command) + len(data) + 6 <= limit:
         yield _two_pdvs(context_id, command, data)
         return
@@ -199,6 +199,8 @@ def _two_pdvs(context_id: int, command: bytes, data: bytes) -> bytes:
 def fragments(context_id: int, value: bytes | memoryview, kind: int, limit: int) -> Iterator[bytes]:
     """`value` as P-DATA-TF PDUs of one PDV each, at most `limit` bytes of it per PDU (at
     least one PDU, so an empty data set still gets its last fragment)."""
+    if limit <= 0:
+        raise ValueError(f"no room for PDV data in PDUs of at most {limit + 6} bytes")
     total = len(value)
     offset = 0
     while True:

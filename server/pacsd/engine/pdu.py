@@ -61,6 +61,7 @@ ABORT_REASON_UNRECOGNIZED_PARAMETER = 4
 ABORT_REASON_UNEXPECTED_PARAMETER = 5
 ABORT_REASON_INVALID_PARAMETER = 6
 
+MINIMUM_PDU_LENGTH = 256  # the smallest Maximum Length (PS3.8 D.1) a peer may announce
 _HEADER = struct.Struct(">BBL")
 _ITEM_HEADER = struct.Struct(">BBH")
 _FIXED_FIELDS = 68  # version, reserved, called and calling AE titles, reserved (Table 9-11)
@@ -310,7 +311,12 @@ def _user_information(body: bytes | memoryview, start: int, end: int) -> UserInf
         if item_type == MAXIMUM_LENGTH_ITEM:
             if length != 4:
                 raise PduError("maximum length sub-item is not 4 bytes")
-            values["maximum_length"] = struct.unpack_from(">L", body, value_start)[0]
+            maximum = struct.unpack_from(">L", body, value_start)[0]
+            if 0 < maximum < MINIMUM_PDU_LENGTH:
+                # PS3.8 D.1 sets no floor, but below this not even a command set fits sensibly
+                # (it would be sent a few bytes per PDU): an invalid parameter value.
+                raise PduError(f"maximum length {maximum} is below {MINIMUM_PDU_LENGTH}")
+            values["maximum_length"] = maximum
         elif item_type == IMPLEMENTATION_CLASS_UID_ITEM:
             values["implementation_class_uid"] = _uid(
                 body, value_start, value_end, "implementation class UID"
