@@ -65,9 +65,7 @@ def serve(config_path: Path | None) -> None:
 
     settings, path = _settings(config_path)
     logging_settings = settings.logging
-    configure_logging(
-        logging_settings.format, logging_settings.level, logging_settings.pynetdicom_level
-    )
+    configure_logging(logging_settings.format, logging_settings.level)
     try:
         code = run_daemon(settings, path)
     except (SchemaOutOfDate, OSError, OperationalError) as exc:

@@ -16,6 +16,7 @@ import ssl
 import sys
 from pathlib import Path
 
+import uvloop
 from pydicom import config as pydicom_config
 
 from pacsd import __version__, audit
@@ -73,6 +74,11 @@ def _warn_about_insecure_settings(settings: Settings) -> None:
     no_password = [user.username for user in identity.users if user.password_hash is None]
     if no_password:
         log.warning("users without password_hash: naming them is enough", users=no_password)
+    if settings.logging.pynetdicom_level is not None:
+        log.warning(
+            "logging.pynetdicom_level has no effect: pacsd's DICOM engine is its own; "
+            "logging.level DEBUG traces every PDU"
+        )
     if settings.logging.log_patient_data:
         log.warning("logging.log_patient_data is on: logs will contain patient identifiers")
     tls = settings.network.tls
@@ -178,7 +184,7 @@ def _serve_associations(
         commitment=CommitmentService(index, commitment),
     )
     leading = worker in (None, 0)  # the one process with the status and commitment threads
-    return asyncio.run(_run(settings, runtime, services, commitment, worker, tls_context, leading))
+    return uvloop.run(_run(settings, runtime, services, commitment, worker, tls_context, leading))
 
 
 async def _run(

@@ -8,6 +8,7 @@ threads, count their operations on it (hence the lock on the counters).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 import time
@@ -15,12 +16,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import structlog
-
 from pacsd.dicom.sop_classes import sop_class_keyword
-from pacsd.logs import get_logger
+from pacsd.logs import Logger, get_logger
 from pacsd.policy.engine import Decision
 from pacsd.policy.limits import Slot
+
+# Association IDs: a random prefix per process (workers never share one) and a counter.
+_ID_PREFIX = secrets.token_hex(3)
+_counter = itertools.count(1)
+
+
+def _next_id() -> str:
+    return f"{_ID_PREFIX}{next(_counter) & 0xFFFFFF:06x}"
+
 
 HandleState = Literal["connected", "requested", "established", "rejected", "released", "aborted"]
 
@@ -100,17 +108,21 @@ class ClientHandle:
     slot: Slot | None = None
     contexts: list[NegotiatedContext] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
-    log: structlog.stdlib.BoundLogger = field(init=False)
+    _log: Logger | None = field(default=None, init=False)
     _started: float = field(default_factory=time.monotonic, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
-    def __post_init__(self) -> None:
-        self.log = get_logger("pacsd.association", **self.log_context())
+    @property
+    def log(self) -> Logger:
+        """This association's logger: its ID, AE titles and peer on every line."""
+        if self._log is None:
+            self._log = get_logger("pacsd.association", **self.log_context())
+        return self._log
 
     @classmethod
     def connect(cls, peer_address: str, peer_port: int) -> ClientHandle:
         """A handle for a new connection from `peer_address`."""
-        return cls(secrets.token_hex(6), peer_address, peer_port, datetime.now(UTC))
+        return cls(_next_id(), peer_address, peer_port, datetime.now(UTC))
 
     def log_context(self) -> dict[str, Any]:
         """The keys every log line of this association carries."""
@@ -126,7 +138,7 @@ class ClientHandle:
         self.calling_ae_title = calling_ae_title
         self.called_ae_title = called_ae_title
         self.state = "requested"
-        self.log = get_logger("pacsd.association", **self.log_context())
+        self._log = None  # the next line carries the titles
 
     @property
     def accepted_contexts(self) -> list[NegotiatedContext]:

@@ -113,7 +113,9 @@ class LoggingSettings(StrictModel):
 
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    pynetdicom_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # No effect since pacsd has its own DICOM engine (kept so that older files still load;
+    # a warning at start-up says so). At DEBUG, `level` traces every PDU.
+    pynetdicom_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_patient_data: bool = False
 
 

@@ -142,12 +142,12 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_serves_on(
     contexts = [(VERIFICATION, "1.2.840.10008.1.2")]
     with associate(server.host, server.port, contexts) as assoc:
         server.send_signal(signal.SIGUSR1)
-        _wait_until(lambda: any("_run_once" in line for line in server.raw_lines))
+        _wait_until(lambda: any("_serve_associations" in line for line in server.raw_lines))
         assert assoc.send_c_echo().Status == 0x0000
     assert echo(server.host, server.port)
     dump = [line for line in server.raw_lines if line.startswith(("Thread 0x", "Current thread"))]
     assert len(dump) >= 2  # the main thread (the engine's event loop), the commitment worker
-    assert any("_run_once" in line for line in server.raw_lines)  # the event loop
+    assert any("_serve_associations" in line for line in server.raw_lines)  # the event loop
     assert server.stop() == 0
 
 

@@ -15,12 +15,13 @@ never raise. Other commands (e.g. `pacsd fsck --repair`) call `configure(setting
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pacsd.audit import events, transfers
 from pacsd.audit.messages import MINOR_FAILURE, SUCCESS, AuditMessage, AuditSource
@@ -70,7 +71,7 @@ class AuditTrail:
 
     def emit(self, message: AuditMessage) -> None:
         """Write one message to every sink."""
-        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        body = orjson.dumps(message)
         with self._lock:
             self.emitted += 1
         if self.file is not None:

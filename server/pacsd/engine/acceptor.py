@@ -10,7 +10,6 @@ is. An A-RELEASE-RQ is answered once the running operations have sent their last
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -18,10 +17,10 @@ from pacsd import audit
 from pacsd.dimse.commands import C_CANCEL_RQ, Command
 from pacsd.dimse.messages import AcceptedContext, Request
 from pacsd.engine import pdu as pdus
-from pacsd.engine.association import Association, peer_of
+from pacsd.engine.association import TRACE, Association, peer_of
 from pacsd.engine.dimse import DataSink
 from pacsd.engine.negotiation import Accepted, read_request
-from pacsd.engine.tls import handshake_failure, peer_subject
+from pacsd.engine.tls import peer_subject
 from pacsd.handle import ClientHandle
 from pacsd.policy.engine import REJECT_TRANSIENT_NO_REASON, Decision, Rejection
 
@@ -37,17 +36,15 @@ QUEUE_SLACK = 4
 class Acceptor(Association):
     """The engine's side of one accepted connection (see the module docstring)."""
 
-    def __init__(self, engine: Engine, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, engine: Engine, admitted: tuple[str, int, int] | None = None) -> None:
         super().__init__(ClientHandle.connect("unknown", 0), engine.limits, engine.timeouts)
         self.engine = engine
-        self.tls = tls
         self.window = 1
         self.running: dict[int, tuple[Request, asyncio.Task[None]]] = {}
         self.queued: deque[Request] = deque()
-        self._pending_key: tuple[str, int, int] | None = None
+        # A DICOM TLS connection counted as pending since its accept (engine/core.py).
+        self._pending_key: tuple[str, int, int] | None = admitted
         self._reading_paused = False
-        # Bytes decrypted after the TLS handshake, before start_tls handed pacsd the transport.
-        self._early = bytearray()
 
     # -- connection ----------------------------------------------------------------------
 
@@ -56,60 +53,23 @@ class Acceptor(Association):
         transport = cast(asyncio.Transport, base)
         address, port = peer_of(transport)
         self.handle = ClientHandle.connect(address, port)
-        sockname = transport.get_extra_info("sockname") or ("", 0)
-        key = (address, port, int(sockname[1]))
-        if not self.engine.pending.admit(key):
-            self.state = "closed"
-            transport.abort()  # PS: network.max_pending_*: closed at once, nothing read
-            return
-        self._pending_key = key
+        if self._pending_key is None:
+            sockname = transport.get_extra_info("sockname") or ("", 0)
+            key = (address, port, int(sockname[1]))
+            if not self.engine.pending.admit(key):
+                self.state = "closed"
+                transport.abort()  # PS: network.max_pending_*: closed at once, nothing read
+                return
+            self._pending_key = key
         self.engine.register(self)
         self.engine.options.apply(transport.get_extra_info("socket"))
-        self.handle.log.debug("connection opened")
-        if self.tls is None:
-            self._await_request()
-            return
-        self.state = "handshake"
-        transport.pause_reading()  # the ClientHello is start_tls's
-        task = asyncio.get_running_loop().create_task(self._handshake(transport, self.tls))
-        self.engine.track(task)
-
-    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
-        """DICOM TLS (PS3.15 B.1): the server side of the handshake, bounded in time."""
-        loop = asyncio.get_running_loop()
-        timeout = self.engine.tls_handshake_timeout
-        try:
-            transport = await loop.start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=timeout,
-            )
-        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-            self.handle.log.warning(
-                "TLS handshake failed; connection closed",
-                peer_address=self.handle.peer_address,
-                peer_port=self.handle.peer_port,
-                reason=handshake_failure(exc, timeout),
-            )
-            raw.abort()
-            return
-        if transport is None or self.state == "closed":
-            return
-        self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
-        self.handle.tls_version = ssl_object.version() if ssl_object is not None else None
-        self.handle.tls_subject = peer_subject(ssl_object) if ssl_object is not None else None
-        self.handle.log.debug(
-            "TLS handshake done",
-            tls_version=self.handle.tls_version,
-            cipher=(ssl_object.cipher() or ("",))[0] if ssl_object is not None else "",
-        )
+        if ssl_object is not None:  # PS3.15 B.1: the handshake is done, the peer verified
+            self.handle.tls_version = ssl_object.version()
+            self.handle.tls_subject = peer_subject(ssl_object)
+        if TRACE.enabled:
+            self.handle.log.debug("connection opened", tls_version=self.handle.tls_version)
         self._await_request()
-        early, self._early = self._early, bytearray()
-        if early:
-            self.feed(memoryview(early))
 
     def _await_request(self) -> None:
         """PS3.8 Sta2: ARTIM runs until the A-ASSOCIATE-RQ is complete; a peer that starts
@@ -118,13 +78,6 @@ class Acceptor(Association):
         self.start_artim(self.timeouts.acse)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.state == "handshake":
-            # The handshake is done, start_tls has not returned yet: keep (bounded) what came.
-            if len(self._early) + nbytes > self.limits.max_association_request_size:
-                self.close_transport()
-                return
-            self._early += self.receive_buffer[:nbytes]
-            return
         if self.state == "awaiting-request" and self.framer.idle:
             self.start_artim(min(self.timeouts.acse, self.engine.request_body_timeout))
         super().buffer_updated(nbytes)
@@ -246,6 +199,8 @@ class Acceptor(Association):
         if self.state != "established":
             self.engine.operations.discard(request)  # during release: not served
             return
+        if not self.running and self.engine.operations.answer_now(self, request):
+            return  # answered on the loop (in order: nothing was running before it)
         if len(self.running) < self.window:
             self._start(request)
             return

@@ -39,6 +39,7 @@ from pacsd.engine.framing import Framer, FramingError, PduTooLong
 from pacsd.engine.limits import ReceiveLimits
 from pacsd.engine.ports import Outbox
 from pacsd.engine.responses import store_request
+from pacsd.engine.timers import sweeper
 from pacsd.handle import ClientHandle
 from pacsd.services.ports import Outgoing
 
@@ -77,21 +78,23 @@ class Association(asyncio.BufferedProtocol):
         self.contexts: dict[int, AcceptedContext] = {}
         self.peer_max_pdu = 0
         self.local_max_pdu = 0
-        self.closed = asyncio.get_running_loop().create_future()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._artim: asyncio.TimerHandle | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
+        self._writable = True
+        self._drained: asyncio.Future[None] | None = None
+        self._artim_deadline: float | None = None  # PS3.8 9.1.5, checked by the sweeper
+        self._idle_after: float | None = None  # seconds of silence before the abort
         self._last_received = time.monotonic()
         # Responses to requests pacsd sent on this association, by Message ID.
         self._awaiting: dict[int, asyncio.Future[tuple[Command, object]]] = {}
         self._next_message_id = 1
-        self.outbox = Outbox(self, asyncio.get_running_loop())
+        self._outbox: Outbox | None = None
+        self.loop = asyncio.get_running_loop()
 
     # -- transport events ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sweeper().add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
 
     receive_buffer = _shared_buffer
@@ -130,16 +133,39 @@ class Association(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._writable = False
 
     def resume_writing(self) -> None:
-        self._writable.set()
-        self.outbox.wake()
+        self._writable = True
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        if self._outbox is not None:
+            self._outbox.wake()
 
     @property
     def writable(self) -> bool:
         """Whether the transport takes more without waiting (read from worker threads too)."""
-        return self._writable.is_set()
+        return self._writable
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where worker threads hand PDUs to this association (made on first use)."""
+        outbox = self._outbox
+        if outbox is None:  # also from a worker thread: the loop is the one noted at start
+            outbox = self._outbox = Outbox(self, self.loop)
+        return outbox
+
+    async def wait_closed(self) -> None:
+        """Until the connection has ended."""
+        if self.state == "closed":
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed)
 
     @property
     def gone(self) -> bool:
@@ -148,17 +174,18 @@ class Association(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous, self.state = self.state, "closed"
-        self._cancel_timers()
+        sweeper().discard(self)
+        self._artim_deadline = self._idle_after = None
         self.assembler.discard()
         for future in self._awaiting.values():
             if not future.done():
                 future.set_exception(ConnectionError("the association ended"))
         self._awaiting.clear()
-        self._writable.set()  # nobody may wait for a transport that is gone
-        self.outbox.wake()
+        self._writable = True  # nobody may wait for a transport that is gone
+        self._wake_writers()
         self.ended(previous)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     # -- what the roles provide ----------------------------------------------------------
 
@@ -257,8 +284,10 @@ class Association(asyncio.BufferedProtocol):
 
     async def drain(self) -> None:
         """Wait until the transport has room (flow control for long sends)."""
-        if not self._writable.is_set():
-            await self._writable.wait()
+        if not self._writable:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
 
     def expect_response(self, message_id: int) -> asyncio.Future[tuple[Command, object]]:
         """A future for the response to the request pacsd is about to send."""
@@ -337,51 +366,40 @@ class Association(asyncio.BufferedProtocol):
 
     def start_artim(self, seconds: float) -> None:
         """(Re)start ARTIM (PS3.8 9.1.5): when it expires, the connection is closed."""
-        self.stop_artim()
-        self._artim = asyncio.get_running_loop().call_later(seconds, self._artim_expired)
+        self._artim_deadline = time.monotonic() + seconds
 
     def stop_artim(self) -> None:
-        if self._artim is not None:
-            self._artim.cancel()
-            self._artim = None
-
-    def _artim_expired(self) -> None:
-        self._artim = None
-        if self.state != "closing":
-            self.handle.log.info("ARTIM timer expired; closing the connection", state=self.state)
-        self.close_transport()
+        self._artim_deadline = None
 
     def start_idle_timer(self) -> None:
         """Abort the association when the peer sends nothing for `network_timeout` seconds
         while pacsd waits for it (an operation in progress counts as activity)."""
         if self.timeouts.network > 0:
-            self._idle = asyncio.get_running_loop().call_later(
-                self.timeouts.network, self._idle_check
-            )
+            self._idle_after = self.timeouts.network
 
-    def _idle_check(self) -> None:
-        self._idle = None
-        if self.state not in ("established", "releasing"):
+    def check_timers(self, now: float) -> None:
+        """From the sweeper (engine/timers.py): ARTIM, then the idle timeout."""
+        artim = self._artim_deadline
+        if artim is not None and now >= artim:
+            self._artim_deadline = None
+            if self.state != "closing":
+                self.handle.log.info(
+                    "ARTIM timer expired; closing the connection", state=self.state
+                )
+            self.close_transport()
             return
-        quiet = time.monotonic() - self._last_received
-        if self.busy() or quiet < self.timeouts.network:
-            delay = max(self.timeouts.network - quiet, 0.1)
-            self._idle = asyncio.get_running_loop().call_later(delay, self._idle_check)
+        idle = self._idle_after
+        if idle is None or self.state not in ("established", "releasing"):
             return
-        self.handle.log.warning(
-            "network timeout: nothing received; aborting", seconds=self.timeouts.network
-        )
+        if now - self._last_received < idle or self.busy():
+            return
+        self._idle_after = None
+        self.handle.log.warning("network timeout: nothing received; aborting", seconds=idle)
         self.abort(pdus.ABORT_SOURCE_PROVIDER, pdus.ABORT_REASON_NOT_SPECIFIED)
 
     def busy(self) -> bool:
         """Whether pacsd itself is working for the peer (the idle timer waits then)."""
         return False
-
-    def _cancel_timers(self) -> None:
-        self.stop_artim()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
 
     # -- ending --------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from pacsd.engine.operations import Operations, Services
 from pacsd.engine.pending import PendingConnections
 from pacsd.engine.requestor import Proposal, Requestor, associate
 from pacsd.engine.sockets import SocketOptions
-from pacsd.engine.tls import tls_args_for
+from pacsd.engine.tls import handshake_failure, tls_args_for
 from pacsd.logs import get_logger
 from pacsd.settings import Peer, Settings
 
@@ -94,6 +94,7 @@ class Engine:
         self.live: dict[str, Acceptor] = {}  # by association ID
         TRACE.enabled = logging.getLogger("pacsd.association").isEnabledFor(logging.DEBUG)
         self._servers: list[asyncio.Server] = []
+        self._tls_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- listening -----------------------------------------------------------------------
@@ -122,9 +123,58 @@ class Engine:
                 f"cannot listen on {host}:{port} (the {kind} DICOM listener): {exc.strerror or exc}"
             ) from None
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Acceptor(self, tls), sock=sock)
-        self._servers.append(server)
+        if tls is None:
+            self._servers.append(await loop.create_server(lambda: Acceptor(self), sock=sock))
+        else:
+            loop.add_reader(sock.fileno(), self._accept_tls, sock, tls)
+            self._tls_sockets.append(sock)
         return int(sock.getsockname()[1])
+
+    def _accept_tls(self, listening: socket.socket, context: ssl.SSLContext) -> None:
+        """DICOM TLS connections: accepted here and counted as pending from now on, so that a
+        peer stuck in the handshake holds a pending slot (network.max_pending_*), bounded by
+        network.tls.handshake_timeout; the handshake itself is the loop's."""
+        port = int(listening.getsockname()[1])
+        for _ in range(LISTEN_BACKLOG):
+            try:
+                connection, address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed on the TLS listener", error=str(exc))
+                return
+            key = (str(address[0]), int(address[1]), port)
+            if not self.pending.admit(key):
+                connection.close()
+                continue
+            connection.setblocking(False)
+            task = asyncio.get_running_loop().create_task(
+                self._tls_handshake(connection, key, context)
+            )
+            self.track(task)
+
+    async def _tls_handshake(
+        self, connection: socket.socket, key: tuple[str, int, int], context: ssl.SSLContext
+    ) -> None:
+        """PS3.15 B.1: the server side of the handshake, then the association's Acceptor."""
+        loop = asyncio.get_running_loop()
+        timeout = self.tls_handshake_timeout
+        try:
+            await loop.connect_accepted_socket(
+                lambda: Acceptor(self, admitted=key),
+                connection,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            self.pending.release(key)
+            connection.close()
+            log.warning(
+                "TLS handshake failed; connection closed",
+                peer_address=key[0],
+                peer_port=key[1],
+                reason=handshake_failure(exc, timeout),
+            )
 
     def _listening_socket(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -147,6 +197,10 @@ class Engine:
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
+        tls_sockets, self._tls_sockets = self._tls_sockets, []
+        for sock in tls_sockets:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
 
     async def drain(self, grace_period: float, interrupted: asyncio.Event) -> bool:
         """Wait up to `grace_period` for the associations to end; False if some remain."""
@@ -164,7 +218,10 @@ class Engine:
             acceptor.abort(pdus.ABORT_SOURCE_USER, 0)
             acceptor.close_transport()
         if acceptors:
-            await asyncio.wait([acceptor.closed for acceptor in acceptors], timeout=wait)
+            waits = [asyncio.ensure_future(acceptor.wait_closed()) for acceptor in acceptors]
+            _done, pending = await asyncio.wait(waits, timeout=wait)
+            for task in pending:
+                task.cancel()
         return len(acceptors)
 
     def close(self) -> None:

@@ -117,22 +117,13 @@ class Operations:
         if isinstance(request.data, IncomingFile):
             request.data.discard()
 
-    async def run(self, assoc: Acceptor, request: Request) -> None:
-        """Answer one request (see the module docstring)."""
-        try:
-            await self._run(assoc, request)
-        except ConnectionError:
-            pass  # the association ended while the operation ran: nobody to answer
-        except Exception:
-            assoc.handle.log.exception("operation failed in the engine", operation=request.name)
-        finally:
-            self.discard(request)
-
-    async def _run(self, assoc: Acceptor, request: Request) -> None:
+    def answer_now(self, assoc: Acceptor, request: Request) -> bool:
+        """Answer on the loop what needs no executor (C-ECHO, the refusals); True if done."""
         command, context = request.command, request.context
         if command.field not in COMMAND_NAMES:
             assoc.protocol_error(f"unknown DIMSE command field 0x{command.field:04X}", 0)
-            return
+            self.discard(request)
+            return True
         group = self.group_of(context.abstract_syntax)
         if command.field not in DEFINED.get(group, frozenset()):
             _log_refused(
@@ -143,18 +134,37 @@ class Operations:
                 request,
                 Response(UNRECOGNIZED_OPERATION, f"{request.name} is not defined here"),
             )
-            return
-        if request.sop_class_uid != context.abstract_syntax:
+        elif request.sop_class_uid != context.abstract_syntax:
             _log_refused(
                 assoc, request, SOP_CLASS_NOT_SUPPORTED, "SOP class differs from its context's"
             )
             comment = f"SOP Class UID is not context {context.context_id}'s"
             send(assoc, request, Response(SOP_CLASS_NOT_SUPPORTED, comment))
-            return
-        loop = asyncio.get_running_loop()
-        if command.field == c.C_ECHO_RQ:
+        elif command.field == c.C_ECHO_RQ:
             send(assoc, request, run_operation(group, on_c_echo, request, assoc.handle))
-        elif command.field == c.C_STORE_RQ:
+        else:
+            return False
+        self.discard(request)
+        return True
+
+    async def run(self, assoc: Acceptor, request: Request) -> None:
+        """Answer one request (see the module docstring)."""
+        if self.answer_now(assoc, request):
+            return
+        try:
+            await self._run(assoc, request)
+        except ConnectionError:
+            pass  # the association ended while the operation ran: nobody to answer
+        except Exception:
+            assoc.handle.log.exception("operation failed in the engine", operation=request.name)
+        finally:
+            self.discard(request)
+
+    async def _run(self, assoc: Acceptor, request: Request) -> None:
+        command = request.command
+        group = self.group_of(request.context.abstract_syntax)
+        loop = asyncio.get_running_loop()
+        if command.field == c.C_STORE_RQ:
             store = functools.partial(self._store, group)
             send(assoc, request, await loop.run_in_executor(self.io, store, request, assoc.handle))
         elif command.field in self._simple:

@@ -161,7 +161,7 @@ class Requestor(Association):
         self.state = "releasing"
         self.write(pdus.RELEASE_RQ)
         try:
-            await asyncio.wait_for(asyncio.shield(self.closed), self.timeouts.acse)
+            await asyncio.wait_for(self.wait_closed(), self.timeouts.acse)
         except TimeoutError:
             self.handle.log.warning("no A-RELEASE-RP in time; aborting")
             self.state = "established"
