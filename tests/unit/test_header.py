@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless
 
+from pacsd.dicom.header import index_text
 from pacsd.dicom.instance import ParsedInstance, parse_part10
 from pacsd.errors import CannotUnderstand, DatasetMismatch, OutOfResources
 from tests import datagen
@@ -93,3 +96,43 @@ def test_inflation_is_bounded(tmp_path: Path) -> None:
     path = datagen.write_part10(dataset, tmp_path / "big.dcm", DeflatedExplicitVRLittleEndian)
     with pytest.raises(OutOfResources, match="inflates beyond"):
         parse(path, limit=10_000)
+
+
+@pytest.mark.parametrize(
+    ("charset", "patient_name"),
+    [
+        ("ISO_IR 100", "Müller^Jürgen"),
+        ("ISO_IR 192", "Ωμέγα^Λάμδα"),
+        (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("", "Doe^John=="),
+        ("", "Doe^John^^^Jr"),
+    ],
+)
+def test_index_attributes_are_what_pydicom_reads(
+    tmp_path: Path, charset: str | list[str], patient_name: str
+) -> None:
+    """The attributes taken from the JSON header equal `index_text` on pydicom's own data set,
+    person name components, character sets, multiple values and numbers included."""
+    dataset = datagen.ct_image(datagen.StudyContext(), 12, 16)
+    dataset.SpecificCharacterSet = charset or "ISO_IR 6"
+    dataset.PatientName = patient_name
+    dataset.StudyDescription = "  padded  "
+    dataset.Modality = "CT"
+    dataset.SeriesNumber = "0003"
+    dataset.ReferringPhysicianName = ["A^B", "C^D"]  # multiple values
+    dataset.AccessionNumber = ""  # empty
+    del dataset.BodyPartExamined  # absent
+    path = datagen.write_part10(dataset, tmp_path / "ct.dcm")
+    parsed = parse(path)
+    reread = dcmread(path)
+    for field in dataclasses.fields(parsed.attributes):
+        keyword = "".join(part.capitalize() for part in field.name.split("_"))
+        keyword = {"PatientId": "PatientID", "IssuerOfPatientId": "IssuerOfPatientID",
+                   "StudyInstanceUid": "StudyInstanceUID", "StudyId": "StudyID",
+                   "SeriesInstanceUid": "SeriesInstanceUID", "SopInstanceUid": "SOPInstanceUID",
+                   "SopClassUid": "SOPClassUID"}.get(keyword, keyword)  # fmt: skip
+        expected: object = index_text(reread, keyword)
+        if field.name in ("series_number", "instance_number"):
+            expected = int(str(expected)) if expected else None
+        assert getattr(parsed.attributes, field.name) == expected, field.name
+    assert parsed.attributes.patient_name == str(reread.PatientName)

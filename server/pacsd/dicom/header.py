@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -129,34 +130,80 @@ class InstanceAttributes:
 
 
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_TAGS = {
+    keyword: f"{tag_for_keyword(keyword) or 0:08X}"
+    for keyword in (
+        *_REQUIRED_UIDS,
+        "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+        "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName",
+        "StudyDescription", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+        "SeriesDate", "SeriesTime", "InstanceNumber",
+    )
+}  # fmt: skip
 
 
-def extract_attributes(dataset: Dataset) -> InstanceAttributes:
-    """Index attributes of `dataset`; the four identifying UIDs must be present."""
+def json_text(document: dict[str, Any], keyword: str) -> str:
+    """A top-level value of a JSON header as index text, as `index_text` reads it from the
+    data set: '' when absent, multiple values joined by '\\', a person name's components
+    joined by '=' (PS3.5 6.2.1), stripped, at most INDEX_TEXT_LIMIT characters."""
+    element = document.get(_TAGS[keyword])
+    values = element.get("Value") if element else None
+    if not values:
+        return ""
+    if element is not None and element.get("vr") == "PN":
+        texts = ["=".join(str(part) for part in _components(value)) for value in values]
+    else:
+        texts = ["" if value is None else str(value) for value in values]
+    return "\\".join(texts).strip()[:INDEX_TEXT_LIMIT]
+
+
+def _components(value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        return [str(value)]
+    parts = [value.get("Alphabetic", "")]
+    if "Ideographic" in value or "Phonetic" in value:
+        parts.append(value.get("Ideographic", ""))
+    if "Phonetic" in value:
+        parts.append(value.get("Phonetic", ""))
+    return parts
+
+
+def _json_integer(document: dict[str, Any], keyword: str) -> int | None:
+    text = json_text(document, keyword).split("\\")[0]
+    try:
+        return int(float(text)) if text else None
+    except ValueError:
+        return None
+
+
+def attributes_from_json(document: dict[str, Any]) -> InstanceAttributes:
+    """Index attributes of a header already in the DICOM JSON model (`header_json`): each value
+    is converted once, for both. The four identifying UIDs must be present."""
     for keyword in _REQUIRED_UIDS:
-        if not index_text(dataset, keyword):
+        if not json_text(document, keyword):
             raise DatasetMismatch(f"data set has no {keyword}")
+    text = json_text
     return InstanceAttributes(
-        patient_id=index_text(dataset, "PatientID"),
-        issuer_of_patient_id=index_text(dataset, "IssuerOfPatientID"),
-        patient_name=index_text(dataset, "PatientName"),
-        patient_birth_date=index_text(dataset, "PatientBirthDate"),
-        patient_sex=index_text(dataset, "PatientSex"),
-        study_instance_uid=index_text(dataset, "StudyInstanceUID"),
-        study_date=index_text(dataset, "StudyDate"),
-        study_time=index_text(dataset, "StudyTime"),
-        accession_number=index_text(dataset, "AccessionNumber"),
-        study_id=index_text(dataset, "StudyID"),
-        referring_physician_name=index_text(dataset, "ReferringPhysicianName"),
-        study_description=index_text(dataset, "StudyDescription"),
-        series_instance_uid=index_text(dataset, "SeriesInstanceUID"),
-        modality=index_text(dataset, "Modality"),
-        series_number=_integer(dataset, "SeriesNumber"),
-        series_description=index_text(dataset, "SeriesDescription"),
-        body_part_examined=index_text(dataset, "BodyPartExamined"),
-        series_date=index_text(dataset, "SeriesDate"),
-        series_time=index_text(dataset, "SeriesTime"),
-        sop_instance_uid=index_text(dataset, "SOPInstanceUID"),
-        sop_class_uid=index_text(dataset, "SOPClassUID"),
-        instance_number=_integer(dataset, "InstanceNumber"),
+        patient_id=text(document, "PatientID"),
+        issuer_of_patient_id=text(document, "IssuerOfPatientID"),
+        patient_name=text(document, "PatientName"),
+        patient_birth_date=text(document, "PatientBirthDate"),
+        patient_sex=text(document, "PatientSex"),
+        study_instance_uid=text(document, "StudyInstanceUID"),
+        study_date=text(document, "StudyDate"),
+        study_time=text(document, "StudyTime"),
+        accession_number=text(document, "AccessionNumber"),
+        study_id=text(document, "StudyID"),
+        referring_physician_name=text(document, "ReferringPhysicianName"),
+        study_description=text(document, "StudyDescription"),
+        series_instance_uid=text(document, "SeriesInstanceUID"),
+        modality=text(document, "Modality"),
+        series_number=_json_integer(document, "SeriesNumber"),
+        series_description=text(document, "SeriesDescription"),
+        body_part_examined=text(document, "BodyPartExamined"),
+        series_date=text(document, "SeriesDate"),
+        series_time=text(document, "SeriesTime"),
+        sop_instance_uid=text(document, "SOPInstanceUID"),
+        sop_class_uid=text(document, "SOPClassUID"),
+        instance_number=_json_integer(document, "InstanceNumber"),
     )

@@ -7,7 +7,7 @@ from typing import Any, BinaryIO
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from pacsd.dicom.header import InstanceAttributes, extract_attributes, header_json, read_header
+from pacsd.dicom.header import InstanceAttributes, attributes_from_json, header_json, read_header
 from pacsd.dicom.integrity import check_dataset
 from pacsd.dicom.part10 import Part10Layout, open_dataset, read_layout
 
@@ -38,10 +38,8 @@ def parse_part10(
     layout = read_layout(fp)
     source = open_dataset(fp, layout, inflate_limit(layout, max_inflated_size, max_inflate_ratio))
     check_dataset(source.stream, source.start, source.end, source.explicit_vr, source.little_endian)
-    dataset = read_header(source)
-    return ParsedInstance(
-        layout=layout, attributes=extract_attributes(dataset), header=header_json(dataset)
-    )
+    header = header_json(read_header(source))
+    return ParsedInstance(layout=layout, attributes=attributes_from_json(header), header=header)
 
 
 # Below this, the ratio does not apply: a small, mostly blank image deflates beyond any sane
