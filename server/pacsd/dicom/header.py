@@ -12,6 +12,7 @@ from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
+from pacsd.dicom.fastjson import element_json, text_codec
 from pacsd.dicom.part10 import DatasetStream
 from pacsd.errors import CannotUnderstand, DatasetMismatch
 
@@ -23,6 +24,7 @@ BULK_DATA_THRESHOLD = 1024
 INDEX_TEXT_LIMIT = 256
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_UNKNOWN = "?"  # header_json's codec argument when there is no enclosing data set
 
 
 def _stop_at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -58,27 +60,46 @@ def _is_bulk(element: DataElement | RawDataElement) -> bool:
     )
 
 
-def header_json(dataset: Dataset) -> dict[str, Any]:
+def header_json(dataset: Dataset, codec: str | None = _UNKNOWN) -> dict[str, Any]:
     """The DICOM JSON model (PS3.18 F.2) of the header, bulk data left out.
 
     Element by element, as pydicom's `Dataset.to_json_dict(suppress_invalid_tags=True)` does
     (an element whose value cannot be serialized is left out), without first copying the
-    non-bulk elements into a new Dataset.
+    non-bulk elements into a new Dataset. Raw elements of the common VRs are converted by
+    dicom/fastjson.py; pydicom converts the rest. `codec`: of the enclosing data set's text.
     """
+    codec = _text_codec(dataset, codec)
     document: dict[str, Any] = {}
     for tag in dataset.keys():  # noqa: SIM118 (a Dataset is not a dict)
-        if _is_bulk(dataset.get_item(tag, keep_deferred=True)):
+        raw: Any = dataset.get_item(tag, keep_deferred=True)  # raw until converted
+        if _is_bulk(raw):
             continue
+        if type(raw) is RawDataElement and raw.is_little_endian:
+            fast = element_json(raw, codec)
+            if fast is not None:
+                document[f"{tag:08X}"] = fast
+                continue
         try:
             element = dataset[tag]
             if element.VR == "SQ":
-                items = [header_json(item) for item in element.value]
+                items = [header_json(item, codec) for item in element.value]
                 document[f"{tag:08X}"] = {"vr": "SQ", "Value": items}
             else:
                 document[f"{tag:08X}"] = element.to_json_dict(None, BULK_DATA_THRESHOLD)
         except Exception:  # noqa: S112 (as pydicom's suppress_invalid_tags)
             continue
     return document
+
+
+def _text_codec(dataset: Dataset, inherited: str | None) -> str | None:
+    """The codec of this data set's text: its own Specific Character Set (0008,0005), else
+    its parent's (PS3.5 7.5.3); None: pydicom decodes the text."""
+    raw: Any = dataset.get_item(0x00080005, keep_deferred=True)
+    if raw is None:
+        return text_codec(None) if inherited is _UNKNOWN else inherited
+    if type(raw) is RawDataElement and isinstance(raw.value, bytes):
+        return text_codec(raw.value)
+    return None
 
 
 def index_text(dataset: Dataset, keyword: str) -> str:
@@ -91,14 +112,6 @@ def index_text(dataset: Dataset, keyword: str) -> str:
         return ""
     values = value if isinstance(value, MultiValue | list) else [value]
     return "\\".join(str(v) for v in values).strip()[:INDEX_TEXT_LIMIT]
-
-
-def _integer(dataset: Dataset, keyword: str) -> int | None:
-    text = index_text(dataset, keyword).split("\\")[0]
-    try:
-        return int(float(text)) if text else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

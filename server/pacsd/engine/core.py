@@ -85,11 +85,12 @@ class Engine:
         self.request_body_timeout = REQUEST_BODY_TIMEOUT_S
         self.max_pdu_size = network.max_pdu_size
         self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-io")
+        self.sync = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-sync")
         self.work = ThreadPoolExecutor(
             max_workers=max(4, network.max_associations), thread_name_prefix="pacsd-op"
         )
         self.operations = Operations(
-            services, self.io, self.work, self.limits.max_memory_dataset_size
+            services, self.io, self.sync, self.work, self.limits.max_memory_dataset_size
         )
         self.live: dict[str, Acceptor] = {}  # by association ID
         TRACE.enabled = logging.getLogger("pacsd.association").isEnabledFor(logging.DEBUG)
@@ -228,6 +229,7 @@ class Engine:
         """Wait for the operations still in the executors (their answers go nowhere)."""
         self.work.shutdown(wait=True, cancel_futures=True)
         self.io.shutdown(wait=True)
+        self.sync.shutdown(wait=True)
 
     def register(self, acceptor: Acceptor) -> None:
         """A new connection."""

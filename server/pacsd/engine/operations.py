@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -78,9 +79,12 @@ class Services:
 class Operations:
     """Routes and runs the requests of every acceptor of one engine."""
 
-    def __init__(self, services: Services, io: Executor, work: Executor, memory_limit: int) -> None:
+    def __init__(
+        self, services: Services, io: Executor, sync: Executor, work: Executor, memory_limit: int
+    ) -> None:
         self.services = services
         self.io = io
+        self.sync = sync  # fsyncs only: never waits on anything, so `io` may wait on it
         self.work = work
         self.memory_limit = memory_limit
         self._groups: dict[str, str] = {}
@@ -165,6 +169,10 @@ class Operations:
         group = self.group_of(request.context.abstract_syntax)
         loop = asyncio.get_running_loop()
         if command.field == c.C_STORE_RQ:
+            received = request.data
+            if isinstance(received, IncomingFile) and received.refused is None:
+                # The file's fsync runs beside the header parse (another thread).
+                received.synced = self.sync.submit(os.fsync, received.descriptor)
             store = functools.partial(self._store, group)
             send(assoc, request, await loop.run_in_executor(self.io, store, request, assoc.handle))
         elif command.field in self._simple:

@@ -132,7 +132,7 @@ class FilesystemStore:
         relative = directory / f"{stem}-{unique[:16]}.dcm"
         final_path = self.root / relative
         try:
-            os.fsync(incoming.descriptor)
+            incoming.sync()
             incoming.close()
             self._make_directories(final_path.parent)
             os.rename(incoming.path, final_path)

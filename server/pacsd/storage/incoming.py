@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 
 from pacsd.storage.filesystem import FILE_MODE
@@ -27,7 +28,16 @@ _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 class IncomingFile:
     """The temporary file of one incoming data set (engine/dimse.py's DataSink)."""
 
-    __slots__ = ("_descriptor", "_hasher", "dataset_size", "head_size", "limit", "path", "refused")
+    __slots__ = (
+        "_descriptor",
+        "_hasher",
+        "dataset_size",
+        "head_size",
+        "limit",
+        "path",
+        "refused",
+        "synced",
+    )
 
     def __init__(self, folder: Path, head: bytes, limit: int) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.part"
@@ -35,6 +45,9 @@ class IncomingFile:
         self.head_size = len(head)
         self.dataset_size = 0  # data set bytes received (also those dropped)
         self.refused: str | None = None
+        # The fsync of the complete file, started (engine/operations.py) while the header is
+        # parsed: FilesystemStore.keep waits for it instead of syncing itself.
+        self.synced: Future[None] | None = None
         self._hasher = hashlib.sha256(head)
         self._descriptor = -1
         try:
@@ -87,6 +100,14 @@ class IncomingFile:
     def sha256(self) -> str:
         """SHA-256 of the file's bytes."""
         return self._hasher.hexdigest()
+
+    def sync(self) -> None:
+        """Make the file's bytes durable (the fsync started earlier, or one now)."""
+        synced, self.synced = self.synced, None
+        if synced is not None:
+            synced.result()
+        else:
+            os.fsync(self._descriptor)
 
     @property
     def descriptor(self) -> int:
