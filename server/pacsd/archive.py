@@ -12,6 +12,7 @@ A Part 10 file from elsewhere (an import) is copied behind pacsd's file meta (`s
 from __future__ import annotations
 
 import enum
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from pacsd.settings_security import LimitsSettings
 from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
 from pacsd.storage.incoming import IncomingFile
 
+# A received file up to this size is parsed from memory (bigger ones: from the file, whose
+# bulk values are skipped, never read).
+_READ_WHOLE = 4 * 1024 * 1024
 # The spool's preamble and file meta (PS3.10 7.1) come on top of the data set.
 _MAX_FILE_META_SIZE = 64 * 1024
 
@@ -101,7 +105,10 @@ class Archive:
             raise OutOfResources(received.refused)
         self.files.ensure_free_space(received.size)  # as for a copy: room for it once more
         with open(received.path, "rb") as spool:
-            parsed = self._parse(spool)
+            if received.size <= _READ_WHOLE:  # one read; the element walk then never syscalls
+                parsed = self._parse(io.BytesIO(spool.read()))
+            else:
+                parsed = self._parse(spool)
         _check_matches_request(incoming, parsed)
         attributes = parsed.attributes
         if parsed.layout.dataset_offset != received.head_size:
