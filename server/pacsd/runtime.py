@@ -38,7 +38,13 @@ def compile_policy(settings: Settings) -> Policy:
     """The policy engine's view of the settings: rules, the global association limit, and the
     users and JWT keys that verify user identities (read here, once per load)."""
     identity = IdentityVerifier.from_settings(settings.identity)
-    return Policy.compile(settings.policies, settings.network.max_associations, identity)
+    network = settings.network
+    return Policy.compile(
+        settings.policies,
+        network.max_associations,
+        identity,
+        network.max_associations_per_address,
+    )
 
 
 class RuntimeConfig:

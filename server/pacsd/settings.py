@@ -53,7 +53,10 @@ class NetworkSettings(StrictModel):
     max_pending_connections: int = Field(default=64, ge=1, le=10_000)
     max_pending_per_address: int = Field(default=16, ge=1, le=10_000)
     max_pdu_size: int = Field(default=262_144, ge=0)
-    max_associations: int = Field(default=32, ge=1, le=1000)
+    # An idle association costs a few kilobytes and no thread: the limits can be generous. One
+    # peer address gets at most its share, so that one host cannot lock every modality out.
+    max_associations: int = Field(default=256, ge=1, le=10_000)
+    max_associations_per_address: int = Field(default=64, ge=1, le=10_000)
     acse_timeout: Seconds = 30.0
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0

@@ -534,6 +534,26 @@ def test_global_limit_counts_all_rules() -> None:
     assert third.reason == "local limit exceeded: 2 associations (network)"
 
 
+def test_one_address_gets_its_share_and_the_others_still_get_in() -> None:
+    """max_associations_per_address 2: a third association from one address is refused (2,3,2)
+    naming the address, while another address is admitted; a release gives the slot back."""
+    policy = Policy.compile([rule("any")], max_associations=10, max_associations_per_address=2)
+    slots = AssociationSlots()
+    flood = [slots.admit(request("A", address="10.0.0.7"), policy) for _ in range(2)]
+    assert all(decision.accepted for decision, _ in flood)
+    third = slots.admit(request("A", address="10.0.0.7"), policy)[0]
+    assert third.rejection == Rejection(2, 3, 2)
+    assert third.reason == (
+        "local limit exceeded: 2 associations from 10.0.0.7 (network.max_associations_per_address)"
+    )
+    assert slots.admit(request("B", address="10.0.0.8"), policy)[0].accepted
+    slot = flood[0][1]
+    assert slot is not None
+    slots.release(slot)
+    assert slots.of_address("10.0.0.7") == 1
+    assert slots.admit(request("A", address="10.0.0.7"), policy)[0].accepted
+
+
 def test_full_rule_does_not_fall_through_to_a_later_rule() -> None:
     """A matching rule at its limit rejects; a later rule that would accept is not tried."""
     policy = Policy.compile([rule("ct", limits={"max_associations": 1}), rule("accept-all")])

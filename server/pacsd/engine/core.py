@@ -35,7 +35,8 @@ from pacsd.logs import get_logger
 from pacsd.settings import Peer, Settings
 
 log = get_logger("pacsd.listener")
-REQUEST_BODY_TIMEOUT_S = 5.0  # an A-ASSOCIATE-RQ that has begun must be complete by then
+REQUEST_BODY_TIMEOUT_S = 5.0
+WORK_THREADS = 32  # C-FIND, C-GET, C-MOVE and N-service operations running at once  # an A-ASSOCIATE-RQ that has begun must be complete by then
 LISTEN_BACKLOG = 128
 DRAIN_POLL_S = 0.05
 
@@ -86,9 +87,8 @@ class Engine:
         self.max_pdu_size = network.max_pdu_size
         self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-io")
         self.sync = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-sync")
-        self.work = ThreadPoolExecutor(
-            max_workers=max(4, network.max_associations), thread_name_prefix="pacsd-op"
-        )
+        # Operations beyond these threads wait their turn (bounded memory, whatever the peers).
+        self.work = ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="pacsd-op")
         self.operations = Operations(
             services, self.io, self.sync, self.work, self.limits.max_memory_dataset_size
         )

@@ -115,6 +115,9 @@ class Policy:
     rules: tuple[CompiledRule, ...]
     max_associations: int | None = None
     identity: IdentityVerifier = field(default_factory=IdentityVerifier)  # users, JWT keys
+    # One peer address's share of the associations, so that a flood from one host (or a
+    # misbehaving modality) cannot take every slot from the others.
+    max_associations_per_address: int | None = None
 
     @classmethod
     def compile(
@@ -122,10 +125,12 @@ class Policy:
         rules: Sequence[PolicyRule],
         max_associations: int | None = None,
         identity: IdentityVerifier | None = None,
+        max_associations_per_address: int | None = None,
     ) -> Policy:
         """Expand every rule once; raises ValueError on a name the catalogues do not know."""
         compiled = tuple(_compile(rule) for rule in rules)
-        return cls(compiled, max_associations, identity or IdentityVerifier())
+        verifier = identity or IdentityVerifier()
+        return cls(compiled, max_associations, verifier, max_associations_per_address)
 
 
 class Usage(Protocol):
@@ -143,6 +148,10 @@ class Usage(Protocol):
         """Those accepted by `rule` for `calling_ae_title`."""
         ...
 
+    def of_address(self, address: str) -> int:
+        """Those from peer address `address`."""
+        ...
+
 
 class NoUsage:
     """No association is live (explain, tests)."""
@@ -156,6 +165,10 @@ class NoUsage:
         return 0
 
     def of_calling_ae(self, rule: str, calling_ae_title: str) -> int:
+        """Zero."""
+        return 0
+
+    def of_address(self, address: str) -> int:
         """Zero."""
         return 0
 
@@ -249,6 +262,12 @@ def _over_limit(
     limits = rule.source.limits
     if policy.max_associations is not None and usage.total() >= policy.max_associations:
         return f"local limit exceeded: {policy.max_associations} associations (network)"
+    per_address = policy.max_associations_per_address
+    if per_address is not None and usage.of_address(request.peer_address) >= per_address:
+        return (
+            f"local limit exceeded: {per_address} associations from {request.peer_address} "
+            "(network.max_associations_per_address)"
+        )
     if limits.max_associations is not None and usage.of_rule(rule.name) >= limits.max_associations:
         return f"local limit exceeded: {limits.max_associations} associations (rule {rule.name!r})"
     per_ae = limits.max_associations_per_calling_ae

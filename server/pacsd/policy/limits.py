@@ -15,6 +15,7 @@ class Slot:
 
     rule: str
     calling_ae_title: str
+    address: str = ""
 
 
 class AssociationSlots:
@@ -24,6 +25,7 @@ class AssociationSlots:
         self._lock = threading.Lock()
         self._by_rule: Counter[str] = Counter()
         self._by_calling: Counter[tuple[str, str]] = Counter()
+        self._by_address: Counter[str] = Counter()
 
     def total(self) -> int:
         """All live accepted associations."""
@@ -37,15 +39,20 @@ class AssociationSlots:
         """Those accepted by `rule` for `calling_ae_title`."""
         return self._by_calling[(rule, calling_ae_title)]
 
+    def of_address(self, address: str) -> int:
+        """Those from `address`."""
+        return self._by_address[address]
+
     def admit(self, request: AssociationRequest, policy: Policy) -> tuple[Decision, Slot | None]:
         """Decide `request` and, when accepted, take its slot before another request can."""
         with self._lock:
             decision = decide(request, policy, self)
             if not decision.accepted or decision.rule is None:
                 return decision, None
-            slot = Slot(decision.rule, request.calling_ae_title)
+            slot = Slot(decision.rule, request.calling_ae_title, request.peer_address)
             self._by_rule[slot.rule] += 1
             self._by_calling[(slot.rule, slot.calling_ae_title)] += 1
+            self._by_address[slot.address] += 1
             return decision, slot
 
     def release(self, slot: Slot) -> None:
@@ -57,3 +64,6 @@ class AssociationSlots:
                 del self._by_rule[slot.rule]
             if self._by_calling[(slot.rule, slot.calling_ae_title)] <= 0:
                 del self._by_calling[(slot.rule, slot.calling_ae_title)]
+            self._by_address[slot.address] -= 1
+            if self._by_address[slot.address] <= 0:
+                del self._by_address[slot.address]
