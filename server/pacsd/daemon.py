@@ -21,9 +21,11 @@ from pydicom import config as pydicom_config
 
 from pacsd import __version__, audit
 from pacsd.archive import Archive
-from pacsd.engine.core import Engine, ListenError
+from pacsd.engine.core import Engine
 from pacsd.engine.delivery import EngineDelivery
+from pacsd.engine.listeners import ListenError, Listeners, open_listeners
 from pacsd.engine.operations import Services
+from pacsd.engine.sockets import SocketOptions
 from pacsd.engine.tls import TlsSetupError, configure_outgoing, server_context
 from pacsd.http.status import StatusServer, associations_url
 from pacsd.index.database import IndexDatabase, create_index_engine
@@ -38,9 +40,9 @@ from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
 from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
-from pacsd.signals import LoopSignals, Signals
+from pacsd.signals import LoopSignals
 from pacsd.storage.filesystem import FilesystemStore
-from pacsd.workers import stop_with_supervisor, supervise, worker_index
+from pacsd.workers import stop_with_supervisor, supervise
 
 log = get_logger("pacsd.daemon")
 EXIT_CONFIG = 2  # as cli.py: a configuration that cannot be used
@@ -112,49 +114,75 @@ def _refuse_start(problem: str) -> int:
 def serve(settings: Settings, config_source: Path | None) -> int:
     """Run the daemon until a signal stops it; returns the process exit code.
 
-    With `network.workers` > 1 this process prepares the archive and supervises the workers
-    (workers.py); each worker runs this function too, as worker N.
+    This process prepares the archive and opens the listening sockets; with `network.workers`
+    > 1 it then forks the workers, which inherit them, and supervises them (workers.py).
     """
-    worker = worker_index()
-    if worker is not None:
-        bind_process(worker=worker)
-        stop_with_supervisor()
     log.info(
         "starting",
         version=__version__,
         config=str(config_source or "embedded default"),
         pid=os.getpid(),
     )
-    if worker is None:
-        _warn_about_insecure_settings(settings)
+    _warn_about_insecure_settings(settings)
     try:
         tls_context = _prepare_tls(settings)
     except TlsSetupError as exc:
         return _refuse_start(f"{config_source or 'embedded default'}: {exc}")
     index = IndexDatabase(create_index_engine(settings.database.url, settings.database.pool_size))
     trail = audit.configure(settings)  # the audit trail: a stream apart from this log
-    if worker is None:
-        audit.application_started()
+    audit.application_started()
     try:
         status = ensure_schema(index.engine)
         log.info("index database ready", backend=index.backend, revision=",".join(status.current))
         files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
-        if worker is None:  # workers must not remove each other's transfers in progress
-            removed = files.prepare()
-            if removed:
-                log.info("removed leftovers of an interrupted run", files=removed)
-            if settings.network.workers > 1:
-                signals = Signals()
-                signals.install()
-                return supervise(settings, config_source, signals)
+        removed = files.prepare()
+        if removed:
+            log.info("removed leftovers of an interrupted run", files=removed)
+        try:
+            listeners = open_listeners(
+                settings.network, SocketOptions.from_settings(settings.network)
+            )
+        except ListenError as exc:
+            return _refuse_start(str(exc))
+        if settings.network.workers > 1:
+            index.dispose()  # no connection crosses the fork: each worker opens its own
+
+            def run_worker(number: int) -> int:
+                return _worker(number, settings, config_source, listeners, tls_context)
+
+            return supervise(settings, listeners, run_worker)
         runtime = RuntimeConfig(settings, config_source)
         if trail is not None:
             trail.peers = runtime.peers  # C-MOVE destinations' addresses
-        return _serve_associations(settings, runtime, index, files, worker, tls_context)
+        return _serve_associations(settings, runtime, index, files, None, tls_context, listeners)
     finally:
         index.dispose()
-        if worker is None:
-            audit.application_stopped()
+        audit.application_stopped()
+        audit.shutdown()
+        log.info("stopped")
+
+
+def _worker(
+    number: int,
+    settings: Settings,
+    config_source: Path | None,
+    listeners: Listeners,
+    tls_context: ssl.SSLContext | None,
+) -> int:
+    """A forked worker: its own index connections and audit trail, the shared listeners."""
+    bind_process(worker=number)
+    stop_with_supervisor()
+    log.info("starting", version=__version__, pid=os.getpid())
+    trail = audit.configure(settings)  # its own file handle and aggregates
+    index = IndexDatabase(create_index_engine(settings.database.url, settings.database.pool_size))
+    try:
+        files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
+        runtime = RuntimeConfig(settings, config_source)
+        if trail is not None:
+            trail.peers = runtime.peers
+        return _serve_associations(settings, runtime, index, files, number, tls_context, listeners)
+    finally:
+        index.dispose()
         audit.shutdown()
         log.info("stopped")
 
@@ -166,6 +194,7 @@ def _serve_associations(
     files: FilesystemStore,
     worker: int | None,
     tls_context: ssl.SSLContext | None,
+    listeners: Listeners,
 ) -> int:
     """Compose the services and the engine, and serve until stopped."""
     # pydicom checks every value it decodes against its VR's regular expression only to warn:
@@ -184,7 +213,10 @@ def _serve_associations(
         commitment=CommitmentService(index, commitment),
     )
     leading = worker in (None, 0)  # the one process with the status and commitment threads
-    return uvloop.run(_run(settings, runtime, services, commitment, worker, tls_context, leading))
+    shared = worker is not None  # other workers accept on the same sockets
+    return uvloop.run(
+        _run(settings, runtime, services, commitment, listeners, shared, tls_context, leading)
+    )
 
 
 async def _run(
@@ -192,26 +224,17 @@ async def _run(
     runtime: RuntimeConfig,
     services: Services,
     commitment: CommitmentWorker,
-    worker: int | None,
+    listeners: Listeners,
+    shared: bool,
     tls_context: ssl.SSLContext | None,
     leading: bool,
 ) -> int:
     loop = asyncio.get_running_loop()
-    engine = Engine(
-        settings,
-        services,
-        runtime.policy,
-        runtime.peers,
-        reuse_port=worker is not None,
-        tls_context=tls_context,
-    )
+    engine = Engine(settings, services, runtime.policy, runtime.peers, tls_context=tls_context)
     signals = LoopSignals()
     signals.install(loop)
     commitment.delivery = EngineDelivery(engine, loop)
-    try:
-        addresses = await engine.start()
-    except ListenError as exc:
-        return _refuse_start(str(exc))
+    await engine.start(listeners, shared)
     if leading:
         commitment.start()  # reports still pending from an earlier run go out now
     # Everything made so far (modules, configuration, the composed services) lives until exit:
@@ -223,10 +246,10 @@ async def _run(
         # `port` is the plain listener's, or the TLS one's when there is no plain listener.
         log.info(
             "listening",
-            host=addresses.host,
-            port=addresses.port if addresses.port is not None else addresses.tls_port,
-            tls_port=addresses.tls_port,
-            plain=addresses.port is not None,
+            host=listeners.host,
+            port=listeners.port if listeners.port is not None else listeners.tls_port,
+            tls_port=listeners.tls_port,
+            plain=listeners.port is not None,
             ae_title=settings.ae_title,
         )
         await _wait_for_stop(signals, runtime)

@@ -2,11 +2,12 @@
 
 One Python process runs its DICOM work under one GIL, so it uses one core however many
 associations it serves. With `network.workers: N`, `pacsd serve` becomes a supervisor that
-prepares the archive once (schema, leftovers of an interrupted run), then starts N
-`pacsd serve` worker processes. Each binds the same address with SO_REUSEPORT and the kernel
-spreads new connections over them. The index keeps them consistent: PostgreSQL as usual;
-SQLite in WAL mode, where each worker's index writer takes the database's write lock in turn
-(busy timeout), so every commit stays atomic and durable.
+prepares the archive once (schema, leftovers of an interrupted run), opens the listening
+sockets and forks N workers. They inherit the sockets and take connections from the one
+accept queue (engine/listeners.py), and they share the memory the supervisor filled before
+the fork (modules, dictionaries) until either writes to it. The index keeps them consistent:
+PostgreSQL as usual; SQLite in WAL mode, where the writers of all processes queue on one lock
+file (index/database.py), so every commit stays atomic and durable.
 
 What stays with worker 0: the status interface (it shows worker 0's associations) and the
 Storage Commitment worker, which reads pending requests from the database and so reports on
@@ -16,6 +17,7 @@ Association limits (`network.max_associations`, a policy's `max_associations`) h
 The supervisor forwards SIGTERM/SIGINT (graceful, then forced) and SIGHUP (reload) to the
 workers. When a worker ends on its own, the supervisor stops the others and exits 1, so that
 systemd or Docker restarts the whole service rather than running with fewer workers unseen.
+A worker follows its supervisor's death (prctl PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -24,32 +26,22 @@ import ctypes
 import ctypes.util
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from collections.abc import Callable
 
+from pacsd.engine.listeners import Listeners
 from pacsd.logs import get_logger
-from pacsd.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
+from pacsd.settings import Settings
 from pacsd.signals import Signals
 
-WORKER_ENV = "PACSD_WORKER_INDEX"  # set in a worker's environment: its index, from 0
-PORT_ENV = f"{ENV_PREFIX}NETWORK{ENV_NESTED_DELIMITER}PORT"
-TLS_PORT_ENV = f"{ENV_PREFIX}NETWORK{ENV_NESTED_DELIMITER}TLS{ENV_NESTED_DELIMITER}PORT"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.2
 STOP_MARGIN_S = 15.0  # beyond the workers' own grace period, before they are killed
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 log = get_logger("pacsd.workers")
-
-
-def worker_index() -> int | None:
-    """This process's index as a worker, or None when it is not a worker."""
-    value = os.environ.get(WORKER_ENV)
-    return int(value) if value is not None else None
+Worker = Callable[[int], int]
 
 
 def stop_with_supervisor() -> None:
@@ -62,54 +54,77 @@ def stop_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-@contextmanager
-def reserved_port(host: str, port: int) -> Iterator[int]:
-    """The port the workers share; for port 0, an ephemeral one held (bound, not listening)
-    with SO_REUSEPORT until the workers stop, so that nobody else takes it meanwhile."""
-    if port != 0:
-        yield port
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind((host, 0))
-        yield int(holder.getsockname()[1])
-
-
-def supervise(settings: Settings, config_source: Path | None, signals: Signals) -> int:
-    """Run `settings.network.workers` workers until a signal stops them; the exit code."""
+def supervise(settings: Settings, listeners: Listeners, run_worker: Worker) -> int:
+    """Fork `settings.network.workers` workers, each running `run_worker(index)` on the
+    shared `listeners`, and watch them until a signal stops them; the exit code."""
     network = settings.network
-    with ExitStack() as held:
-        ports: dict[str, str] = {}
-        if network.listen_plain:
-            ports[PORT_ENV] = str(held.enter_context(reserved_port(network.host, network.port)))
-        if network.tls.enabled:  # the TLS listener's port is shared the same way
-            tls_port = held.enter_context(reserved_port(network.host, network.tls.port))
-            ports[TLS_PORT_ENV] = str(tls_port)
-        workers = [_spawn(index, ports, config_source) for index in range(network.workers)]
-        log.info(
-            "workers started",
-            workers=len(workers),
-            host=network.host,
-            port=int(ports[PORT_ENV]) if PORT_ENV in ports else None,
-            tls_port=int(ports[TLS_PORT_ENV]) if TLS_PORT_ENV in ports else None,
-        )
-        code = _watch(workers, signals, settings.daemon.shutdown_grace_period)
+    signals = Signals()
+    signals.install()
+    sys.stdout.flush()  # nothing buffered is written twice
+    pids = [_fork(index, run_worker) for index in range(network.workers)]
+    log.info(
+        "workers started",
+        workers=len(pids),
+        host=listeners.host,
+        port=listeners.port,
+        tls_port=listeners.tls_port,
+    )
+    listeners.close()  # the workers accept; the supervisor's copies would only linger
+    code = _watch(pids, signals, settings.daemon.shutdown_grace_period)
     log.info("workers stopped", exit_code=code)
     return code
 
 
-def _spawn(
-    index: int, ports: dict[str, str], config_source: Path | None
-) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "pacsd", "serve"]
-    if config_source is not None:
-        command += ["--config", str(config_source)]
-    environment = {**os.environ, WORKER_ENV: str(index), **ports}
-    return subprocess.Popen(command, env=environment)  # stdout/stderr: the supervisor's
+def _fork(index: int, run_worker: Worker) -> int:
+    """A worker process running `run_worker(index)`; it never returns into the caller."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for signum in _STOP_SIGNALS:  # until the worker installs its own: a stop kills it
+            signal.signal(signum, signal.SIG_DFL)
+        code = run_worker(index)
+    except BaseException:
+        log.exception("worker failed", worker=index)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # not back into the supervisor's stack (its finally blocks)
 
 
-def _watch(workers: list[subprocess.Popen[bytes]], signals: Signals, grace_period: float) -> int:
+class _Child:
+    """A forked worker and, once it ended, its exit code (as subprocess reports one)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self) -> None:
+        while self.poll() is None:
+            time.sleep(0.05)
+
+
+def _watch(pids: list[int], signals: Signals, grace_period: float) -> int:
+    workers = [_Child(pid) for pid in pids]
     forwarded_stop = forwarded_force = failed = False
     deadline = float("inf")
     while time.monotonic() < deadline:
@@ -140,12 +155,11 @@ def _watch(workers: list[subprocess.Popen[bytes]], signals: Signals, grace_perio
             worker.kill()
             worker.wait()
     # A worker still starting when the stop was forwarded dies of the SIGTERM itself: it had
-    # not installed its handlers, so it had not listened or accepted anything either.
+    # not installed its handlers, so it had not accepted anything either.
     clean = all(worker.returncode in (0, -signal.SIGTERM) for worker in workers)
     return 1 if failed or not clean else 0
 
 
-def _signal_all(workers: list[subprocess.Popen[bytes]], signum: int) -> None:
+def _signal_all(workers: list[_Child], signum: int) -> None:
     for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signum)
+        worker.send_signal(signum)

@@ -1,8 +1,8 @@
 """The engine of one process: its listeners, live associations, executors and outgoing
 associations, on one asyncio event loop.
 
-`Engine.start` binds the plain listener (`network.listen_plain`) and the TLS one
-(`network.tls`); every accepted connection becomes an `Acceptor`. Blocking work goes to two
+`Engine.start` accepts on the listening sockets (engine/listeners.py: opened before the workers
+start); every accepted connection becomes an `Acceptor`. Blocking work goes to two
 bounded executors: `io` for what every C-STORE needs (file fsync, index commit, password
 hashing) and `work` for the longer operations (C-FIND, C-GET, C-MOVE, the N-services). `connect`
 opens an association to a peer of the AE table (C-MOVE destinations, commitment reports).
@@ -17,7 +17,6 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from pacsd import __version__
@@ -25,6 +24,7 @@ from pacsd.engine import pdu as pdus
 from pacsd.engine.acceptor import Acceptor
 from pacsd.engine.association import TRACE, Timeouts
 from pacsd.engine.limits import ReceiveLimits
+from pacsd.engine.listeners import LISTEN_BACKLOG, Listeners
 from pacsd.engine.negotiation import Negotiator, PolicyProvider
 from pacsd.engine.operations import Operations, Services
 from pacsd.engine.pending import PendingConnections
@@ -35,23 +35,9 @@ from pacsd.logs import get_logger
 from pacsd.settings import Peer, Settings
 
 log = get_logger("pacsd.listener")
-REQUEST_BODY_TIMEOUT_S = 5.0
-WORK_THREADS = 32  # C-FIND, C-GET, C-MOVE and N-service operations running at once  # an A-ASSOCIATE-RQ that has begun must be complete by then
-LISTEN_BACKLOG = 128
+REQUEST_BODY_TIMEOUT_S = 5.0  # an A-ASSOCIATE-RQ that has begun must be complete by then
+WORK_THREADS = 32  # C-FIND, C-GET, C-MOVE and N-service operations running at once
 DRAIN_POLL_S = 0.05
-
-
-class ListenError(Exception):
-    """A listening socket could not be opened; the message names the listener and port."""
-
-
-@dataclass(frozen=True)
-class ListeningAddresses:
-    """Where the listeners accept connections: the plain and the TLS port (None: off)."""
-
-    host: str
-    port: int | None
-    tls_port: int | None
 
 
 class Engine:
@@ -63,14 +49,12 @@ class Engine:
         services: Services,
         policy: PolicyProvider,
         peers: Callable[[], Mapping[str, Peer]],
-        reuse_port: bool = False,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         network = settings.network
         self.settings = settings
         self.ae_title = settings.ae_title
         self.peers = peers
-        self.reuse_port = reuse_port
         self.tls_context = tls_context
         self.negotiator = Negotiator(policy, network.max_pdu_size)
         self.pending = PendingConnections(
@@ -95,48 +79,49 @@ class Engine:
         self.live: dict[str, Acceptor] = {}  # by association ID
         TRACE.enabled = logging.getLogger("pacsd.association").isEnabledFor(logging.DEBUG)
         self._servers: list[asyncio.Server] = []
-        self._tls_sockets: list[socket.socket] = []
+        self._listeners: Listeners | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- listening -----------------------------------------------------------------------
 
-    async def start(self) -> ListeningAddresses:
-        """Bind the configured listeners; where they listen."""
-        network = self.settings.network
-        port = tls_port = None
-        try:
-            if network.listen_plain:
-                port = await self._serve(network.host, network.port, None, "plain")
-            if self.tls_context is not None:
-                tls_port = await self._serve(
-                    network.host, network.tls.port, self.tls_context, "TLS"
-                )
-        except BaseException:
-            self.stop_accepting()
-            raise
-        return ListeningAddresses(network.host, port, tls_port)
-
-    async def _serve(self, host: str, port: int, tls: ssl.SSLContext | None, kind: str) -> int:
-        try:
-            sock = self._listening_socket(host, port)
-        except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {host}:{port} (the {kind} DICOM listener): {exc.strerror or exc}"
-            ) from None
+    async def start(self, listeners: Listeners, shared: bool = False) -> None:
+        """Accept on `listeners`; `shared`: other worker processes accept on them too, so take
+        one connection per readiness event (engine/listeners.py)."""
         loop = asyncio.get_running_loop()
-        if tls is None:
-            self._servers.append(await loop.create_server(lambda: Acceptor(self), sock=sock))
-        else:
-            loop.add_reader(sock.fileno(), self._accept_tls, sock, tls)
-            self._tls_sockets.append(sock)
-        return int(sock.getsockname()[1])
+        self._listeners = listeners
+        if listeners.plain is not None:
+            if shared:
+                loop.add_reader(listeners.plain.fileno(), self._accept_plain, listeners.plain)
+            else:
+                server = await loop.create_server(lambda: Acceptor(self), sock=listeners.plain)
+                self._servers.append(server)
+        if listeners.tls is not None and self.tls_context is not None:
+            batch = 1 if shared else LISTEN_BACKLOG
+            loop.add_reader(
+                listeners.tls.fileno(), self._accept_tls, listeners.tls, self.tls_context, batch
+            )
 
-    def _accept_tls(self, listening: socket.socket, context: ssl.SSLContext) -> None:
+    def _accept_plain(self, listening: socket.socket) -> None:
+        """One connection from the shared queue; the uvloop transport is made for it."""
+        try:
+            connection, _address = listening.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:
+            log.warning("accept failed", error=str(exc))
+            return
+        connection.setblocking(False)
+        made = asyncio.get_running_loop().connect_accepted_socket(
+            lambda: Acceptor(self), connection
+        )
+        self.track(asyncio.ensure_future(made))
+
+    def _accept_tls(self, listening: socket.socket, context: ssl.SSLContext, batch: int) -> None:
         """DICOM TLS connections: accepted here and counted as pending from now on, so that a
         peer stuck in the handshake holds a pending slot (network.max_pending_*), bounded by
         network.tls.handshake_timeout; the handshake itself is the loop's."""
         port = int(listening.getsockname()[1])
-        for _ in range(LISTEN_BACKLOG):
+        for _ in range(batch):
             try:
                 connection, address = listening.accept()
             except (BlockingIOError, InterruptedError):
@@ -177,31 +162,18 @@ class Engine:
                 reason=handshake_failure(exc, timeout),
             )
 
-    def _listening_socket(self, host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:  # several worker processes listen on the port
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self.options.apply_buffers(sock)  # before listen: accepted sockets inherit them
-            sock.bind((host, port))
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
     def stop_accepting(self) -> None:
-        """Close the listening sockets; running associations continue."""
+        """Stop accepting and close the listening sockets; running associations continue."""
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
-        tls_sockets, self._tls_sockets = self._tls_sockets, []
-        for sock in tls_sockets:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        listeners, self._listeners = self._listeners, None
+        if listeners is not None:
+            loop = asyncio.get_running_loop()
+            for sock in (listeners.plain, listeners.tls):
+                if sock is not None and sock.fileno() >= 0:
+                    loop.remove_reader(sock.fileno())
+            listeners.close()
 
     async def drain(self, grace_period: float, interrupted: asyncio.Event) -> bool:
         """Wait up to `grace_period` for the associations to end; False if some remain."""
