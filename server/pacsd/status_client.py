@@ -1,7 +1,7 @@
 """The client side of the status interface: fetch `GET /associations` and format it for people.
 
-`pacsd associations` uses this. The server side is `pacsd.net.status`; the fields are those of
-`ClientHandle.snapshot()`. Nothing here imports pynetdicom or changes server state.
+`pacsd associations` uses this. The server side is `pacsd.http.status`; the fields are those of
+`ClientHandle.snapshot()`. Nothing here changes server state.
 """
 
 from __future__ import annotations

@@ -182,8 +182,8 @@ def test_receiving_into_a_full_spool_fails_fast_and_cleans_up(
     pacsd_server: Callable[..., PacsdProcess],
     tmp_path: Path,
 ) -> None:
-    """pynetdicom's spool write (inside the DUL) hits ENOSPC: the C-STORE fails at once (no
-    hang), no spool or temporary file stays, nothing is indexed, C-ECHO still works."""
+    """The write of a received data set (storage/incoming.py) hits ENOSPC: the C-STORE fails
+    at once (no hang), no spool or temporary file stays, nothing is indexed, C-ECHO still works."""
     server, url, results, elapsed = _spool_cannot_fit(small_disk, pacsd_server, tmp_path)
     assert elapsed < STORE_BOUND_S
     assert results[0][0] != 0x0000

@@ -624,8 +624,8 @@ def _database_sockets(pid: int) -> set[str]:
 def test_sub_associations_leave_no_descriptor_or_thread(
     qr: QRServer, destination: Destination
 ) -> None:
-    """pacsd's outgoing associations run on its event-driven reactor (net/reactor.py) too:
-    each one's threads end and its wake-up pipe closes, also when the destination is down."""
+    """pacsd's outgoing associations run on its event loop (engine/requestor.py): each
+    one's socket closes and no thread stays, also when the destination is down."""
     study = identifier("STUDY", StudyInstanceUID=qr.entries[0].study_uid)
     move(qr, "S", study)  # warm: anything created once is created now
     time.sleep(1.0)

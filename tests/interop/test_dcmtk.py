@@ -17,7 +17,8 @@ from tests.inspect_archive import assert_index_matches_files, dataset_bytes, wor
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 TOOL_TIMEOUT_S = 300
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange (docs/dicom-notes.md,
+# "Sockets and measurement").
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 

@@ -15,7 +15,8 @@ from tests.inspect_archive import assert_index_matches_files, stored_files
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 TOOL_TIMEOUT_S = 120
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange (docs/dicom-notes.md,
+# "Sockets and measurement").
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 # Only CT1 may associate. A peer no rule matches gets A-ASSOCIATE-RJ result 1 (permanent),
 # source 1 (service user), reason 3 (calling AE title not recognized): PS3.8 Table 9-21.

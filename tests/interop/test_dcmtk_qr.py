@@ -32,7 +32,8 @@ from tests.scu import store_files
 pytestmark = pytest.mark.usefixtures("dcmtk")
 TOOL_TIMEOUT_S = 60
 READY_TIMEOUT_S = 15.0
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange (docs/dicom-notes.md,
+# "Sockets and measurement").
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 CALLING = "DCMTKSCU"
 DESTINATION = "STORESCP"
@@ -402,7 +403,7 @@ def test_getscu_receives_identical_instances(
     options = ["-v", "-od", str(folder), *key_options({"QueryRetrieveLevel": level, **keys})]
     calling = f"GET{level}"
     result = run("getscu", *at_pacsd(qr.server, f"-{model}", *options, calling=calling))
-    # PYNETDICOM_NOTES.md: getscu 3.6.7 may crash once everything arrived; count what came.
+    # getscu 3.6.7 may crash once everything arrived; count what came (docs/dicom-notes.md).
     expected = {e.sop_instance_uid for e in qr.entries if wanted(e)}
     assert_same_as_stored(qr, datasets_in(folder), expected)
     line = logged_operation(qr.server, "C-GET", calling)

@@ -30,7 +30,8 @@ from tests.tls_certs import Pki, client_context, make_pki, tls_echo
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 TOOL_TIMEOUT_S = 60
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange (docs/dicom-notes.md,
+# "Sockets and measurement").
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DCMTK_RULES = [
     {

@@ -17,7 +17,8 @@ from tests import worklist_data
 from tests.harness import PacsdProcess, pacsd_command
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange (docs/dicom-notes.md,
+# "Sockets and measurement").
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 SPS = "ScheduledProcedureStepSequence[0]"
 

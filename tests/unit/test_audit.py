@@ -183,6 +183,22 @@ def test_file_sink_creates_a_private_file_and_appends_whole_lines(tmp_path: Path
     assert lines == [line] * 200
 
 
+def test_file_sink_with_fsync_syncs_in_its_own_thread_and_stops_on_close(tmp_path: Path) -> None:
+    """audit.fsync: the writer returns at once, a thread of the sink fsyncs, close stops it."""
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, fsync=True)
+    assert sink._syncer is not None
+    assert sink._syncer.is_alive()
+    for number in range(20):
+        sink.write(b'{"n": %d}\n' % number)
+    sink.reopen()  # SIGHUP while the syncer may hold a duplicate of the old descriptor
+    sink.write(b'{"n": 20}\n')
+    sink.close()
+    assert not sink._syncer.is_alive()
+    assert sink.report.failures == 0
+    assert [json.loads(line)["n"] for line in path.read_bytes().splitlines()] == list(range(21))
+
+
 def test_file_sink_failure_is_counted_not_raised(tmp_path: Path) -> None:
     """An audit file that cannot be opened never breaks the caller; the failure is counted."""
     blocker = tmp_path / "not-a-folder"

@@ -2,10 +2,12 @@
 
 Writing an audit message never fails a DICOM operation: errors are counted and reported to the
 service log at most once a minute. The file gets one `write` per message on a descriptor opened
-with O_APPEND (so lines of several pacsd processes never interleave), no fsync per message
-unless `audit.fsync` asks for it. Syslog messages (RFC 5424, built by rfc5424-logging-handler)
-leave from a thread of their own through a bounded queue, so a slow or absent collector delays
-no association; when the queue is full a message is dropped and counted.
+with O_APPEND (so lines of several pacsd processes never interleave), no fsync unless
+`audit.fsync` asks for it: then a thread of the sink's own fsyncs the file right after each
+write (several writes of one moment share one fsync), so that the event loop, which audits
+association events, never waits for the disk. Syslog messages (RFC 5424, built by
+rfc5424-logging-handler) leave from a thread of their own through a bounded queue, so a slow
+or absent collector delays no association; when the queue is full a message is dropped and counted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = get_logger("pacsd.audit")
 
 FILE_MODE = 0o600
 REPORT_INTERVAL_S = 60.0
+SYNC_JOIN_S = 5.0
 SYSLOG_QUEUE_SIZE = 1000
 SYSLOG_TIMEOUT_S = 5.0
 # IHE ITI TF-2 3.20.6 (Record Audit Event over syslog, RFC 5424): facility 10 (authpriv,
@@ -69,6 +72,14 @@ class FileSink:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._open()
+        self._dirty = threading.Condition()
+        self._unsynced = False
+        self._closing = False
+        self._syncer: threading.Thread | None = None
+        if fsync:
+            self._syncer = threading.Thread(target=self._sync_loop, name="pacsd-audit-fsync")
+            self._syncer.daemon = True
+            self._syncer.start()
 
     def _open(self) -> None:
         try:
@@ -88,10 +99,38 @@ class FileSink:
                 return
             try:
                 _write_all(self._fd, line)
-                if self.fsync:
-                    os.fsync(self._fd)
             except OSError as exc:
                 self.report.failed(exc)
+                return
+        if self._syncer is not None:
+            with self._dirty:
+                self._unsynced = True
+                self._dirty.notify()
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._dirty:
+                while not self._unsynced and not self._closing:
+                    self._dirty.wait()
+                if not self._unsynced:
+                    return  # closing, nothing left to sync
+                self._unsynced = False
+            # A descriptor of its own, so that writers (the loop) never wait for the fsync
+            # and a reopen (SIGHUP) may close the sink's meanwhile.
+            try:
+                with self._lock:
+                    fd = None if self._fd is None else os.dup(self._fd)
+            except OSError as exc:
+                self.report.failed(exc)
+                continue
+            if fd is None:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self.report.failed(exc)
+            finally:
+                os.close(fd)
 
     def reopen(self) -> None:
         """Close and open the file again (after logrotate moved it away)."""
@@ -100,7 +139,12 @@ class FileSink:
             self._open()
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (after the last fsync, when `fsync` asks for them)."""
+        if self._syncer is not None:
+            with self._dirty:
+                self._closing = True
+                self._dirty.notify()
+            self._syncer.join(SYNC_JOIN_S)
         with self._lock:
             self._close()
 

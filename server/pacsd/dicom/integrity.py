@@ -1,9 +1,10 @@
 """Structural check of an encoded data set: every element fits in the bytes that carry it.
 
 pydicom reads a truncated data set without complaint (a value shorter than its declared length,
-a missing sequence delimiter), and pynetdicom stores whatever arrived. pacsd walks the element
-headers once before storing (PS3.5 7.1 data elements, 7.5 nesting of data sets, A.4 encapsulated
-pixel data), seeking past values without reading them, so a 1 GB value costs one seek.
+a missing sequence delimiter), and a receiver that trusts it stores whatever arrived. pacsd
+walks the element headers once before storing (PS3.5 7.1 data elements, 7.5 nesting of data
+sets, A.4 encapsulated pixel data), seeking past values without reading them, so a 1 GB value
+costs one seek.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Transfer syntax groups (PS3.5 Annex A, Table A-1) and pacsd's order of preference.
 
-pynetdicom accepts, for each proposed presentation context, the first syntax of the acceptor's
-list that the peer proposed, so the order of `STORAGE_PREFERENCE` decides what a peer that
-offers several syntaxes in one context will send: uncompressed first (every later reader can use
-it), then lossless compression, and a lossy or video syntax only when nothing else was offered.
+The engine's negotiation (engine/negotiation.py) accepts, for each proposed presentation
+context, the first syntax of pacsd's list that the peer proposed, so the order of
+`STORAGE_PREFERENCE` decides what a peer that offers several syntaxes in one context will send:
+uncompressed first (every later reader can use it), then lossless compression, and a lossy or
+video syntax only when nothing else was offered.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 associations, on one asyncio event loop.
 
 `Engine.start` accepts on the listening sockets (engine/listeners.py: opened before the workers
-start); every accepted connection becomes an `Acceptor`. Blocking work goes to two
-bounded executors: `io` for what every C-STORE needs (file fsync, index commit, password
-hashing) and `work` for the longer operations (C-FIND, C-GET, C-MOVE, the N-services). `connect`
+start); every accepted connection becomes an `Acceptor`. Blocking work goes to three
+bounded executors: `io` for what every C-STORE needs (header parse, rename, index commit,
+password hashing), `sync` for the fsync of each received file (started while the header is
+parsed), and `work` for the longer operations (C-FIND, C-GET, C-MOVE, the N-services). `connect`
 opens an association to a peer of the AE table (C-MOVE destinations, commitment reports).
 """
 

@@ -13,6 +13,7 @@ import asyncio
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacsd.dimse.commands import N_ACTION_RQ
 from pacsd.dimse.messages import AcceptedContext, encode_dataset
 from pacsd.engine.association import Association
 from pacsd.engine.core import Engine
@@ -51,6 +52,12 @@ class EngineDelivery:
         context = _reporting_context(acceptor)
         if context is None:
             return False
+        # The worker may wake before the N-ACTION response is on the wire: the report
+        # follows its request's response (PS3.4 J.3.3), so wait for running N-ACTIONs first.
+        running = acceptor.running.values()
+        actions = [task for request, task in running if request.command.field == N_ACTION_RQ]
+        if actions:
+            await asyncio.wait(actions, timeout=self.engine.timeouts.dimse)
         try:
             return await _send(acceptor, context, report, event_type) == 0x0000
         except (TimeoutError, ConnectionError):

@@ -1,1 +1,1 @@
-"""DICOM services: thin adapters from pynetdicom events to the archive and back."""
+"""DICOM services: thin adapters from the engine's requests to the archive and back."""
