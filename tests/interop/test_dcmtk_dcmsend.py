@@ -24,7 +24,8 @@ from tests.inspect_archive import assert_index_matches_files
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 TOOL_TIMEOUT_S = 120
-# PYNETDICOM_NOTES.md: DCMTK leaves Nagle on unless told; it costs ~40 ms per exchange.
+# docs/dicom-notes.md, "Sockets and measurement": DCMTK leaves Nagle on unless told (~40 ms
+# per exchange).
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 ODD_FILES = ("rtdose_rle.dcm", "rtdose_rle_1frame.dcm")
 SENDING = re.compile(r"Sending C-STORE Request \(MsgID (\d+), ([^)]*)\)")

@@ -194,7 +194,9 @@ class Operations:
 
 
 def _log_refused(assoc: Acceptor, request: Request, status: int, event: str) -> None:
+    """Count a request refused before any service saw it as a failed operation; log it."""
     handle = assoc.handle
+    handle.operation_finished(request.name, failed=True)
     handle.log.warning(
         event,
         request=request.name,
