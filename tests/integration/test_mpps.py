@@ -220,3 +220,63 @@ def test_a_peer_without_the_mpps_operation_is_refused(server: PacsdProcess) -> N
         status, _ = assoc.send_n_create(n_create(), MPPS, generate_uid(TEST_UID_ROOT))
         assert status.Status == 0x0124
     assert mpps_list(server) == []
+
+
+# Names and texts in the three kinds of character set a modality uses: a single-byte one, UTF-8,
+# and ISO 2022 code extensions (PS3.5 H.3.1's example name).
+CHARACTER_SETS = {
+    "ISO_IR 100": ("ISO_IR 100", "Müller^Jürgen", "Thorax, Übersicht"),
+    "ISO_IR 192": ("ISO_IR 192", "Müller^Jürgen=ミュラー", "胸部 CT, Übersicht"),
+    "ISO 2022 IR 87": (
+        ["", "ISO 2022 IR 87"],
+        "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "胸部ＣＴ",
+    ),
+}
+
+
+@pytest.mark.parametrize("charset", list(CHARACTER_SETS))
+def test_non_ascii_text_survives_create_set_and_get(
+    server: PacsdProcess, modality: Association, charset: str
+) -> None:
+    """The step is kept as DICOM JSON and read back for each N-SET and N-GET: its names and
+    texts come back as sent, in its own character set, after any number of N-SETs."""
+    specific, name, description = CHARACTER_SETS[charset]
+    attributes = n_create()
+    attributes.SpecificCharacterSet = specific
+    attributes.PatientName = name
+    attributes.PerformedProcedureStepDescription = description
+    uid = created(modality, attributes)
+    progress = progress_set()
+    progress.SpecificCharacterSet = specific
+    progress.PerformedProcedureStepDescription = description + " 2"
+    status, _ = modality.send_n_set(progress, MPPS, uid)
+    assert status.Status == 0x0000
+    status, _ = modality.send_n_set(final_set(COMPLETED), MPPS, uid)
+    assert status.Status == 0x0000
+    status, step = modality.send_n_get([], MPPS_RETRIEVE, uid)
+    assert status.Status == 0x0000
+    assert step.SpecificCharacterSet == specific
+    assert str(step.PatientName) == name
+    assert step.PerformedProcedureStepDescription == description + " 2"
+    assert step.PerformedProcedureStepStatus == COMPLETED
+    [listed] = mpps_list(server)
+    assert listed["patient_name"] == name
+
+
+def test_an_n_set_in_another_character_set_keeps_both_texts(modality: Association) -> None:
+    """F.7.2.2.3: a Latin-1 step set with Japanese text is kept in UTF-8, both texts intact."""
+    attributes = n_create()
+    attributes.SpecificCharacterSet = "ISO_IR 100"
+    attributes.PatientName = "Müller^Jürgen"
+    uid = created(modality, attributes)
+    change = progress_set()
+    change.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    change.PerformedProcedureStepDescription = "胸部ＣＴ"
+    status, _ = modality.send_n_set(change, MPPS, uid)
+    assert status.Status == 0x0000
+    status, step = modality.send_n_get([], MPPS_RETRIEVE, uid)
+    assert status.Status == 0x0000
+    assert step.SpecificCharacterSet == "ISO_IR 192"
+    assert str(step.PatientName) == "Müller^Jürgen"
+    assert step.PerformedProcedureStepDescription == "胸部ＣＴ"

@@ -251,8 +251,8 @@ def apply_set(current: Dataset, modification: Dataset) -> Dataset:
     """
     updated = copy.deepcopy(current)
     changes = copy.deepcopy(modification)
-    updated.decode()
-    changes.decode()
+    _as_text(updated)
+    _as_text(changes)
     for element in changes:
         if element.tag != _CHARACTER_SET_TAG:
             updated[element.tag] = element
@@ -260,6 +260,20 @@ def apply_set(current: Dataset, modification: Dataset) -> Dataset:
     if character_set is not None:
         updated.SpecificCharacterSet = character_set
     return updated
+
+
+def _as_text(dataset: Dataset) -> None:
+    """Turn every element still encoded (as read from the wire) into text, in the data set's
+    own character set, so that the character set can then change; text stays as it is.
+
+    Not Dataset.decode: on a data set from the index (DICOM JSON, text already) it re-encodes
+    each PersonName in the default repertoire and decodes those bytes in the step's character
+    set ("M\ufffdller" for "Müller" under ISO_IR 192).
+    """
+    for element in dataset:  # pydicom converts a raw element in its data set's character set
+        if element.VR == "SQ":
+            for item in element.value:
+                _as_text(item)
 
 
 def _not_settable_tags() -> Iterator[int]:
