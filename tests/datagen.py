@@ -113,6 +113,27 @@ def us_multiframe(study: StudyContext, number: int = 1, frames: int = 8) -> Data
     return ds
 
 
+# Ultrasound Image Storage (Retired), PS3.6 Table A-1: what ultrasound modalities of the 1990s
+# still send. And a vendor's private SOP class (Siemens CSA Non-Image Storage).
+ULTRASOUND_IMAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.6"
+PRIVATE_SOP_CLASS = "1.3.12.2.1107.5.9.1"
+
+
+def us_image_retired(study: StudyContext, number: int = 1) -> Dataset:
+    """A single-frame ultrasound image of the retired Ultrasound Image Storage class."""
+    ds = _base(ULTRASOUND_IMAGE_RETIRED, study, number, "US")
+    _pixels(ds, 64, 64)
+    return ds
+
+
+def private_object(study: StudyContext, number: int = 1) -> Dataset:
+    """An instance of a vendor's private SOP class: no pixels, a private block of bytes."""
+    ds = _base(PRIVATE_SOP_CLASS, study, number, "CT")
+    block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+    block.add_new(0x10, "OB", bytes(range(256)) * 4)
+    return ds
+
+
 def basic_text_sr(study: StudyContext, number: int = 1) -> Dataset:
     """A Basic Text SR with one text item (a sequence-heavy, pixel-free instance)."""
     ds = _base(BasicTextSRStorage, study, number, "SR")

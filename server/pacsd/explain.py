@@ -89,11 +89,13 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
     ]
     unserved = sorted(sop_classes.sop_class_keyword(uid) for uid in accepted if not is_served(uid))
     offered = grant.offered_pdu_size(settings.network.max_pdu_size)
+    private = " and every private SOP class" if grant.private_storage is not None else ""
     lines = [
-        f"  SOP classes granted: {len(accepted)} ({', '.join(counts) or 'by UID only'})",
+        f"  SOP classes granted: {len(accepted)}{private} ({', '.join(counts) or 'by UID only'})",
         f"  operations: {', '.join(sorted(grant.operations)) or 'none'}",
         "  peer may take the SCP role for: "
-        + (f"{len(grant.peer_scp)} SOP classes" if grant.peer_scp else "none (SCU only)"),
+        + (f"{len(grant.peer_scp)} SOP classes" if grant.peer_scp else "none (SCU only)")
+        + (" and every private one" if grant.private_peer_scp else ""),
         "  C-MOVE destinations: "
         + (", ".join(grant.move_destinations) if "move" in grant.operations else "(no C-MOVE)"),
         f"  maximum PDU offered: {offered or 'unlimited'}; "
@@ -115,13 +117,13 @@ def _describe_sop_class(grant: Grant, question: Question) -> tuple[list[str], bo
     allowed = True
     for uid in uids:
         name = f"SOP class {sop_classes.sop_class_keyword(uid)} ({uid})"
-        syntaxes = grant.transfer_syntaxes.get(uid)
+        syntaxes = grant.syntaxes_for(uid)
         if syntaxes is None or not is_served(uid):
             why = "not granted by the rule" if syntaxes is None else "not served by pacsd yet"
             lines.append(f"{name}: REJECTED ({why})")
             allowed = False
             continue
-        role = "the peer may also be SCP" if uid in grant.peer_scp else "the peer is SCU only"
+        role = "the peer may also be SCP" if grant.peer_may_be_scp(uid) else "the peer is SCU only"
         lines.append(f"{name}: accepted ({role}); transfer syntaxes, preferred first:")
         lines.extend(
             f"  {rank}. {ts} {UID(ts).name} [{transfer_syntaxes.group_of(ts)}]"

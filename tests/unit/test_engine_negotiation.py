@@ -28,6 +28,9 @@ MPPS_NOTIFICATION = "1.2.840.10008.3.1.2.3.5"  # in the "mpps" group, but not se
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+# Under the DICOM root but no SOP class: never taken for a private storage SOP class.
+UNKNOWN_DICOM_UID = "1.2.840.10008.9.9.9"
+PRIVATE_CLASS = "1.3.12.2.1107.5.9.1"  # a vendor's (Siemens CSA Non-Image Storage)
 ROLES = [None, (True, True), (True, False), (False, True), (False, False)]
 
 
@@ -138,7 +141,7 @@ def test_context_results_and_transfer_syntax_choice() -> None:
     request = _request(
         ProposedContext(7, CT_IMAGE, (JPEG_BASELINE,)),
         ProposedContext(1, VERIFICATION, (IMPLICIT, EXPLICIT)),
-        ProposedContext(3, "1.2.3.4.5", (IMPLICIT,)),
+        ProposedContext(3, UNKNOWN_DICOM_UID, (IMPLICIT,)),
         ProposedContext(5, MPPS_NOTIFICATION, (IMPLICIT,)),
         ProposedContext(1, CT_IMAGE, (IMPLICIT,)),  # repeats ID 1: ignored
         maximum_length=32768,
@@ -156,6 +159,24 @@ def test_context_results_and_transfer_syntax_choice() -> None:
     assert (accepted.contexts[1].pacsd_scu, accepted.contexts[1].pacsd_scp) == (False, True)
 
 
+def test_private_and_retired_storage_classes_under_the_storage_group() -> None:
+    """The group "storage" covers the retired storage classes and every private SOP class (a UID
+    outside the DICOM root the standard does not name), peer SCP role included when granted;
+    exclude_sop_classes storage:private narrows it again."""
+    retired_us = "1.2.840.10008.5.1.4.1.1.6"
+    request = _request(
+        ProposedContext(1, PRIVATE_CLASS, (IMPLICIT,)),
+        ProposedContext(3, retired_us, (IMPLICIT,)),
+        ProposedContext(5, UNKNOWN_DICOM_UID, (IMPLICIT,)),
+        roles=(RoleSelection(PRIVATE_CLASS, True, True),),
+    )
+    accepted = _accept(request, _grant(peer_scp_role=["storage"]))
+    assert [(r.context_id, r.result) for r in accepted.accept.contexts] == [(1, 0), (3, 0), (5, 3)]
+    assert (accepted.contexts[1].pacsd_scu, accepted.contexts[1].pacsd_scp) == (True, True)
+    narrowed = _accept(request, _grant(exclude_sop_classes=["storage:private"]))
+    assert [r.result for r in narrowed.accept.contexts] == [3, 0, 3]
+
+
 def test_accept_fields_and_handle() -> None:
     """The A-ASSOCIATE-AC repeats the AE title fields (PS3.8 9.3.3), names the DICOM
     application context, pacsd's implementation and maximum length (PS3.8 D.1: the smaller
@@ -163,7 +184,7 @@ def test_accept_fields_and_handle() -> None:
     handle = ClientHandle.connect("127.0.0.1", 104)
     request = _request(
         ProposedContext(1, VERIFICATION, (IMPLICIT,)),
-        ProposedContext(3, "1.2.3.4.5", (IMPLICIT,)),
+        ProposedContext(3, UNKNOWN_DICOM_UID, (IMPLICIT,)),
         maximum_length=0,
     )
     grant = _grant(limits={"max_pdu_size": 8192})

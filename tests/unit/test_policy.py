@@ -298,7 +298,29 @@ def test_named_retired_storage_class_is_storage() -> None:
     assert grant.sop_classes == {ULTRASOUND_RETIRED}
     assert grant.operations == {"store"}
     assert JPEG_BASELINE in grant.transfer_syntaxes[ULTRASOUND_RETIRED]
-    assert ULTRASOUND_RETIRED not in sop_classes.groups()["storage"]  # groups: current only
+    assert grant.private_storage is None  # a named class grants no private ones
+
+
+def test_storage_group_covers_retired_and_private_classes() -> None:
+    """Issue 17: archives receive from old modalities and vendors' private classes for decades,
+    so "storage" (the default policy's) holds the retired classes and every private one;
+    "storage:retired" and "storage:private" name them apart, to exclude or grant alone."""
+    storage = sop_classes.groups()["storage"]
+    assert ULTRASOUND_RETIRED in storage
+    assert sop_classes.groups()["storage:retired"] < storage
+    assert CT_IMAGE not in sop_classes.groups()["storage:retired"]
+    grant = grant_of(sop_classes=["storage"])
+    private = "1.3.12.2.1107.5.9.1"
+    assert grant.syntaxes_for(private) == grant.syntaxes_for(CT_IMAGE)
+    assert grant.syntaxes_for("1.2.840.10008.9.9.9") is None  # DICOM root: not private
+    assert grant.syntaxes_for("1.2.3.4.x") is None  # not a UID
+    narrowed = grant_of(sop_classes=["storage"], exclude_sop_classes=["storage:private"])
+    assert narrowed.syntaxes_for(private) is None
+    assert narrowed.syntaxes_for(ULTRASOUND_RETIRED) is not None
+    alone = grant_of(sop_classes=["verification", "storage:private"])
+    assert alone.syntaxes_for(private) is not None
+    assert alone.operations == {"echo", "store"}
+    assert alone.syntaxes_for(CT_IMAGE) is None
 
 
 # --- transfer syntaxes ---------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """SOP classes by name: the groups a policy can grant, keywords, and the operation of each class.
 
 Built from pydicom's UID dictionary (PS3.6 Table A-1) plus the few storage classes newer than it.
-A storage SOP class is a current SOP class whose standard name says "Storage" (PS3.4 Table
-B.5-1 names them so), other than Storage Commitment and the media directory. Storage sub-groups
-are chosen by that name too: "... Image Storage" is an image, "... SR Storage" a structured
-report, and so on. No pynetdicom here: the policy engine imports this module.
+A storage SOP class is a SOP class whose standard name says "Storage" (PS3.4 Table B.5-1 names
+them so), other than Storage Commitment and the media directory: current and retired ones, as
+archives receive from modalities that are decades old. Storage sub-groups are chosen by that
+name too: "... Image Storage" is an image, "... SR Storage" a structured report, and so on.
+
+A private SOP class (a UID outside the DICOM root 1.2.840.10008 that the standard does not
+name: a vendor's raw data or protocol objects) is taken for a storage SOP class. The groups
+`storage` and `storage:private` cover every such UID; they cannot be listed, so a policy asks
+`covers_private` of its tokens and `is_private` of a proposed UID.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pydicom._uid_dict import UID_dictionary
 VERIFICATION = "1.2.840.10008.1.1"  # PS3.4 A.4
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"  # PS3.4 J.3
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+DICOM_ROOT = "1.2.840.10008."
+# Groups that also cover every private SOP class (is_private).
+PRIVATE_GROUPS = frozenset({"storage", "storage:private"})
 
 # Operation names a policy grants (PS3.7 services as operators know them).
 OPERATIONS = ("echo", "store", "find", "get", "move", "worklist", "commit", "mpps")
@@ -81,12 +89,35 @@ def _names_storage(name: str) -> bool:
 
 @cache
 def storage_sop_classes() -> frozenset[str]:
-    """Every current storage SOP class of the standard (PS3.4 Annex B and friends)."""
+    """Every storage SOP class of the standard, current and retired (PS3.4 Annex B and friends)."""
+    return frozenset(uid for uid, (name, _) in _entries().items() if _names_storage(name))
+
+
+@cache
+def retired_storage_sop_classes() -> frozenset[str]:
+    """The retired ones among them (PS3.6 Table A-1 marks them "Retired")."""
     return frozenset(
         uid
-        for uid, (name, _) in _entries().items()
-        if _names_storage(name) and UID_dictionary.get(uid, ("", "", "", ""))[3] != "Retired"
+        for uid in storage_sop_classes()
+        if UID_dictionary.get(uid, ("", "", "", ""))[3] == "Retired"
     )
+
+
+def is_private(uid: str) -> bool:
+    """True for a syntactically valid UID outside the DICOM root that names no standard SOP
+    class: a private SOP class, taken for a storage one. An unknown UID under the DICOM root
+    is not (a SOP class newer than pacsd, or a UID that is no SOP class)."""
+    return (
+        len(uid) <= 64
+        and not uid.startswith(DICOM_ROOT)
+        and uid not in _entries()
+        and _UID_RE.match(uid) is not None
+    )
+
+
+def covers_private(token: str) -> bool:
+    """True when a policy's SOP class entry covers every private SOP class."""
+    return token in PRIVATE_GROUPS
 
 
 def sop_class_keyword(uid: str) -> str:
@@ -109,7 +140,9 @@ def groups() -> dict[str, frozenset[str]]:
     structured_reports = _storage_where(" SR ", "SRStorage", "Key Object Selection")
     return {
         "verification": frozenset({VERIFICATION}),
-        "storage": storage_sop_classes(),
+        "storage": storage_sop_classes(),  # and every private SOP class (covers_private)
+        "storage:retired": retired_storage_sop_classes(),
+        "storage:private": frozenset(),  # no listable member: every private SOP class
         "storage:image": _storage_where("Image"),
         "storage:sr": structured_reports,
         "storage:presentation-state": _storage_where("Presentation State", "PresentationState"),
@@ -154,9 +187,9 @@ def resolve(token: str) -> frozenset[str]:
 def operation_of(uid: str) -> str:
     """The policy operation a SOP class is used for.
 
-    A UID that names no standard SOP class is taken for a (private) storage SOP class, and so is
-    a retired storage SOP class an operator names (old modalities still send them); a known SOP
-    class of a service pacsd does not offer (print management, say) gives "other".
+    A UID that names no standard SOP class is taken for a (private) storage SOP class, and a
+    retired storage SOP class is one (old modalities still send them); a known SOP class of a
+    service pacsd does not offer (print management, say) gives "other".
     """
     if uid == VERIFICATION:
         return "echo"

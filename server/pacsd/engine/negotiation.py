@@ -174,7 +174,7 @@ def _negotiate_context(
     proposed: ProposedContext, grant: Grant, roles: dict[str, RoleSelection]
 ) -> tuple[int, AcceptedContext, RoleSelection | None]:
     uid = proposed.abstract_syntax
-    syntaxes = grant.transfer_syntaxes.get(uid) if is_served(uid) else None
+    syntaxes = grant.syntaxes_for(uid) if is_served(uid) else None
     first = proposed.transfer_syntaxes[0]
     if syntaxes is None:
         return ABSTRACT_SYNTAX_NOT_SUPPORTED, AcceptedContext(proposed.context_id, uid, first), None
@@ -185,7 +185,7 @@ def _negotiate_context(
             AcceptedContext(proposed.context_id, uid, first),
             None,
         )
-    outcome = _roles(roles.get(uid), uid in grant.peer_scp)
+    outcome = _roles(roles.get(uid), grant.peer_may_be_scp(uid))
     if outcome is None:
         return USER_REJECTION, AcceptedContext(proposed.context_id, uid, chosen), None
     pacsd_scu, pacsd_scp, reply = outcome

@@ -78,11 +78,29 @@ class Grant:
     max_pdu_size: int | None
     async_operations_window: int
     user_identity: str = "optional"  # the rule's user identity requirement (rules.py)
+    # Every private SOP class (sop_classes.is_private) is accepted with these syntaxes; None: no.
+    private_storage: tuple[str, ...] | None = None
+    private_peer_scp: bool = False  # ... and the peer may take the SCP role for them
 
     @property
     def sop_classes(self) -> frozenset[str]:
-        """The accepted SOP class UIDs."""
+        """The accepted SOP class UIDs the standard names (private ones: `private_storage`)."""
         return frozenset(self.transfer_syntaxes)
+
+    def syntaxes_for(self, sop_class_uid: str) -> tuple[str, ...] | None:
+        """The transfer syntaxes accepted for a SOP class, preferred first; None: not granted."""
+        syntaxes = self.transfer_syntaxes.get(sop_class_uid)
+        private = self.private_storage
+        if syntaxes is None and private is not None and sop_classes.is_private(sop_class_uid):
+            return private
+        return syntaxes
+
+    def peer_may_be_scp(self, sop_class_uid: str) -> bool:
+        """May the peer take the SCP role (PS3.7 D.3.3.4) for this SOP class?"""
+        if sop_class_uid in self.peer_scp:
+            return True
+        private = self.private_storage is not None and sop_classes.is_private(sop_class_uid)
+        return self.private_peer_scp and private
 
     def offered_pdu_size(self, network_max_pdu_size: int) -> int:
         """The maximum PDU pacsd offers: the smaller of the network's and the rule's; 0 = none."""
@@ -309,6 +327,10 @@ def _expand(tokens: Sequence[str]) -> frozenset[str]:
     return frozenset().union(*(sop_classes.resolve(token) for token in tokens))
 
 
+def _covers_private(tokens: Sequence[str]) -> bool:
+    return any(sop_classes.covers_private(token) for token in tokens)
+
+
 def _syntaxes(tokens: Sequence[str]) -> tuple[str, ...]:
     ordered = [uid for token in tokens for uid in transfer_syntaxes.resolve(token)]
     return tuple(dict.fromkeys(ordered))
@@ -334,10 +356,17 @@ def _compile(rule: PolicyRule) -> CompiledRule:
             per_class[uid] = transfer_syntaxes.VERIFICATION_PREFERENCE
             continue
         per_class[uid] = next((ts for members, ts in overrides if uid in members), default)
+    private = _covers_private(rule.sop_classes) and not _covers_private(rule.exclude_sop_classes)
+    private_syntaxes = next(
+        (ts for o, (_, ts) in zip(rule.transfer_syntax_overrides, overrides, strict=True)
+         if _covers_private(o.sop_classes)),
+        default,
+    )  # fmt: skip
     operations = (
         frozenset(rule.operations)
         if rule.operations is not None
         else frozenset(sop_classes.operation_of(uid) for uid in accepted) - {"other"}
+        | ({"store"} if private else frozenset())
     )
     grant = Grant(
         transfer_syntaxes=per_class,
@@ -347,6 +376,8 @@ def _compile(rule: PolicyRule) -> CompiledRule:
         max_pdu_size=rule.limits.max_pdu_size,
         async_operations_window=rule.limits.async_operations_window,
         user_identity=rule.user_identity,
+        private_storage=private_syntaxes if private else None,
+        private_peer_scp=private and _covers_private(rule.peer_scp_role),
     )
     return CompiledRule(rule, grant, None)
 
@@ -378,7 +409,7 @@ def allow(
     grant, rule = decision.grant, decision.rule
     if operation not in grant.operations:
         return Permission(False, f"operation {operation} is not allowed by rule {rule!r}")
-    if sop_class_uid not in grant.transfer_syntaxes:
+    if grant.syntaxes_for(sop_class_uid) is None:
         keyword = sop_classes.sop_class_keyword(sop_class_uid)
         return Permission(False, f"SOP class {keyword} is not accepted by rule {rule!r}")
     if operation == "move":
