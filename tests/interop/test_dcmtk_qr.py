@@ -155,8 +155,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def storescp(folder: Path) -> Iterator[StoreSCP]:
-    """A DCMTK storescp on a free loopback port, stopped by its pid afterwards.
+def storescp(folder: Path, *options: str) -> Iterator[StoreSCP]:
+    """A DCMTK storescp on a free loopback port (with `options`), stopped by its pid afterwards.
 
     The port is picked free then handed over, so another process may take it in between:
     storescp then exits at once and a new port is tried.
@@ -164,7 +164,7 @@ def storescp(folder: Path) -> Iterator[StoreSCP]:
     folder.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
         port = _free_loopback_port()
-        command = ["storescp", "--aetitle", DESTINATION, "-od", str(folder), str(port)]
+        command = ["storescp", "--aetitle", DESTINATION, *options, "-od", str(folder), str(port)]
         with (folder.parent / "storescp.log").open("ab") as log:
             process = subprocess.Popen(command, env=DCMTK_ENV, stdout=log, stderr=log)
         try:

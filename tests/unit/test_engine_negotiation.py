@@ -24,6 +24,7 @@ from pacsd.policy.rules import PolicyRule, RejectReason
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 MPPS_NOTIFICATION = "1.2.840.10008.3.1.2.3.5"  # in the "mpps" group, but not served
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -157,6 +158,25 @@ def test_context_results_and_transfer_syntax_choice() -> None:
     assert list(accepted.contexts) == [1]
     assert accepted.contexts[1].abstract_syntax == VERIFICATION
     assert (accepted.contexts[1].pacsd_scu, accepted.contexts[1].pacsd_scp) == (False, True)
+
+
+def test_a_context_pacsd_sends_on_takes_the_receiver_s_preferred_syntax() -> None:
+    """Issue 17, retrieve as stored: where the peer takes the SCP role (C-GET), pacsd accepts
+    the first syntax the peer proposed among the rule's; where pacsd receives, the rule's
+    order decides (uncompressed first)."""
+    syntaxes = (JPEG_BASELINE, EXPLICIT, IMPLICIT)
+    request = _request(
+        ProposedContext(1, CT_IMAGE, syntaxes),
+        ProposedContext(3, MR_IMAGE, syntaxes),
+        roles=(RoleSelection(CT_IMAGE, False, True),),
+    )
+    accepted = _accept(request, _grant(peer_scp_role=["storage"]))
+    assert accepted.contexts[1].transfer_syntax == JPEG_BASELINE  # pacsd sends: peer's choice
+    assert accepted.contexts[3].transfer_syntax == EXPLICIT  # pacsd receives: the rule's
+    narrowed = _accept(
+        request, _grant(peer_scp_role=["storage"], transfer_syntaxes=["uncompressed"])
+    )
+    assert narrowed.contexts[1].transfer_syntax == EXPLICIT  # a rule may still force conversion
 
 
 def test_private_and_retired_storage_classes_under_the_storage_group() -> None:

@@ -178,14 +178,20 @@ def _negotiate_context(
     first = proposed.transfer_syntaxes[0]
     if syntaxes is None:
         return ABSTRACT_SYNTAX_NOT_SUPPORTED, AcceptedContext(proposed.context_id, uid, first), None
-    chosen = next((ts for ts in syntaxes if ts in proposed.transfer_syntaxes), None)
+    outcome = _roles(roles.get(uid), grant.peer_may_be_scp(uid))
+    if outcome is not None and outcome[0]:
+        # pacsd will send on this context (C-GET's C-STOREs): the receiver's preference among
+        # the rule's syntaxes, so that an instance stored in the syntax it asked for first
+        # goes as stored (services/retrieve.py converts only what it must).
+        chosen = next((ts for ts in proposed.transfer_syntaxes if ts in syntaxes), None)
+    else:
+        chosen = next((ts for ts in syntaxes if ts in proposed.transfer_syntaxes), None)
     if chosen is None:
         return (
             TRANSFER_SYNTAXES_NOT_SUPPORTED,
             AcceptedContext(proposed.context_id, uid, first),
             None,
         )
-    outcome = _roles(roles.get(uid), grant.peer_may_be_scp(uid))
     if outcome is None:
         return USER_REJECTION, AcceptedContext(proposed.context_id, uid, chosen), None
     pacsd_scu, pacsd_scp, reply = outcome

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsd.dicom.part10 import dataset_offset
 from pacsd.dicom.qr_models import level_of, model_of, retrieve_keys
@@ -59,6 +59,14 @@ class SubOperations:
     failed: int = 0
     failed_uids: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    # Instances sent in another syntax than stored, because the receiver accepted none of the
+    # stored one: "<stored keyword> -> <sent keyword>" -> count.
+    converted: dict[str, int] = field(default_factory=dict)
+
+    def convert(self, stored: str, sent: str) -> None:
+        """Count one instance sent converted."""
+        key = f"{UID(stored).keyword or stored} -> {UID(sent).keyword or sent}"
+        self.converted[key] = self.converted.get(key, 0) + 1
 
     def record(self, instance: StoredInstance, status: int) -> None:
         """Count one sub-operation from its C-STORE-RSP status (PS3.4 B.2.3)."""
@@ -99,6 +107,8 @@ class SubOperations:
         }
         if self.reasons:
             fields["failure_reasons"] = dict(self.reasons)
+        if self.converted:
+            fields["converted"] = dict(self.converted)
         return fields
 
 
@@ -192,6 +202,8 @@ class RetrieveService:
         try:
             outgoing = self._outgoing(instance, sender)
             status = sender.send_c_store(outgoing)
+            if outgoing.transfer_syntax != instance.transfer_syntax_uid:
+                tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
         except TranscodeError as exc:
             tally.fail(instance, str(exc))
         except FileNotFoundError:
