@@ -74,6 +74,24 @@ class OrthancServer:
 
         `settings` are added to (or replace) the benchmark's base configuration.
         """
+        server = cls.launch(binary, folder, log_path, settings)
+        try:
+            server.wait_until_ready(START_TIMEOUT_S)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    @classmethod
+    def launch(
+        cls,
+        binary: Path,
+        folder: Path,
+        log_path: Path,
+        settings: Mapping[str, Any] | None = None,
+    ) -> OrthancServer:
+        """Write the configuration and start Orthanc without waiting for it to answer (the
+        start-up measurement of tests/perf/latency.py polls on its own)."""
         port, http_port = free_loopback_port(), free_loopback_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -101,13 +119,7 @@ class OrthancServer:
                 stderr=subprocess.STDOUT,
                 env=dcmtk_environment(),  # Orthanc's DICOM is DCMTK's: TCP_NODELAY=1 as well
             )
-        server = cls(process, port, http_port)
-        try:
-            server.wait_until_ready(START_TIMEOUT_S)
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return cls(process, port, http_port)
 
     @property
     def ae_title(self) -> str:

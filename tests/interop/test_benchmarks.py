@@ -73,8 +73,11 @@ PERF_GOALS = (
     "C-STORE 64x64 CT, 1 assoc",
     "C-STORE 64x64 CT, 8 assoc",
     "association rate (open, C-ECHO, release)",
-    "peak RSS, 16 associations storing 0.5 MB CT",
+    "start-up to the first C-ECHO answered",
+    "idle: 10 open idle associations, CPU % of one core",
+    "peak memory (PSS, all processes), 16 associations storing 0.5 MB CT",
     "RSS increase, one 50 MB instance",
+    "C-FIND per query, small archive, one association",
 )
 RETRIEVAL_GOAL_PREFIXES = ("C-FIND", "C-MOVE", "C-GET")
 

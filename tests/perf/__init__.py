@@ -1,4 +1,4 @@
-"""The side-by-side performance benchmark of issue 6 (run by hand; not collected as tests).
+"""The side-by-side performance benchmark of issue 16 (run by hand; not collected as tests).
 
 Run from the repository root: `.venv/bin/python -m tests.perf --help`.
 """

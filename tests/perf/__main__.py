@@ -1,4 +1,4 @@
-"""`python -m tests.perf`: the goals of issue 6, pacsd beside DCMTK storescp and Orthanc.
+"""`python -m tests.perf`: the goals of issue 16, pacsd beside DCMTK storescp and Orthanc.
 
 One command generates the inputs, starts each server fresh for each measurement on 127.0.0.1
 (pacsd in its default configuration: files fsynced, index committed before the answer;
@@ -34,11 +34,11 @@ from benchmarks.ingest import (
     association_counts,
     work_folder,
 )
-from tests.perf import associations, ingest, machine, memory, retrieval
+from tests.perf import associations, idle, ingest, latency, machine, memory, retrieval
 from tests.perf.goals import GoalRow
 
 WORKERS_ENV = "PACSD_NETWORK__WORKERS"
-SECTIONS = ("ingest", "associations", "memory", "retrieval")
+SECTIONS = ("ingest", "associations", "start-up", "idle", "memory", "small-find", "retrieval")
 PEER_ORDER = ("storescp", "orthanc")
 Section = Callable[[Path], tuple[list[GoalRow], list[str]]]
 
@@ -53,8 +53,13 @@ class Settings:
     small_count: int
     large_mb: int
     echo_seconds: float
+    idle_associations: int
+    idle_seconds: float
+    small_archive: int
+    queries: int
     find_instances: tuple[int, ...] | None
     skip_retrieval: bool
+    only: tuple[str, ...]
     work: Path | None
     keep: bool
     timeout: float
@@ -81,24 +86,38 @@ def argument_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
         prog="python -m tests.perf",
-        description="The performance goals of issue 6: pacsd beside DCMTK storescp and Orthanc.",
+        description="The performance goals of issue 16: pacsd beside DCMTK storescp and Orthanc.",
         epilog="Exit code 1 when a correctness check failed (the figures are then not valid); "
         "goals not met do not change it.",
     )
     add = parser.add_argument
     add("--smoke", action="store_true", help="tiny sizes and one repetition (CI)")
+    add(
+        "--only",
+        metavar="SECTION[,SECTION...]",
+        help=f"measure only these sections (of {', '.join(SECTIONS)}); not a full run",
+    )
     add("--repeat", type=int, help="repetitions of each measurement (3; --smoke 1)")
     add("--count", type=int, help="0.5 MB CT instances per ingest run (400; --smoke 16)")
     add("--small-count", type=int, help="64x64 CT instances per ingest run (1000; --smoke 16)")
     add("--large-mb", type=int, help="MiB of pixel data of the large instance (1024; --smoke 50)")
     add("--echo-seconds", type=float, help="seconds per association-rate run (3; --smoke 0.5)")
+    add("--idle-associations", type=int, help="idle associations opened (100; --smoke 10)")
+    add("--idle-seconds", type=float, help="seconds of each idle CPU measurement (5; --smoke 2)")
+    add("--small-archive", type=int, help="instances of the per-query C-FIND (500; --smoke 60)")
+    add("--queries", type=int, help="per-query C-FIND: queries per server and run (200; 20)")
     add(
         "--find-instances",
         type=association_counts,
         metavar="N[,N...]",
         help="archive sizes of the retrieval goals (10000,100000; --smoke 60)",
     )
-    add("--skip-retrieval", action="store_true", help="skip the C-FIND/C-GET/C-MOVE goals")
+    add(
+        "--skip-retrieval",
+        action="store_true",
+        help="skip the C-FIND/C-GET/C-MOVE goals on the --find-instances archives (the "
+        "per-query C-FIND on the small archive still runs)",
+    )
     add("--work", type=Path, metavar="DIR", help="work folder; inputs are cached there")
     add("--keep", action="store_true", help="keep the work folder and every run's folder")
     add("--timeout", type=float, default=600.0, help="seconds per storescu run (600)")
@@ -129,20 +148,32 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         small_count=int(pick(args.small_count, 1000, 16)),
         large_mb=int(pick(args.large_mb, 1024, 50)),
         echo_seconds=pick(args.echo_seconds, 3.0, 0.5),
+        idle_associations=int(pick(args.idle_associations, 100, 10)),
+        idle_seconds=pick(args.idle_seconds, 5.0, 2.0),
+        small_archive=int(pick(args.small_archive, 500, 60)),
+        queries=int(pick(args.queries, 200, 20)),
         find_instances=args.find_instances or ((60,) if smoke else None),
         skip_retrieval=args.skip_retrieval,
+        only=tuple(args.only.split(",")) if args.only else (),
         work=args.work,
         keep=args.keep,
         timeout=args.timeout,
         dcmtk=args.dcmtk,
         workers=args.workers,
     )
+    unknown = set(settings.only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: no section {', '.join(sorted(unknown))} ({', '.join(SECTIONS)})")
     if settings.workers < 1:
         parser.error("--workers must be at least 1")
     if settings.repeat < 1 or settings.large_mb < 1 or settings.echo_seconds <= 0:
         parser.error("--repeat, --large-mb and --echo-seconds must be positive")
     if settings.count < memory.CONCURRENT_ASSOCIATIONS or settings.small_count < 8:
         parser.error(f"--count >= {memory.CONCURRENT_ASSOCIATIONS} and --small-count >= 8")
+    if not 1 <= settings.idle_associations <= idle.MAX_ASSOCIATIONS:
+        parser.error(f"--idle-associations must be 1 to {idle.MAX_ASSOCIATIONS}")
+    if settings.idle_seconds <= 0 or settings.queries < 1 or settings.small_archive < 10:
+        parser.error("--idle-seconds > 0, --queries >= 1 and --small-archive >= 10")
     return settings
 
 
@@ -159,6 +190,17 @@ def retrieval_options(settings: Settings) -> retrieval.RetrievalOptions:
     return dataclasses.replace(options, dcmtk=settings.dcmtk, keep=settings.keep)
 
 
+def small_find_options(settings: Settings) -> latency.SmallFindOptions:
+    """The per-query C-FIND's options, from the command line."""
+    return latency.SmallFindOptions(
+        instances=settings.small_archive,
+        queries=settings.queries,
+        repeat=settings.repeat,
+        dcmtk=settings.dcmtk,
+        keep=settings.keep,
+    )
+
+
 def sections(settings: Settings, notes: list[str]) -> dict[str, Section]:
     """What to measure, in order; each returns (rows, problems)."""
     options = settings.ingest_options()
@@ -169,12 +211,24 @@ def sections(settings: Settings, notes: list[str]) -> dict[str, Section]:
         "associations": lambda work: associations.association_goals(
             work, storescp, settings.repeat, settings.echo_seconds, settings.keep
         ),
+        "start-up": lambda work: latency.startup_goals(work, settings.repeat, settings.keep),
+        "idle": lambda work: idle.idle_goals(
+            work,
+            settings.idle_associations,
+            settings.idle_seconds,
+            settings.repeat,
+            settings.keep,
+        ),
         "memory": lambda work: memory.memory_goals(
             options, work, settings.count, settings.large_mb, settings.repeat
         ),
+        "small-find": lambda work: latency.small_find_goals(work, small_find_options(settings)),
     }
     if settings.skip_retrieval:
-        notes.append("retrieval goals (C-FIND, C-GET, C-MOVE, ingest into a full archive) skipped")
+        notes.append(
+            "retrieval goals on the --find-instances archives (C-FIND, C-GET, C-MOVE, ingest "
+            "into a full archive) skipped"
+        )
     else:
         retrieve = retrieval_options(settings)
         chosen["retrieval"] = lambda work: retrieval.retrieval_goals(work, retrieve)
@@ -286,9 +340,12 @@ def print_report(
 ) -> None:
     """The table, then the notes, machine limits, versions and problems."""
     kind = "smoke run (--smoke): sizes far below the goals'" if settings.smoke else "full run"
-    print(f"## pacsd performance goals (issue 6): {kind}, median of {settings.repeat} run(s)\n")
+    print(f"## pacsd performance goals (issue 16): {kind}, median of {settings.repeat} run(s)\n")
     print("\n".join(markdown_table(rows)))
-    print("\npacsd/peer > 1 means pacsd is better (for RSS: the peer's figure over pacsd's).")
+    print(
+        "\npacsd/peer > 1 means pacsd is better (where lower is better: RSS, latency, CPU, "
+        "start-up time, the peer's figure over pacsd's)."
+    )
     seen: set[str] = set()
     for row in rows:
         if row.note and row.goal not in seen:
@@ -324,7 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits = machine.measure(work, settings.smoke)
         except OSError as exc:
             notes.append(f"machine limits not measured: {exc!r}")
-        rows, problems = run_sections(sections(settings, notes), work)
+        chosen = sections(settings, notes)
+        if settings.only:
+            chosen = {name: chosen[name] for name in chosen if name in settings.only}
+            notes.append(f"only the sections {', '.join(chosen)}: not a full run")
+        rows, problems = run_sections(chosen, work)
         if problems and not settings.keep and (saved := save_logs(work)) is not None:
             notes.append(f"logs of the runs with problems: {saved}")
     notes.append(f"pacsd ran with network.workers = {settings.workers}")

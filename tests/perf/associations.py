@@ -1,4 +1,4 @@
-"""Goal 3 of issue 6: association rate (open, one C-ECHO, release), pacsd against Orthanc.
+"""Goal 3 of issue 16: association rate (open, one C-ECHO, release), pacsd against Orthanc.
 
 The client must not be the bottleneck, so it is not pynetdicom's AE nor one echoscu process per
 association (~40 ms each): a raw-socket client sends an A-ASSOCIATE-RQ (Verification, Implicit
@@ -26,7 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-from pynetdicom.dimse_messages import C_ECHO_RQ
+from pynetdicom.dimse_messages import C_ECHO_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
@@ -76,23 +76,30 @@ class EncodedRequests:
     @classmethod
     def for_called(cls, called_ae_title: str) -> EncodedRequests:
         """A-ASSOCIATE-RQ for Verification to `called_ae_title`, C-ECHO-RQ, A-RELEASE-RQ."""
-        context = PresentationContext()
-        context.context_id = CONTEXT_ID
-        context.abstract_syntax = VERIFICATION
-        context.transfer_syntax = [IMPLICIT_VR_LITTLE_ENDIAN]
-        maximum_length = MaximumLengthNotification()
-        maximum_length.maximum_length_received = MAX_PDU
-        implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = APPLICATION_CONTEXT
-        primitive.calling_ae_title = CALLING_AE
-        primitive.called_ae_title = called_ae_title
-        primitive.presentation_context_definition_list = [context]
-        primitive.user_information = [maximum_length, implementation]
-        associate = A_ASSOCIATE_RQ()
-        associate.from_primitive(primitive)
-        return cls(associate.encode(), _echo_request(), A_RELEASE_RQ().encode())
+        associate = associate_request(called_ae_title, VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)
+        return cls(associate, _echo_request(), A_RELEASE_RQ().encode())
+
+
+def associate_request(called_ae_title: str, abstract_syntax: str, transfer_syntax: str) -> bytes:
+    """An A-ASSOCIATE-RQ to `called_ae_title` proposing one presentation context, CONTEXT_ID,
+    for `abstract_syntax` in `transfer_syntax`; Maximum Length MAX_PDU."""
+    context = PresentationContext()
+    context.context_id = CONTEXT_ID
+    context.abstract_syntax = abstract_syntax
+    context.transfer_syntax = [transfer_syntax]
+    maximum_length = MaximumLengthNotification()
+    maximum_length.maximum_length_received = MAX_PDU
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT
+    primitive.calling_ae_title = CALLING_AE
+    primitive.called_ae_title = called_ae_title
+    primitive.presentation_context_definition_list = [context]
+    primitive.user_information = [maximum_length, implementation]
+    associate = A_ASSOCIATE_RQ()
+    associate.from_primitive(primitive)
+    return bytes(associate.encode())
 
 
 def _echo_request() -> bytes:
@@ -102,6 +109,11 @@ def _echo_request() -> bytes:
     echo.AffectedSOPClassUID = VERIFICATION
     message = C_ECHO_RQ()
     message.primitive_to_message(echo)
+    return encode_message(message)
+
+
+def encode_message(message: DIMSEMessage) -> bytes:
+    """A DIMSE message as P-DATA-TF PDUs on presentation context CONTEXT_ID."""
     encoded = b""
     for p_data in message.encode_msg(CONTEXT_ID, MAX_PDU):
         pdu = P_DATA_TF()

@@ -1,4 +1,4 @@
-"""Goals 1 and 2 of issue 6: C-STORE ingest from DCMTK storescu, pacsd beside storescp and Orthanc.
+"""Goals 1 and 2 of issue 16: C-STORE ingest from DCMTK storescu, pacsd beside storescp and Orthanc.
 
 Each run is one of benchmarks.ingest (`run_one`): a fresh server on an empty store, K storescu
 processes sending one CT series at once, every instance checked as stored (Success responses
@@ -32,13 +32,13 @@ class IngestCase:
     targets: tuple[tuple[str, float], ...]
 
 
-NEAR_STORESCP = ("storescp", 0.8)
+NEAR_STORESCP = ("storescp", 0.6)
 CASES = (
     IngestCase("C-STORE 0.5 MB CT, 1 assoc", BENCH_SIZE, 1, (("orthanc", 1.5), NEAR_STORESCP)),
-    IngestCase("C-STORE 0.5 MB CT, 8 assoc", BENCH_SIZE, 8, (("orthanc", 2.0), NEAR_STORESCP)),
+    IngestCase("C-STORE 0.5 MB CT, 8 assoc", BENCH_SIZE, 8, (("orthanc", 2.0),)),
     IngestCase("C-STORE 64x64 CT, 1 assoc", SMALL_SIZE, 1, (("orthanc", 1.5),)),
     IngestCase("C-STORE 64x64 CT, 8 assoc", SMALL_SIZE, 8, (("orthanc", 1.5),)),
-)  # the goals of issue 6, as ratios to a peer's instances/s
+)  # the goals of issue 16, as ratios to a peer's instances/s; storescp is measured in every case
 
 
 def progress(message: str) -> None:

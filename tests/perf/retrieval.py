@@ -1,4 +1,5 @@
-"""Retrieval goals of issue 6: C-FIND latency, ingest into a full archive, C-GET and C-MOVE.
+"""Retrieval goals of issue 16 (4 and 5): C-FIND latency, C-GET and C-MOVE; ingest into a full
+archive for information (a goal of issue 6 that issue 16 does not set).
 
 pacsd and Orthanc run side by side on the same generated archive (benchmarks/query.py's plan:
 32x32x16-bit CT and MR instances, five per study, two studies per patient), both fed the same
@@ -8,7 +9,8 @@ files by DCMTK's storescu over several associations, on 127.0.0.1.
   StudyDate range: latency from request to final response. Queries alternate between the
   servers (which one goes first alternates too); every answer is compared with the plan.
 - Ingest: instances/s of a batch of new instances (storescu, K associations) into empty
-  servers, then into the servers holding the archive; the goal is the ratio of the two.
+  servers, then into the servers holding the archive: the ratio of the two, for information
+  (issue 6 asked for >= 0.85; issue 16 sets no goal for it).
 - C-MOVE (pynetdicom requester, DCMTK storescp destination) and C-GET (DCMTK getscu) of one
   study and of the whole archive (capped at RetrievalOptions.bulk_cap instances): instances/s;
   the instances that arrived are compared with the plan.
@@ -59,6 +61,7 @@ CLIENT_TIMEOUT_S = 1800.0
 CHUNK_STUDIES = 500  # study UIDs per bulk C-MOVE / C-GET request: a UI list well under 64 KiB
 ROUND_FILES = 20_000  # files per round of storescu processes: ~400 KiB of arguments each
 BATCH_FIRST_STUDY = 10_000_000  # the ingest batches' study numbers, beyond any archive's
+ISSUE_6_INGEST_RATIO = 0.85  # full / empty: issue 6's goal, shown in the note only
 
 
 @dataclass(frozen=True)
@@ -399,7 +402,8 @@ def retrieve_note(operation: str, studies: int, size: int) -> str:
 def ingest_row(
     bench: Bench, empty: dict[str, list[float]], full: dict[str, list[float]]
 ) -> GoalRow:
-    """Rate into the full archive / rate into an empty one: pacsd's at least 0.85."""
+    """Rate into the full archive / rate into an empty one, for information: issue 16 sets no
+    goal for it (issue 6 asked for at least 0.85)."""
     ratios: dict[str, list[float]] = {}
     for name, rates in full.items():
         base = median(empty.get(name, []))
@@ -414,9 +418,9 @@ def ingest_row(
         unit="ratio",
         pacsd=median(ratios["pacsd"]),
         peers={"orthanc": median(ratios["orthanc"])},
-        limit=0.85,
         samples=ratios,
-        note=f"{options.ingest_repeat} batch(es) of {options.ingest_batch} new instances, "
+        note=f"information, no goal in issue 16 (issue 6: >= {ISSUE_6_INGEST_RATIO}); "
+        f"{options.ingest_repeat} batch(es) of {options.ingest_batch} new instances, "
         f"storescu K={options.ingest_associations}; "
         f"instances/s empty -> full: {figures}",
     )
