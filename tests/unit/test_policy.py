@@ -416,7 +416,8 @@ def test_peer_scp_role_only_for_accepted_classes() -> None:
         (["query-retrieve:find"], {"find"}),
         (["verification", "storage", "query-retrieve"], {"echo", "store", "find", "get", "move"}),
         (["worklist", "storage-commitment", "mpps"], {"worklist", "commit", "mpps"}),
-        (["verification", "BasicFilmSession"], {"echo"}),  # print management: no operation
+        (["verification", "BasicFilmSession"], {"echo", "print"}),
+        (["verification", "InstanceAvailabilityNotification"], {"echo"}),  # not served: none
     ],
 )
 def test_default_operations_follow_sop_classes(groups: list[str], operations: set[str]) -> None:

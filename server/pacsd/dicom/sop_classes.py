@@ -27,7 +27,7 @@ DICOM_ROOT = "1.2.840.10008."
 PRIVATE_GROUPS = frozenset({"storage", "storage:private"})
 
 # Operation names a policy grants (PS3.7 services as operators know them).
-OPERATIONS = ("echo", "store", "find", "get", "move", "worklist", "commit", "mpps")
+OPERATIONS = ("echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups")
 
 # Storage SOP classes newer than pydicom 3.0's dictionary (PS3.6 Table A-1): UID -> keyword.
 _NEWER_STORAGE = {
@@ -61,6 +61,37 @@ _QR_GET = frozenset(
     }
 )
 _WORKLIST = frozenset({"1.2.840.10008.5.1.4.31"})  # Modality Worklist FIND, PS3.4 K.6.1
+# Print Management (PS3.4 H): the Meta SOP Classes a print SCU negotiates, their member SOP
+# classes (the Affected SOP Class of the messages sent on a Meta SOP Class's context), and the
+# optional SOP classes negotiated on their own.
+BASIC_GRAYSCALE_PRINT_META = "1.2.840.10008.5.1.1.9"
+BASIC_COLOR_PRINT_META = "1.2.840.10008.5.1.1.18"
+BASIC_FILM_SESSION = "1.2.840.10008.5.1.1.1"
+BASIC_FILM_BOX = "1.2.840.10008.5.1.1.2"
+BASIC_GRAYSCALE_IMAGE_BOX = "1.2.840.10008.5.1.1.4"
+BASIC_COLOR_IMAGE_BOX = "1.2.840.10008.5.1.1.4.1"
+PRINTER = "1.2.840.10008.5.1.1.16"
+META_SOP_CLASSES: dict[str, frozenset[str]] = {
+    BASIC_GRAYSCALE_PRINT_META: frozenset(
+        {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_GRAYSCALE_IMAGE_BOX, PRINTER}
+    ),
+    BASIC_COLOR_PRINT_META: frozenset(
+        {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_COLOR_IMAGE_BOX, PRINTER}
+    ),
+}
+_PRINT = frozenset(
+    {
+        *META_SOP_CLASSES,
+        *META_SOP_CLASSES[BASIC_GRAYSCALE_PRINT_META],
+        BASIC_COLOR_IMAGE_BOX,
+        "1.2.840.10008.5.1.1.23",  # Presentation LUT
+        "1.2.840.10008.5.1.1.15",  # Basic Annotation Box
+        "1.2.840.10008.5.1.1.14",  # Print Job
+        "1.2.840.10008.5.1.1.16.376",  # Printer Configuration Retrieval
+    }
+)
+# Unified Procedure Step (PS3.4 CC): Push, Watch, Pull, Event, Query.
+_UPS = frozenset(f"1.2.840.10008.5.1.4.34.6.{n}" for n in range(1, 6))
 _MPPS = frozenset(
     {
         "1.2.840.10008.3.1.2.3.3",  # Modality Performed Procedure Step, PS3.4 F.7
@@ -156,6 +187,8 @@ def groups() -> dict[str, frozenset[str]]:
         "worklist": _WORKLIST,
         "storage-commitment": frozenset({STORAGE_COMMITMENT_PUSH}),
         "mpps": _MPPS,
+        "print": _PRINT,
+        "ups": _UPS,
     }
 
 
@@ -200,6 +233,8 @@ def operation_of(uid: str) -> str:
         ("worklist", _WORKLIST),
         ("commit", {STORAGE_COMMITMENT_PUSH}),
         ("mpps", _MPPS),
+        ("print", _PRINT),
+        ("ups", _UPS),
     ):
         if uid in members:
             return operation
@@ -212,3 +247,12 @@ def operation_of(uid: str) -> str:
 def is_storage(uid: str) -> bool:
     """True for storage SOP classes: standard (current or retired) or private."""
     return operation_of(uid) == "store"
+
+
+def in_context(sop_class_uid: str, abstract_syntax: str) -> bool:
+    """May a message of `sop_class_uid` travel on a context of `abstract_syntax`? Its own, or
+    a member of the Meta SOP Class the context negotiated (PS3.4 H.3: a print SCU sends its
+    Film Session, Film Box, Image Box and Printer messages on the Meta SOP Class's context)."""
+    if sop_class_uid == abstract_syntax:
+        return True
+    return sop_class_uid in META_SOP_CLASSES.get(abstract_syntax, frozenset())

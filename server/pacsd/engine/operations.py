@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from pacsd.dicom.sop_classes import operation_of, sop_class_keyword
+from pacsd.dicom.sop_classes import in_context, operation_of, sop_class_keyword
 from pacsd.dimse import commands as c
 from pacsd.dimse.commands import COMMAND_NAMES, Command
 from pacsd.dimse.messages import AcceptedContext, Request, encode_dataset
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 
 UNRECOGNIZED_OPERATION = 0x0211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-# The requests each service class defines (PS3.4), by the policy operation of its SOP classes.
+# The requests each built-in service class defines (PS3.4), by the policy operation of its SOP
+# classes; Services.simple / Services.streams add the requests of the other services.
 DEFINED: dict[str, frozenset[int]] = {
     "echo": frozenset({c.C_ECHO_RQ}),
     "store": frozenset({c.C_STORE_RQ}),
@@ -66,7 +68,13 @@ _FAILED_UID_STATUSES = frozenset({0xB000, 0xA702, 0xFE00})
 
 @dataclass(frozen=True)
 class Services:
-    """The DIMSE services the engine routes requests to."""
+    """The DIMSE services the engine routes requests to.
+
+    Beyond the built-in ones, `simple` and `streams` route a (command field, policy operation
+    of the context's SOP class) to a service's handler: one answer (N-services), or pending
+    answers through a port (C-FIND-like). A request of a service class is answered 0x0211 when
+    no route exists for its command field.
+    """
 
     storage: StorageService
     query: QueryService
@@ -74,6 +82,8 @@ class Services:
     worklist: WorklistService
     mpps: MppsService
     commitment: CommitmentService
+    simple: Mapping[tuple[int, str], Operation] = field(default_factory=dict)
+    streams: Mapping[tuple[int, str], StreamOperation] = field(default_factory=dict)
 
 
 class Operations:
@@ -89,18 +99,24 @@ class Operations:
         self.memory_limit = memory_limit
         self._groups: dict[str, str] = {}
         s = services
-        self._simple: dict[int, Operation] = {
-            c.N_ACTION_RQ: s.commitment.on_n_action,
-            c.N_CREATE_RQ: s.mpps.on_n_create,
-            c.N_SET_RQ: s.mpps.on_n_set,
-            c.N_GET_RQ: s.mpps.on_n_get,
+        self._simple: dict[tuple[int, str], Operation] = {
+            (c.N_ACTION_RQ, "commit"): s.commitment.on_n_action,
+            (c.N_CREATE_RQ, "mpps"): s.mpps.on_n_create,
+            (c.N_SET_RQ, "mpps"): s.mpps.on_n_set,
+            (c.N_GET_RQ, "mpps"): s.mpps.on_n_get,
+            **s.simple,
         }
         self._streams: dict[tuple[int, str], StreamOperation] = {
             (c.C_FIND_RQ, "find"): s.query.on_c_find,
             (c.C_FIND_RQ, "worklist"): s.worklist.on_c_find,
             (c.C_GET_RQ, "get"): s.retrieve.on_c_get,
             (c.C_MOVE_RQ, "move"): s.retrieve.on_c_move,
+            **s.streams,
         }
+        defined = {group: set(fields) for group, fields in DEFINED.items()}
+        for command_field, group in (*s.simple, *s.streams):
+            defined.setdefault(group, set()).add(command_field)
+        self.defined = {group: frozenset(fields) for group, fields in defined.items()}
 
     def group_of(self, abstract_syntax: str) -> str:
         """The policy operation (and service class) of a context's SOP class (cached)."""
@@ -129,7 +145,7 @@ class Operations:
             self.discard(request)
             return True
         group = self.group_of(context.abstract_syntax)
-        if command.field not in DEFINED.get(group, frozenset()):
+        if command.field not in self.defined.get(group, frozenset()):
             _log_refused(
                 assoc, request, UNRECOGNIZED_OPERATION, "unrecognized operation answered 0x0211"
             )
@@ -138,7 +154,7 @@ class Operations:
                 request,
                 Response(UNRECOGNIZED_OPERATION, f"{request.name} is not defined here"),
             )
-        elif request.sop_class_uid != context.abstract_syntax:
+        elif not in_context(request.sop_class_uid, context.abstract_syntax):
             _log_refused(
                 assoc, request, SOP_CLASS_NOT_SUPPORTED, "SOP class differs from its context's"
             )
@@ -175,8 +191,8 @@ class Operations:
                 received.synced = self.sync.submit(os.fsync, received.descriptor)
             store = functools.partial(self._store, group)
             send(assoc, request, await loop.run_in_executor(self.io, store, request, assoc.handle))
-        elif command.field in self._simple:
-            answer = functools.partial(_encoded, group, self._simple[command.field])
+        elif (command.field, group) in self._simple:
+            answer = functools.partial(_encoded, group, self._simple[(command.field, group)])
             assoc.write_all(await loop.run_in_executor(self.work, answer, request, assoc))
         else:
             port = ThreadPort(assoc, request, loop)
