@@ -263,6 +263,32 @@ def _receive(listening: socket.socket, protocol: str, messages: list[bytes]) -> 
         return
 
 
+def test_a_request_pacsd_does_not_serve_is_answered_and_audited(
+    pacsd_server: ServerFactory,
+) -> None:
+    """Issue 17: an N-DELETE on an MPPS context (MPPS defines no N-DELETE) gets 0x0211 and a
+    Security Alert / Use of Restricted Function naming it; the association goes on."""
+    mpps = "1.2.840.10008.3.1.2.3.3"
+    policies = [{"name": "mpps", "sop_classes": ["verification", "mpps"]}]
+    server = pacsd_server(policies=policies)
+    assoc = request(server, calling="PROBE", contexts=[(mpps, ["1.2.840.10008.1.2"])])
+    assert assoc.is_established
+    try:
+        status = assoc.send_n_delete(mpps, "1.2.826.0.1.3680043.10.1307.1")
+        assert status is not None
+        assert int(status.Status) == 0x0211
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    assert server.stop() == 0
+    messages = audit_lines(server.config_path.parent / "audit.jsonl")
+    alerts = [m for m in messages if requestor_ae(m) == "PROBE" and event_id(m) == "110113"]
+    assert [summary(m) for m in alerts] == [("110113", "E", "110132", 4)]
+    description = alerts[0]["EventIdentification"]["EventOutcomeDescription"]
+    assert "N-DELETE" in description
+    assert "0x0211" in description
+
+
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
 def test_audit_messages_reach_a_syslog_collector_as_rfc5424(
     pacsd_server: ServerFactory, protocol: str

@@ -168,6 +168,17 @@ def configuration_reloaded(config: Path | None, accepted: bool, detail: str) -> 
     _emit(lambda t: events.configuration_reloaded(t.source, t.ae_title, config, accepted, detail))
 
 
+def request_not_served(
+    handle: ClientHandle, operation: str, sop_class_uid: str, status: int, reason: str
+) -> None:
+    """Security Alert / Use of Restricted Function: a request answered before any service."""
+    _emit(
+        lambda t: events.request_not_served(
+            t.source, t.ae_title, handle, operation, sop_class_uid, status, reason
+        )
+    )
+
+
 def association_accepted(handle: ClientHandle) -> None:
     """User Authentication / Login of the calling AE (and user), outcome 0."""
 

@@ -142,6 +142,29 @@ def operation_refused(
     )
 
 
+def request_not_served(
+    source: AuditSource,
+    ae_title: str,
+    handle: ClientHandle,
+    operation: str,
+    sop_class_uid: str,
+    status: int,
+    reason: str,
+) -> AuditMessage:
+    """Security Alert / Use of Restricted Function: a DIMSE request pacsd does not serve
+    (an operation the SOP class does not define, a SOP class not its context's): answered with
+    `status`, and recorded, since a peer sending them is misconfigured or probing."""
+    return audit_message(
+        SECURITY_ALERT,
+        EXECUTE,
+        MINOR_FAILURE,
+        source,
+        [pacsd_participant(ae_title), requestor(handle)],
+        event_types=[USE_OF_RESTRICTED_FUNCTION],
+        description=f"{operation} {sop_class_uid} not served: {reason} (0x{status:04X})",
+    )
+
+
 def configuration_reloaded(
     source: AuditSource, ae_title: str, config: Path | None, accepted: bool, detail: str
 ) -> AuditMessage:

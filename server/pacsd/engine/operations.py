@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
+from pacsd import audit
 from pacsd.dicom.sop_classes import in_context, operation_of, sop_class_keyword
 from pacsd.dimse import commands as c
 from pacsd.dimse.commands import COMMAND_NAMES, Command
@@ -210,9 +211,11 @@ class Operations:
 
 
 def _log_refused(assoc: Acceptor, request: Request, status: int, event: str) -> None:
-    """Count a request refused before any service saw it as a failed operation; log it."""
+    """Count a request refused before any service saw it as a failed operation; log and audit
+    it."""
     handle = assoc.handle
     handle.operation_finished(request.name, failed=True)
+    audit.request_not_served(handle, request.name, request.sop_class_uid, status, event)
     handle.log.warning(
         event,
         request=request.name,
