@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from pacsd.dicom.find_response import choose_charset, response_dataset
+from pacsd.dimse.messages import _flat_encoded, encode_dataset
 
 STUDY_RESPONSE = {
     "00080020": {"vr": "DA", "Value": ["20180301"]},
@@ -100,3 +102,20 @@ def test_simple_values_take_the_raw_shortcut() -> None:
     raw = [tag for tag in items if isinstance(dataset.get_item(tag), RawDataElement)]
     assert len(raw) == len(STUDY_RESPONSE)
     assert dataset.PatientName == "ADAMS^ANNA"  # and it still reads back as a value
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_message_encoding_equals_pydicoms_writer(case: str, implicit: bool) -> None:
+    """dimse.messages.encode_dataset writes flat responses itself: the same bytes."""
+    document, request_charset = CASES[case]
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    dataset = response_dataset(document, request_charset, implicit)
+    assert encode_dataset(dataset, syntax) == encode(dataset, implicit, True)
+
+
+def test_a_flat_response_is_written_without_pydicom() -> None:
+    """The shortcut is taken for a flat response, not for one holding a sequence."""
+    assert _flat_encoded(response_dataset(STUDY_RESPONSE, [], False), implicit=False)
+    nested = response_dataset(CASES["what goes through pydicom"][0], [], False)
+    assert _flat_encoded(nested, implicit=False) is None

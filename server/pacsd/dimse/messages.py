@@ -7,10 +7,12 @@ information, attribute list) only when they need it. Nothing here touches a sock
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -29,6 +31,27 @@ class DataSetError(Exception):
 
 
 @dataclass(frozen=True)
+class ExtendedOptions:
+    """What SOP Class (Common) Extended Negotiation agreed for a context's SOP class.
+
+    PS3.7 D.3.3.5 and D.3.3.6; the meanings are the service classes': PS3.4 C.5.1.1 (C-FIND),
+    C.5.2.1 and C.5.3.1 (C-MOVE, C-GET), K.5.1 (worklist), B.3.1 (storage). All False is the
+    default condition, what an association without the sub-items gets.
+    """
+
+    relational: bool = False  # relational queries (C.4.1.2.2) or retrievals (C.4.2.2.2)
+    combined_date_time: bool = False  # date and time ranges matched together (C.2.2.2.5)
+    fuzzy_person_names: bool = False  # fuzzy semantic matching of person names (C.2.2.2.1.1)
+    timezone_adjustment: bool = False  # Timezone Offset From UTC applied (C.2.2.2.1.3)
+    # The storage SOP class this one was accepted as (B.3.1.4, Related General SOP Class).
+    related_general_sop_class: str = ""
+    reply: bytes | None = None  # the service-class-application-information pacsd answered
+
+
+NO_EXTENDED_OPTIONS = ExtendedOptions()
+
+
+@dataclass(frozen=True)
 class AcceptedContext:
     """A presentation context as negotiated (PS3.8 9.3.3.2); the roles are pacsd's own."""
 
@@ -37,6 +60,7 @@ class AcceptedContext:
     transfer_syntax: str
     pacsd_scu: bool = False
     pacsd_scp: bool = True
+    extended: ExtendedOptions = NO_EXTENDED_OPTIONS
 
 
 class Request:
@@ -118,6 +142,10 @@ def _inflate(data: bytes) -> bytes:
 
 def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     """`dataset` encoded in `transfer_syntax` (PS3.5 A.1-A.5), as a message carries it."""
+    if transfer_syntax in _FLAT_SYNTAXES:
+        flat = _flat_encoded(dataset, transfer_syntax == _IMPLICIT)
+        if flat is not None:
+            return flat
     syntax = UID(transfer_syntax)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR = syntax.is_implicit_VR
@@ -129,3 +157,77 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
         encoded = compressor.compress(encoded) + compressor.flush()
         encoded += b"\0" if len(encoded) % 2 else b""  # PS3.5 A.5: an even length
     return encoded
+
+
+# A flat data set (no sequence; every element raw bytes of a defined length in little endian,
+# or short ASCII text) in a little endian syntax is written here, element by element, instead
+# of by pydicom's writer: C-FIND responses (dicom/find_response.py builds them of raw
+# elements) cost ~0.2 ms each that way.
+_IMPLICIT = "1.2.840.10008.1.2"
+_FLAT_SYNTAXES = frozenset({_IMPLICIT, "1.2.840.10008.1.2.1"})
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT"}
+)
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def _flat_encoded(dataset: Dataset, implicit: bool) -> bytes | None:
+    """The encoding of a flat data set (see above), or None when pydicom must write it."""
+    parts: list[bytes] = []
+    for tag in sorted(dataset._dict):
+        element = dataset._dict[tag]
+        vr = element.VR
+        if vr is None:
+            return None
+        if isinstance(element, RawDataElement):
+            value = element.value
+            # A sequence's raw value holds its items in the encoding they were read in, and
+            # an undefined length (encapsulated pixel data) its fragments: pydicom's.
+            undefined = element.length == 0xFFFFFFFF
+            if vr == "SQ" or undefined or not isinstance(value, bytes):
+                return None
+            if not element.is_little_endian:
+                return None
+        else:
+            value = _short_text(element.value, vr)
+            if value is None:
+                return None
+        length = len(value)
+        if length % 2:
+            return None
+        if implicit:
+            parts.append(_IMPLICIT_HEADER.pack(tag >> 16, tag & 0xFFFF, length))
+        elif vr in _LONG_VRS:
+            parts.append(_LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+        elif length <= 0xFFFF:
+            parts.append(_SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+        else:
+            return None
+        parts.append(value)
+    return b"".join(parts)
+
+
+def _short_text(value: object, vr: str) -> bytes | None:
+    """An ASCII text value (or list of them) of a text VR, padded, or None."""
+    if vr not in _TEXT_VRS or vr == "PN":
+        return None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        text = "\\".join(value)
+    else:
+        return None
+    if not text.isascii():
+        return None
+    encoded = text.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b"\0" if vr == "UI" else b" "
+    return encoded
+
+
+_IMPLICIT_HEADER = struct.Struct("<HHI")
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_LONG_HEADER = struct.Struct("<HH2s2xI")
