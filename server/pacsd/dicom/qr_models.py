@@ -1,9 +1,11 @@
-"""Query/Retrieve information models and levels (PS3.4 C.3, C.4.1 and C.6).
+"""Query/Retrieve information models and levels (PS3.4 C.3, C.4.1, C.6, Y.6 and Z.3).
 
 pacsd serves the Patient Root, Study Root and (retired) Patient/Study Only models for FIND,
-GET and MOVE. An identifier names its Query/Retrieve Level; the hierarchical rules decide which
-unique keys it must carry, and a wrong identifier raises `IdentifierError` (0xA900, PS3.4
-C.4.1.1.4 "Identifier does not match SOP Class").
+GET and MOVE, the Composite Instance Root model (IMAGE and FRAME levels) for GET and MOVE, and
+the Composite Instance Retrieve Without Bulk Data model (IMAGE level) for GET. An identifier
+names its Query/Retrieve Level; the hierarchical rules decide which unique keys it must carry,
+and a wrong identifier raises `IdentifierError` (0xA900, PS3.4 C.4.1.1.4 "Identifier does not
+match SOP Class").
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Level(enum.IntEnum):
     STUDY = 1
     SERIES = 2
     IMAGE = 3
+    FRAME = 4  # Composite Instance Root only (PS3.4 Table Y.6.1-1)
 
 
 UNIQUE_KEYS: Mapping[Level, int] = {
@@ -49,15 +52,22 @@ class InformationModel:
 
     name: str
     levels: tuple[Level, ...]
+    bulk_data: bool = True  # False: instances go without their bulk data (PS3.4 Z.1.3)
 
     def levels_above(self, level: Level) -> tuple[Level, ...]:
         """The model's levels above `level` (Study Root has no patient level)."""
         return tuple(upper for upper in self.levels if upper < level)
 
 
-PATIENT_ROOT = InformationModel("Patient Root", tuple(Level))
+PATIENT_ROOT = InformationModel(
+    "Patient Root", (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+)
 STUDY_ROOT = InformationModel("Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE))
 PATIENT_STUDY_ONLY = InformationModel("Patient/Study Only", (Level.PATIENT, Level.STUDY))
+# PS3.4 Y.6.1: IMAGE (a Composite Instance by its SOP Instance UID alone) and FRAME.
+COMPOSITE_INSTANCE_ROOT = InformationModel("Composite Instance Root", (Level.IMAGE, Level.FRAME))
+# PS3.4 Z.3.1: one level, the Composite Instance ("IMAGE", Z.4.2.1.3.1).
+WITHOUT_BULK_DATA = InformationModel("Without Bulk Data", (Level.IMAGE,), bulk_data=False)
 
 MODELS: Mapping[str, InformationModel] = {
     # PS3.4 C.6.1, C.6.2 and C.6.3 (retired): FIND, MOVE and GET of each model.
@@ -70,6 +80,10 @@ MODELS: Mapping[str, InformationModel] = {
     "1.2.840.10008.5.1.4.1.2.3.1": PATIENT_STUDY_ONLY,
     "1.2.840.10008.5.1.4.1.2.3.2": PATIENT_STUDY_ONLY,
     "1.2.840.10008.5.1.4.1.2.3.3": PATIENT_STUDY_ONLY,
+    # PS3.4 Y.6.1.3: Composite Instance Root Retrieve MOVE and GET; Z.6.1.3: Without Bulk Data GET.
+    "1.2.840.10008.5.1.4.1.2.4.2": COMPOSITE_INSTANCE_ROOT,
+    "1.2.840.10008.5.1.4.1.2.4.3": COMPOSITE_INSTANCE_ROOT,
+    "1.2.840.10008.5.1.4.1.2.5.3": WITHOUT_BULK_DATA,
 }
 
 
@@ -114,7 +128,9 @@ def retrieve_keys(
     """C-GET/C-MOVE keys (PS3.4 C.4.2.2.1): the level's unique key (a list at that level).
 
     Unique keys of the levels above are optional here and narrow the selection when present.
+    A FRAME level retrieve selects its source instance by SOP Instance UID (PS3.4 Y.4.1.2.1).
     """
+    level = Level.IMAGE if level is Level.FRAME else level
     keys: dict[Level, Sequence[str]] = {}
     for upper in (*model.levels_above(level), level):
         values = unique_values(identifier, upper)

@@ -1,4 +1,4 @@
-"""Query/Retrieve - GET and MOVE (PS3.4 C.4.2, C.4.3): stored instances sent as C-STOREs.
+"""Query/Retrieve - GET and MOVE (PS3.4 C.4.2, C.4.3, Annex Y, Annex Z): instances as C-STOREs.
 
 The identifier selects instances in the index (fixed when counted); each becomes one C-STORE
 sub-operation: on the requester's own association for a C-GET, on a new association to the
@@ -7,19 +7,51 @@ receiver accepted its transfer syntax, else transcoded (dicom/transcode), else t
 sub-operation fails and the others go on. A pending response with the counts follows each
 sub-operation; the final status is Success, Warning (0xB000, with the Failed SOP Instance UID
 List), Failure (0xA702, all failed) or Cancel (0xFE00) (PS3.4 C.4.2.1.5, C.4.3.1.5).
+
+Composite Instance Root (Annex Y) selects by SOP Instance UID alone; at FRAME level one new
+instance is made of the requested frames (dicom/frames.py) before anything is sent, and what
+keeps it from being made ends the operation with 0xAA00-0xAA04 (Tables Y.4-1, Y.4-2). Retrieve
+Without Bulk Data (Annex Z) sends each instance without its bulk data (Table Z.1-1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from pacsd.dicom.part10 import dataset_offset
-from pacsd.dicom.qr_models import level_of, model_of, retrieve_keys
-from pacsd.dicom.transcode import TranscodeError, choose_transfer_syntax, transcoded_dataset
+from pacsd.dicom.frames import (
+    CannotExtractFrames,
+    Extraction,
+    FrameRequest,
+    InvalidFrameRequest,
+    bulk_free_syntax,
+    encapsulated_frames,
+    encapsulated_pixel_data,
+    frame_count,
+    frame_request,
+    has_frame_keys,
+    make_new_instance,
+    native_frames,
+    read_stored,
+    without_bulk_data,
+)
+from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset
+from pacsd.dicom.qr_models import Level, level_of, model_of, retrieve_keys
+from pacsd.dicom.transcode import (
+    WRITABLE_UNCOMPRESSED,
+    TranscodeError,
+    can_decode,
+    can_encode,
+    choose_transfer_syntax,
+    transcoded_dataset,
+)
+from pacsd.dicom.transfer_syntaxes import LOSSLESS
 from pacsd.dimse.messages import Request, encode_dataset
 from pacsd.errors import DicomStatusError, OutOfResources
 from pacsd.handle import ClientHandle
@@ -41,6 +73,7 @@ from pacsd.storage.filesystem import FilesystemStore
 MAX_SUBOPERATIONS = 65535
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+EXTRACTED_UID_ROOT = f"{IMPLEMENTATION_CLASS_UID}.4."  # new instances of FRAME level retrieves
 
 
 class MoveDestinationUnknown(DicomStatusError):
@@ -130,6 +163,95 @@ def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[tuple[str, 
 
 
 PeerTable = Callable[[], Mapping[str, Peer]]
+MakeOutgoing = Callable[[StoredInstance, StoreSender], Outgoing]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A retrieve's selected instances, and what each one sends."""
+
+    selection: Selection
+    outgoing: MakeOutgoing
+
+
+@dataclass
+class ExtractedInstance:
+    """The one new instance of a FRAME level retrieve (PS3.4 Y.3.3), made before anything is
+    sent and never stored: its frames kept compressed as stored when the fragments tell them
+    apart, else decoded."""
+
+    path: Path
+    extraction: Extraction
+    dataset: Dataset
+    compressed: bool
+
+    @classmethod
+    def make(cls, path: Path, stored: StoredInstance, request: FrameRequest) -> ExtractedInstance:
+        """Read the source and extract its frames; 0xAA00-0xAA04 when that cannot be done."""
+        try:
+            source = read_stored(path, stored.transfer_syntax_uid)
+        except FileNotFoundError:
+            raise CannotExtractFrames("stored file missing") from None
+        except (OSError, TranscodeError) as exc:
+            raise CannotExtractFrames(f"stored file unreadable: {exc}") from None
+        frames = request.frame_numbers(source)
+        uid = generate_uid(EXTRACTED_UID_ROOT)
+        extraction = Extraction(request, tuple(frames), frame_count(source), uid, datetime.now())
+        syntax = UID(source.file_meta.TransferSyntaxUID)
+        if syntax.is_encapsulated:
+            kept = encapsulated_frames(source, frames, extraction.count, syntax)
+            if kept is not None:
+                dataset = make_new_instance(source, extraction, encapsulated_pixel_data(kept))
+                return cls(path, extraction, dataset, compressed=True)
+            if not can_decode(syntax):
+                raise CannotExtractFrames(f"frames of {syntax.keyword or syntax} cannot be split")
+            try:
+                source = transcoded_dataset(path, ExplicitVRLittleEndian)
+            except TranscodeError as exc:
+                raise CannotExtractFrames(str(exc)) from None
+        return cls(path, extraction, _from_native(source, extraction), compressed=False)
+
+    def fields(self) -> dict[str, Any]:
+        """Log fields: which key, how many frames of how many, kept compressed or not."""
+        return {
+            "frame_key": self.extraction.request.keyword,
+            "frames": len(self.extraction.frames),
+            "source_frames": self.extraction.count,
+            "frames_compressed_as_stored": self.compressed,
+        }
+
+    def outgoing(self, stored: StoredInstance, sender: StoreSender) -> Outgoing:
+        """The new instance in a syntax the receiver accepted: as made when it can, else its
+        frames decoded, then uncompressed or losslessly compressed (never stored)."""
+        accepted = _accepted(sender, stored.sop_class_uid)
+        syntax = str(self.dataset.file_meta.TransferSyntaxUID)
+        if syntax not in accepted:
+            if self.compressed:
+                native = transcoded_dataset(self.path, ExplicitVRLittleEndian)
+                self.dataset, self.compressed = _from_native(native, self.extraction), False
+            syntax = _native_target(self.dataset, accepted)
+        uids = (stored.sop_class_uid, self.extraction.sop_instance_uid)
+        return Outgoing(*uids, syntax, data=encode_dataset(self.dataset, syntax))
+
+
+def _from_native(source: Dataset, extraction: Extraction) -> Dataset:
+    pixels = native_frames(source, extraction.frames, extraction.count)
+    return make_new_instance(source, extraction, pixels)
+
+
+def _native_target(dataset: Dataset, accepted: list[str]) -> str:
+    """An accepted uncompressed syntax, else an accepted lossless one pacsd encodes (in place)."""
+    target = next((uid for uid in WRITABLE_UNCOMPRESSED if uid in accepted), None)
+    if target is None:
+        target = next((uid for uid in accepted if uid in LOSSLESS and can_encode(uid)), None)
+        if target is None:
+            raise TranscodeError("receiver accepts no syntax the new instance converts to")
+        try:
+            dataset.compress(target, generate_instance_uid=False)
+        except (ValueError, RuntimeError, TypeError, NotImplementedError, AttributeError) as exc:
+            raise TranscodeError(f"frames cannot be encoded as {UID(target).keyword}") from exc
+    dataset.file_meta.TransferSyntaxUID = UID(target)
+    return target
 
 
 class RetrieveService:
@@ -140,22 +262,38 @@ class RetrieveService:
         self.files = files
         self.peers = peers
 
-    def _selection(self, request: Request, report: StreamReport) -> Selection:
+    def _plan(self, request: Request, report: StreamReport) -> Plan:
+        """The instances to send and how each one becomes what is sent."""
         identifier = decoded_identifier(request)
         model = model_of(request.sop_class_uid)
         level = level_of(identifier, model)
-        selection = select_instances(self.index, retrieve_keys(identifier, model, level))
+        frames = frame_request(identifier) if level is Level.FRAME else None
+        if frames is None and Level.FRAME in model.levels and has_frame_keys(identifier):
+            raise InvalidFrameRequest("frame range keys need Query/Retrieve Level FRAME")
+        keys = retrieve_keys(identifier, model, level)
+        if frames is not None and len(keys[Level.IMAGE]) != 1:
+            # PS3.4 Y.6.1.1.4: a FRAME level retrieve makes one instance from one instance.
+            raise InvalidFrameRequest("a FRAME retrieve names exactly one SOP Instance UID")
+        selection = select_instances(self.index, keys)
         report.fields.update(query_level=level.name, model=model.name, instances=selection.count)
         if selection.count > MAX_SUBOPERATIONS:
             raise OutOfResources(f"{selection.count} instances: retrieve at a lower level")
-        return selection
+        if frames is not None and selection.count:
+            stored = next(stored_instances(self.index, selection))
+            path = self.files.absolute(stored.file_path)
+            extracted = ExtractedInstance.make(path, stored, frames)
+            report.fields.update(extracted.fields())
+            return Plan(selection, extracted.outgoing)
+        if not model.bulk_data:
+            return Plan(selection, self._without_bulk_data)
+        return Plan(selection, self._outgoing)
 
     def on_c_get(
         self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
     ) -> None:
         """Send each selected instance on the requester's own association."""
-        selection = self._selection(request, report)
-        self._send(request, selection, report, port, port.same_association)
+        plan = self._plan(request, report)
+        self._send(request, plan, report, port, port.same_association)
 
     def on_c_move(
         self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
@@ -165,29 +303,29 @@ class RetrieveService:
         peer = self.peers().get(title)
         if peer is None:
             raise MoveDestinationUnknown(f"{title} is not in the AE table (peers)")
-        selection = self._selection(request, report)
+        plan = self._plan(request, report)
         report.fields["destination"] = title
-        if not selection.count:
+        if not plan.selection.count:
             report.sub_operations = SubOperations(0).counts()
             return
-        with port.sub_association(peer, move_contexts(selection.presentations)) as sender:
-            self._send(request, selection, report, port, sender)
+        with port.sub_association(peer, move_contexts(plan.selection.presentations)) as sender:
+            self._send(request, plan, report, port, sender)
 
     def _send(
         self,
         request: Request,
-        selection: Selection,
+        plan: Plan,
         report: StreamReport,
         port: OperationPort,
         sender: StoreSender,
     ) -> None:
-        tally = SubOperations(selection.count)
+        tally = SubOperations(plan.selection.count)
         try:
-            for instance in stored_instances(self.index, selection):
+            for instance in stored_instances(self.index, plan.selection):
                 if request.cancelled:
                     report.status = CANCELLED
                     return
-                self._sub_operation(instance, tally, sender)
+                self._sub_operation(instance, plan.outgoing, tally, sender)
                 report.sub_operations = tally.counts()
                 port.pending(PENDING, counts=tally.counts())
             report.status = tally.final_status()
@@ -196,11 +334,12 @@ class RetrieveService:
             report.failed_uids = tally.failed_uids
             report.fields.update(tally.fields())
 
+    @staticmethod
     def _sub_operation(
-        self, instance: StoredInstance, tally: SubOperations, sender: StoreSender
+        instance: StoredInstance, make: MakeOutgoing, tally: SubOperations, sender: StoreSender
     ) -> None:
         try:
-            outgoing = self._outgoing(instance, sender)
+            outgoing = make(instance, sender)
             status = sender.send_c_store(outgoing)
             if outgoing.transfer_syntax != instance.transfer_syntax_uid:
                 tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
@@ -218,9 +357,7 @@ class RetrieveService:
     def _outgoing(self, instance: StoredInstance, sender: StoreSender) -> Outgoing:
         """The file itself when the receiver takes its syntax, else a transcoded data set."""
         path = self.files.absolute(instance.file_path)
-        accepted = sender.accepted_syntaxes(instance.sop_class_uid)
-        if not accepted:
-            raise TranscodeError("no accepted context where pacsd may send this SOP class")
+        accepted = _accepted(sender, instance.sop_class_uid)
         target = choose_transfer_syntax(instance.transfer_syntax_uid, accepted)
         if target is None:
             raise TranscodeError("receiver accepts no syntax this instance converts to")
@@ -230,3 +367,27 @@ class RetrieveService:
         return Outgoing(
             *uids, target, data=encode_dataset(transcoded_dataset(path, target), target)
         )
+
+    def _without_bulk_data(self, instance: StoredInstance, sender: StoreSender) -> Outgoing:
+        """PS3.4 Z.4.2.3.1: the instance without the attributes of Table Z.1-1, else unchanged;
+        one that has none of them goes as stored (Z.1.4 note)."""
+        accepted = _accepted(sender, instance.sop_class_uid)
+        removed: list[str] = []
+        dataset = read_stored(
+            self.files.absolute(instance.file_path),
+            instance.transfer_syntax_uid,
+            lambda ds: removed.extend(without_bulk_data(ds)),
+        )
+        if not removed:
+            return self._outgoing(instance, sender)
+        target = bulk_free_syntax(dataset, accepted)
+        dataset.file_meta.TransferSyntaxUID = UID(target)
+        uids = (instance.sop_class_uid, instance.sop_instance_uid)
+        return Outgoing(*uids, target, data=encode_dataset(dataset, target))
+
+
+def _accepted(sender: StoreSender, sop_class_uid: str) -> list[str]:
+    accepted = sender.accepted_syntaxes(sop_class_uid)
+    if not accepted:
+        raise TranscodeError("no accepted context where pacsd may send this SOP class")
+    return accepted
