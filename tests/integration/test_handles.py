@@ -40,7 +40,9 @@ Snapshot = dict[str, Any]
 
 STATUS_WAIT_S = 10.0
 POLL_INTERVAL_S = 0.05
-UNKNOWN_SOP_CLASS = "1.2.3.4.5.6"  # PS3.8 Table 9-18: result 3, abstract syntax not supported
+# Under the DICOM root and no SOP class (a UID outside it would be a private storage class, which
+# the default policy accepts): PS3.8 Table 9-18 result 3, abstract syntax not supported.
+UNKNOWN_SOP_CLASS = "1.2.840.10008.9.9.9"
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 SERVER_MAX_PDU = 65536
 SCU_MAX_PDU = 32768

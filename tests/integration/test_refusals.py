@@ -179,8 +179,9 @@ def test_low_disk_space_refuses_with_out_of_resources(
 
 
 def test_unknown_sop_class_is_rejected_at_negotiation(server: PacsdProcess) -> None:
-    """A context for a SOP class pacsd does not serve is rejected; the association lives."""
-    unknown = "1.2.826.0.1.3680043.10.1307.999.1"
+    """A context for a SOP class pacsd does not serve is rejected; the association lives. (A
+    UID outside the DICOM root is a private storage class, which the default accepts.)"""
+    unknown = "1.2.840.10008.9.9.9"
     contexts = [(unknown, ExplicitVRLittleEndian), (VERIFICATION, ImplicitVRLittleEndian)]
     with associate(server.host, server.port, contexts) as assoc:
         rejected = {str(cx.abstract_syntax): cx.result for cx in assoc.rejected_contexts}
