@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pacsd.dicom.sop_classes import sop_class_keyword
+from pacsd.dimse.messages import NO_EXTENDED_OPTIONS, ExtendedOptions
 from pacsd.logs import Logger, get_logger
 from pacsd.policy.engine import Decision
 from pacsd.policy.limits import Slot
@@ -35,7 +36,8 @@ HandleState = Literal["connected", "requested", "established", "rejected", "rele
 
 @dataclass(frozen=True)
 class NegotiatedContext:
-    """A presentation context after negotiation (PS3.8 9.3.3.2); roles are pacsd's own."""
+    """A presentation context after negotiation (PS3.8 9.3.3.2); roles are pacsd's own, and
+    `extended` what SOP Class (Common) Extended Negotiation agreed for its SOP class."""
 
     context_id: int
     abstract_syntax: str
@@ -43,10 +45,32 @@ class NegotiatedContext:
     result: int  # 0 acceptance, 1 user rejection, 3 abstract / 4 transfer syntax not supported
     pacsd_scu: bool = False
     pacsd_scp: bool = False
+    extended: ExtendedOptions = NO_EXTENDED_OPTIONS
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the SOP class keyword."""
-        return {**asdict(self), "sop_class": sop_class_keyword(self.abstract_syntax)}
+        """JSON-ready, with the SOP class keyword; `extended` only when something was agreed."""
+        document = {
+            "context_id": self.context_id,
+            "abstract_syntax": self.abstract_syntax,
+            "transfer_syntax": self.transfer_syntax,
+            "result": self.result,
+            "pacsd_scu": self.pacsd_scu,
+            "pacsd_scp": self.pacsd_scp,
+            "sop_class": sop_class_keyword(self.abstract_syntax),
+        }
+        if self.extended != NO_EXTENDED_OPTIONS:
+            document["extended"] = extended_as_dict(self.extended)
+        return document
+
+
+def extended_as_dict(options: ExtendedOptions) -> dict[str, Any]:
+    """The agreed options, JSON-ready: the flags that are set, the reply in hexadecimal."""
+    document: dict[str, Any] = {
+        name: value for name, value in asdict(options).items() if value and name != "reply"
+    }
+    if options.reply is not None:
+        document["reply"] = options.reply.hex()
+    return document
 
 
 @dataclass

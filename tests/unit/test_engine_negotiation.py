@@ -13,7 +13,9 @@ from pacsd.engine.negotiation import Accepted, Negotiator
 from pacsd.engine.pdu import (
     APPLICATION_CONTEXT_NAME,
     AssociateRequest,
+    CommonExtendedNegotiation,
     ContextResult,
+    ExtendedNegotiation,
     ProposedContext,
     RoleSelection,
     UserInformation,
@@ -344,3 +346,67 @@ def test_decide_fails_closed() -> None:
     )
     assert not decision.accepted
     assert decision.rejection == REJECT_TRANSIENT_NO_REASON
+
+
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STORAGE_SERVICE_CLASS = "1.2.840.10008.4.2"
+
+
+def test_extended_negotiation_items_change_no_context_result() -> None:
+    """SOP Class (Common) Extended Negotiation sub-items for classes pacsd knows change neither
+    results, syntaxes nor roles (PS3.7 D.3.3.5-6): only the reply items and the options."""
+    contexts = (
+        ProposedContext(1, CT_IMAGE, (JPEG_BASELINE, EXPLICIT)),
+        ProposedContext(3, STUDY_FIND, (IMPLICIT,)),
+        ProposedContext(5, UNKNOWN_DICOM_UID, (IMPLICIT,)),
+    )
+    grant = _grant(sop_classes=["storage", "query-retrieve"], peer_scp_role=["storage"])
+    plain = _accept(_request(*contexts, roles=(RoleSelection(CT_IMAGE, True, True),)), grant)
+    extended = _accept(
+        _request(
+            *contexts,
+            roles=(RoleSelection(CT_IMAGE, True, True),),
+            extended=(
+                ExtendedNegotiation(CT_IMAGE, bytes(6)),
+                ExtendedNegotiation(STUDY_FIND, b"\x01"),
+            ),
+            common_extended=(
+                CommonExtendedNegotiation(CT_IMAGE, STORAGE_SERVICE_CLASS, (MR_IMAGE,)),
+                # UNKNOWN_DICOM_UID names no storage class it could be accepted as
+                CommonExtendedNegotiation(UNKNOWN_DICOM_UID, STORAGE_SERVICE_CLASS, ()),
+            ),
+        ),
+        grant,
+    )
+    assert extended.accept.contexts == plain.accept.contexts
+    assert extended.accept.user.roles == plain.accept.user.roles
+    assert [item.sop_class_uid for item in extended.accept.user.extended] == [
+        CT_IMAGE,
+        STUDY_FIND,
+    ]
+    assert plain.accept.user.extended == ()
+    assert extended.contexts[3].extended.relational
+    assert not plain.contexts[3].extended.relational
+
+
+def test_a_class_accepted_as_its_related_general_class_takes_its_overrides() -> None:
+    """B.3.1.4: the newer class gets what the rule gives its related general class, the
+    transfer syntax overrides included."""
+    newer = "1.2.840.10008.5.1.4.1.1.999.7"
+    grant = _grant(
+        transfer_syntaxes=["uncompressed"],
+        transfer_syntax_overrides=[
+            {"sop_classes": ["CTImageStorage"], "transfer_syntaxes": ["JPEGBaseline8Bit"]}
+        ],
+    )
+    request = _request(
+        ProposedContext(1, newer, (EXPLICIT, JPEG_BASELINE)),
+        ProposedContext(3, newer, (EXPLICIT,)),
+        common_extended=(CommonExtendedNegotiation(newer, STORAGE_SERVICE_CLASS, (CT_IMAGE,)),),
+    )
+    accepted = _accept(request, grant)
+    assert [(r.context_id, r.result, r.transfer_syntax) for r in accepted.accept.contexts] == [
+        (1, 0, JPEG_BASELINE),
+        (3, 4, EXPLICIT),
+    ]
+    assert grant.syntaxes_for(newer) is None  # the rule's grant itself is unchanged

@@ -172,8 +172,12 @@ def test_time_range(archive: Any) -> None:
 
 
 def test_combined_date_time_range(archive: Any) -> None:
-    """C.2.2.2.5: 20240101-20240103 with 1000-0900 is Jan 1 10:00 .. Jan 3 09:00."""
-    found = query(archive, Level.STUDY, StudyDate="20240101-20240103", StudyTime="1000-0900")
+    """C.2.2.2.5: with combined date-time matching (negotiated, C.5.1.1), 20240101-20240103
+    with 1000-0900 is Jan 1 10:00 .. Jan 3 09:00."""
+    combined = MatchOptions(combined_date_time=True)
+    found = query(
+        archive, Level.STUDY, combined, StudyDate="20240101-20240103", StudyTime="1000-0900"
+    )
     assert found == expected(
         archive,
         Level.STUDY,
@@ -299,3 +303,83 @@ def test_response_charset_follows_the_values(archive: Any) -> None:
         response = response_dataset(response_json(keys, match.header, match.computed), terms)
         assert response.SpecificCharacterSet == wanted
         assert reencoded(response).PatientName == name
+
+
+def test_date_and_time_ranges_match_independently_by_default(archive: Any) -> None:
+    """C.5.1.1: without combined date-time matching the two ranges apply on their own: each
+    of the days, from 08:00 to 10:30."""
+    found = query(archive, Level.STUDY, StudyDate="20240101-20240103", StudyTime="0800-1030")
+    assert found == expected(
+        archive,
+        Level.STUDY,
+        lambda e: "20240101" <= e.study_date <= "20240103" and "080000" <= e.study_time <= "103000",
+    )
+    assert len(found) == 3
+    assert (
+        query(archive, Level.STUDY, StudyDate="20240101-20240103", StudyTime="1000-0900") == set()
+    )
+
+
+def _mr_in_study(archive: Any, entry: Entry) -> bool:
+    return any(o.study_uid == entry.study_uid and o.modality == "MR" for o in archive[1])
+
+
+@pytest.mark.parametrize("level", [Level.STUDY, Level.SERIES, Level.IMAGE])
+def test_study_keys_match_at_lower_levels(archive: Any, level: Level) -> None:
+    """Relational-queries (C.4.1.3.2): keys of the levels above match the entity's parents,
+    without their unique keys; ModalitiesInStudy and SOPClassesInStudy look at the whole
+    study even when the outer query joins the entity's own series."""
+    assert query(archive, level, ModalitiesInStudy="MR") == expected(
+        archive, level, lambda e: _mr_in_study(archive, e)
+    )
+    mr_class = next(e.sop_class_uid for e in archive[1] if e.modality == "MR")
+    assert query(archive, level, SOPClassesInStudy=mr_class) == expected(
+        archive, level, lambda e: _mr_in_study(archive, e)
+    )
+    if level > Level.STUDY:  # the CT series (instances) of the studies that have an MR one
+        assert query(archive, level, ModalitiesInStudy="MR", Modality="CT") == expected(
+            archive, level, lambda e: _mr_in_study(archive, e) and e.modality == "CT"
+        )
+
+
+@pytest.mark.parametrize("level", [Level.SERIES, Level.IMAGE])
+def test_patient_and_study_keys_at_series_and_image_level(archive: Any, level: Level) -> None:
+    found = query(archive, level, PatientName="Doe*", StudyDate="20240101-20240320")
+    assert found == expected(
+        archive,
+        level,
+        lambda e: e.patient_name.startswith("Doe") and "20240101" <= e.study_date <= "20240320",
+    )
+    assert len({e.study_uid for e in archive[1] if UID_OF[level][1](e) in found}) == 2
+    assert query(archive, level, AccessionNumber="ACC-201", PatientID="PID-2") == expected(
+        archive, level, lambda e: e.accession == "ACC-201"
+    )
+
+
+def test_fuzzy_person_names_in_the_index(archive: Any) -> None:
+    """C.2.2.2.1.1 fuzzy semantic matching: case, accents and order do not matter; the index
+    does not narrow such a key in SQL, the matcher decides on every candidate."""
+    fuzzy = MatchOptions(fuzzy_person_names=True)
+    assert query(archive, Level.PATIENT, fuzzy, PatientName="muller") == {"PID-3", "PID-4"}
+    assert query(archive, Level.PATIENT, fuzzy, PatientName="john doe") == {"PID-5"}
+    assert query(archive, Level.PATIENT, fuzzy, PatientName="DOE") == {"PID-1", "PID-5"}
+    assert query(archive, Level.STUDY, fuzzy, PatientName="jurgen mull*") == expected(
+        archive, Level.STUDY, lambda e: e.patient_id == "PID-3"
+    )
+    assert query(archive, Level.PATIENT, PatientName="muller") == set()  # exact by default
+
+
+def test_timezone_adjustment_leaves_values_without_an_offset(archive: Any) -> None:
+    """The generated instances carry no Timezone Offset From UTC: read in any timezone they
+    match as they are, and the widened date conditions lose nothing."""
+    database, _entries = archive
+    request = identifier(Level.STUDY, StudyDate="20240102-20240103", StudyTime="")
+    keys = parse_identifier(request, MatchOptions(), skip=[QUERY_RETRIEVE_LEVEL])
+    for zone in (None, -720, 0, 840):
+        found = {
+            match.header["0020000D"]["Value"][0]
+            for match in find(database, Level.STUDY, keys, zone=zone)
+        }
+        assert found == expected(
+            archive, Level.STUDY, lambda e: e.study_date in ("20240102", "20240103")
+        )

@@ -6,16 +6,23 @@ candidates (index/query.py); the matchers here are the authority and run on ever
 a key with no SQL column is still matched correctly. Stored values come from the instance header
 kept in the DICOM JSON model (PS3.18 F.2), already decoded from their character set, so an
 identifier in ISO_IR 100 and one in ISO_IR 192 match the same stored values.
+
+What a requester negotiated (PS3.4 C.5.1.1, K.5.1) changes the matchers through MatchOptions
+(combined date-time ranges, fuzzy person names) and the records through ZonedRecord (timezone
+query adjustment); relational-queries only change which identifiers are accepted.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, Protocol
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -51,10 +58,15 @@ class Matcher(Protocol):
 
 @dataclass(frozen=True)
 class MatchOptions:
-    """Choices PS3.4 leaves to the SCP."""
+    """Choices PS3.4 leaves to the SCP, and the options a requestor negotiated (C.5.1.1)."""
 
-    # C.2.2.2.1: PN literal matching may be case-sensitive or insensitive; the default is exact.
+    # C.2.2.2.1.1: PN literal matching may be case-sensitive or insensitive; the default is exact.
     person_name_case_insensitive: bool = False
+    # C.2.2.2.1.1: fuzzy semantic matching of person names (see PersonNameMatcher).
+    fuzzy_person_names: bool = False
+    # C.2.2.2.5: a date range and the range of its time attribute match as one date-time range;
+    # without it (the Q/R default) each matches on its own.
+    combined_date_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,9 @@ class ValueMatcher:
         return any(self._matches_value(value) for value in record.values(self.tag))
 
     def _matches_value(self, stored: str) -> bool:
+        if self.vr in RANGE_VRS:  # C.2.2.2.1.3: by meaning, "2230" is "223000"
+            value = normalize_value(stored, self.vr)
+            return any(value == normalize_value(lit, self.vr) for lit in self.literals)
         for candidate in _comparable_forms(stored, self.vr):
             if any(
                 _literal_equal(candidate, lit, self.vr, self.case_insensitive)
@@ -133,6 +148,85 @@ class DateTimeRangeMatcher:
         times = record.values(self.time_tag) or [""]
         stamp = normalize_value(dates[0], "DA") + normalize_value(times[0], "TM")
         return self.low <= stamp <= self.high
+
+
+@dataclass(frozen=True)
+class PersonNameMatcher:
+    """Fuzzy semantic matching of person names (PS3.4 C.2.2.2.1.1, when negotiated or when
+    the policy rule asks for it): insensitive to case, accents and component order.
+
+    Both names are folded (Unicode compatibility decomposition, combining marks dropped,
+    case folded) and cut into words at "^", "=", spaces, commas and periods. A key value
+    matches when each of its words matches a different word of the stored name, in any order
+    and in any component group; `*` and `?` are wild cards inside a word (C.2.2.2.4). So
+    "smith", "SMITH^JOHN", "john smith", "Jöhn^Sm*" and "Smith, John" all match "Smith^John",
+    while "smi" and "John^Smithers" do not. A key value whose whole folded text matches the
+    whole folded name (wild cards spanning components, "Smi*Jo*") also matches.
+    """
+
+    tag: int
+    values: tuple[str, ...]
+    _words: tuple[tuple[re.Pattern[str], ...], ...] = field(init=False, repr=False, compare=False)
+    _whole: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A word that is only "*" may match nothing at all ("Doe^*" matches "Doe"): dropped.
+        words = tuple(
+            tuple(
+                re.compile(wildcard_regex(word), re.DOTALL)
+                for word in name_words(value)
+                if word.strip("*")
+            )
+            for value in self.values
+        )
+        whole = tuple(
+            re.compile(wildcard_regex(fold_name(value)), re.DOTALL) for value in self.values
+        )
+        object.__setattr__(self, "_words", words)
+        object.__setattr__(self, "_whole", whole)
+
+    def matches(self, record: Record) -> bool:
+        for stored in record.values(self.tag):
+            folded, words = fold_name(stored), name_words(stored)
+            groups = [fold_name(group) for group in stored.split("=")]
+            for patterns, whole in zip(self._words, self._whole, strict=True):
+                if _assign(patterns, words):
+                    return True
+                if any(whole.fullmatch(text) for text in (folded, *groups)):
+                    return True
+        return False
+
+
+_NAME_SEPARATORS = re.compile(r"[\^=\s,.]+")
+
+
+def fold_name(text: str) -> str:
+    """A name without case, accents or compatibility variants (full-width letters, ligatures)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    return unicodedata.normalize("NFC", stripped.casefold())
+
+
+def name_words(text: str) -> tuple[str, ...]:
+    """The folded words of a person name (or of a key value, wild cards kept)."""
+    return tuple(word for word in _NAME_SEPARATORS.split(fold_name(text)) if word)
+
+
+def _assign(patterns: Sequence[re.Pattern[str]], words: Sequence[str]) -> bool:
+    """True when each pattern matches a different word (a small bipartite matching)."""
+    owner: dict[int, int] = {}  # word index -> pattern index
+
+    def place(pattern: int, seen: set[int]) -> bool:
+        for index, word in enumerate(words):
+            if index in seen or not patterns[pattern].fullmatch(word):
+                continue
+            seen.add(index)
+            if index not in owner or place(owner[index], seen):
+                owner[index] = pattern
+                return True
+        return False
+
+    return all(place(pattern, set()) for pattern in range(len(patterns)))
 
 
 @dataclass(frozen=True)
@@ -288,6 +382,8 @@ def _value_key(tag: int, vr: str, values: list[str], options: MatchOptions) -> K
     wild = [v for v in values if "*" in v or "?" in v]
     if wild and vr not in WILDCARD_VRS:
         return Key(tag, vr, supported=False)  # C.2.2.2.4: no wild cards on this VR
+    if vr == "PN" and options.fuzzy_person_names:
+        return Key(tag, vr, PersonNameMatcher(tag, tuple(values)))
     literals = tuple(v for v in values if v not in wild)
     insensitive = vr == "PN" and options.person_name_case_insensitive
     return Key(tag, vr, ValueMatcher(tag, vr, literals, tuple(wild), insensitive))
@@ -298,10 +394,10 @@ def _sequence_key(element: DataElement, options: MatchOptions) -> Key:
     items: list[Dataset] = list(element.value or [])
     if len(items) > 1:
         return Key(tag, "SQ", supported=False)  # C.2.2.2.6: the query holds at most one item
-    # Date and time inside the item combine too (C.2.2.2.5: Scheduled Procedure Step Start
-    # Date and Time in a worklist query's Scheduled Procedure Step Sequence).
+    # Date and time inside the item combine too (C.2.2.2.5; K.6.1.2.2: Scheduled Procedure
+    # Step Start Date and Time in a worklist query's Scheduled Procedure Step Sequence).
     item_keys = (
-        tuple(combine_date_time([parse_key(item_element, options) for item_element in items[0]]))
+        tuple(_combined([parse_key(item_element, options) for item_element in items[0]], options))
         if items
         else ()
     )
@@ -309,6 +405,10 @@ def _sequence_key(element: DataElement, options: MatchOptions) -> Key:
     supported = all(key.supported for key in item_keys)
     matcher = SequenceMatcher(tag, matchers) if matchers else None
     return Key(tag, "SQ", matcher, supported, item_keys)
+
+
+def _combined(keys: list[Key], options: MatchOptions) -> list[Key]:
+    return combine_date_time(keys) if options.combined_date_time else keys
 
 
 def combine_date_time(keys: Sequence[Key]) -> list[Key]:
@@ -339,7 +439,7 @@ def _date_time_matcher(date: RangeMatcher, time: RangeMatcher) -> DateTimeRangeM
 
 def _pairs() -> dict[int, int]:
     names = (
-        "Study", "Series", "Acquisition", "Content", "InstanceCreation",
+        "Study", "Series", "Acquisition", "Content", "InstanceCreation", "PatientBirth",
         "PerformedProcedureStepStart", "ScheduledProcedureStepStart",
     )  # fmt: skip
     return {int(Tag(f"{name}Date")): int(Tag(f"{name}Time")) for name in names}
@@ -349,15 +449,21 @@ DATE_TIME_PAIRS: Mapping[int, int] = _pairs()
 
 
 def parse_identifier(
-    identifier: Dataset, options: MatchOptions, skip: Sequence[int] = ()
+    identifier: Dataset,
+    options: MatchOptions,
+    skip: Sequence[int] = (),
+    unmatched: Sequence[int] = (),
 ) -> list[Key]:
-    """Every key of a C-FIND identifier (group 0x0008 0005 and `skip` tags excluded)."""
+    """Every key of a C-FIND identifier (group 0x0008 0005 and `skip` tags excluded);
+    `unmatched` tags are returned but never matched (Timezone Offset From UTC, C.2.2.2)."""
     keys = [
-        parse_key(element, options)
+        Key(int(element.tag), str(element.VR))
+        if int(element.tag) in unmatched
+        else parse_key(element, options)
         for element in identifier
         if int(element.tag) not in skip and int(element.tag) != 0x00080005
     ]
-    return combine_date_time(keys)
+    return _combined(keys, options)
 
 
 class JsonRecord:
@@ -393,3 +499,103 @@ def _person_name(value: Any) -> str:
         return str(value)
     groups = [value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic")]
     return "=".join(groups).rstrip("=")
+
+
+TIMEZONE_OFFSET_FROM_UTC = int(Tag("TimezoneOffsetFromUTC"))
+_TIMES_OF_DATES: Mapping[int, int] = {time: date for date, time in DATE_TIME_PAIRS.items()}
+_OFFSET_VALUE = re.compile(r"^([+-])(\d{2})(\d{2})$")
+_DAY_US = 86_400_000_000
+
+
+def utc_offset_minutes(value: str) -> int | None:
+    """A Timezone Offset From UTC value ("+0100", "-0500") in minutes; None when malformed."""
+    match = _OFFSET_VALUE.match(value.strip())
+    if match is None:
+        return None
+    sign, hours, minutes = match.groups()
+    total = int(hours) * 60 + int(minutes)
+    if total > 14 * 60:
+        return None
+    return -total if sign == "-" else total
+
+
+class ZonedRecord:
+    """A Record whose dates, times and date-times read in another timezone (PS3.4
+    C.2.2.2.1.3, timezone query adjustment).
+
+    Each value is taken in the stored entity's own Timezone Offset From UTC (0008,0201) (a DT
+    with its own offset suffix, in that one) and moved to `zone` minutes east of UTC: a date
+    together with its time attribute (Study Date with Study Time, ...), a time modulo a day,
+    a DT whole. A date without its time, and any value of an entity that gives no offset,
+    read as they are (taken to be in the requester's timezone already). Sequence items
+    inherit the entity's offset.
+    """
+
+    def __init__(self, record: Record, zone: int, offset: int | None) -> None:
+        self.record = record
+        self.zone = zone
+        self.offset = offset
+
+    @classmethod
+    def of(cls, record: Record, zone: int) -> ZonedRecord:
+        """`record` read at `zone` minutes east of UTC, from its own Timezone Offset From UTC."""
+        values = record.values(TIMEZONE_OFFSET_FROM_UTC)
+        return cls(record, zone, utc_offset_minutes(values[0]) if values else None)
+
+    def values(self, tag: int) -> list[str]:
+        values = self.record.values(tag)
+        if self.offset is None and _vr(tag) != "DT":
+            return values
+        if tag in DATE_TIME_PAIRS:
+            times = self.record.values(DATE_TIME_PAIRS[tag])
+            return values if not times else [self._date(value, times[0]) for value in values]
+        if tag in _TIMES_OF_DATES:
+            return [self._time(value) for value in values]
+        if _vr(tag) == "DT":
+            return [self._date_time(value) for value in values]
+        return values
+
+    def items(self, tag: int) -> list[Record]:
+        return [ZonedRecord(item, self.zone, self.offset) for item in self.record.items(tag)]
+
+    def _shift(self, own: int | None) -> int:
+        return 0 if own is None else (self.zone - own) * 60_000_000
+
+    def _date(self, date: str, time: str) -> str:
+        moved = _moved(
+            normalize_value(date, "DA") + normalize_value(time, "TM"), self._shift(self.offset)
+        )
+        return moved[:8] if moved else date
+
+    def _time(self, time: str) -> str:
+        text = normalize_value(time, "TM")
+        try:
+            micros = (int(text[:2]) * 3600 + int(text[2:4]) * 60 + int(text[4:6])) * 1_000_000
+            micros = (micros + int(text[7:13]) + self._shift(self.offset)) % _DAY_US
+        except ValueError:
+            return time
+        seconds, fraction = divmod(micros, 1_000_000)
+        return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.{fraction:06d}"
+
+    def _date_time(self, value: str) -> str:
+        suffix = _OFFSET.search(value.strip())
+        own = utc_offset_minutes(suffix.group()) if suffix else self.offset
+        moved = _moved(normalize_value(value, "DT"), self._shift(own))
+        return moved if moved else value
+
+
+def _moved(stamp: str, shift_us: int) -> str:
+    """A fixed-width date-time (YYYYMMDDHHMMSS.FFFFFF) moved by `shift_us`; "" when invalid."""
+    try:
+        instant = datetime.strptime(stamp, "%Y%m%d%H%M%S.%f")
+    except ValueError:
+        return ""
+    return (instant + timedelta(microseconds=shift_us)).strftime("%Y%m%d%H%M%S.%f")
+
+
+@cache
+def _vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return ""

@@ -4,30 +4,34 @@
 configuration snapshot for the whole decision, fail closed), and for an accepting rule builds
 the answer: per proposed context, the first of the rule's transfer syntaxes the peer proposed
 (PS3.8 9.3.3.2), the SCP/SCU roles (PS3.7 D.3.3.4), the asynchronous operations window
-(D.3.3.3), the user identity response (D.3.3.7.2) and pacsd's maximum PDU length (D.1).
+(D.3.3.3), the SOP Class Extended Negotiation replies (D.3.3.5) and what they agree (on each
+context, for the services), storage classes accepted as their related general class (D.3.3.6),
+the user identity response (D.3.3.7.2) and pacsd's maximum PDU length (D.1).
 Verifying a password hashes it (tens of milliseconds): `needs_executor` tells the engine when
 to run `decide` off its event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacsd.dicom.qr_models import MODELS
-from pacsd.dicom.sop_classes import operation_of
-from pacsd.dimse.messages import AcceptedContext
+from pacsd.dicom.qr_models import MODELS, PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
+from pacsd.dicom.sop_classes import DICOM_ROOT, is_storage, operation_of, sop_class_keyword
+from pacsd.dimse.messages import NO_EXTENDED_OPTIONS, AcceptedContext, ExtendedOptions
 from pacsd.engine.pdu import (
     APPLICATION_CONTEXT_NAME,
     AssociateAccept,
     AssociateRequest,
+    CommonExtendedNegotiation,
     ContextResult,
+    ExtendedNegotiation,
     ProposedContext,
     RoleSelection,
     UserInformation,
 )
-from pacsd.handle import ClientHandle, NegotiatedContext
+from pacsd.handle import ClientHandle, NegotiatedContext, extended_as_dict
 from pacsd.policy.engine import (
     REJECT_NO_REASON,
     REJECT_TRANSIENT_NO_REASON,
@@ -43,8 +47,8 @@ from pacsd.policy.rules import RejectReason
 
 PolicyProvider = Callable[[], Policy]
 # The operations this version of pacsd has a service for; of find/get/move, the information
-# models of dicom/qr_models (not Composite Instance Root, nor retrieve without bulk data).
-SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps", "commit"})
+# models of dicom/qr_models.MODELS (Composite Instance Root and Without Bulk Data included).
+SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps", "commit", "print", "ups"})
 # Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served.
 _NOT_SERVED = frozenset({"1.2.840.10008.3.1.2.3.5"})
 # PS3.8 9.3.3.2 results.
@@ -55,6 +59,23 @@ ACCEPTANCE, USER_REJECTION, ABSTRACT_SYNTAX_NOT_SUPPORTED, TRANSFER_SYNTAXES_NOT
     4,
 )
 REJECT_APPLICATION_CONTEXT = REJECTIONS[RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED]
+STORAGE_SERVICE_CLASS = "1.2.840.10008.4.2"  # PS3.4 B.3.1.3
+# PS3.4 Table B.3-2: level 2 (Full) SCP, every element kept, private ones included; signature
+# level 3, bit-preserving (the data set is kept as received and sent back as stored when the
+# receiver accepts its syntax); no element coercion (pacsd never changes a stored attribute).
+# Bytes 2, 4 and 6 are reserved.
+STORAGE_REPLY = bytes((2, 0, 3, 0, 0, 0))
+# ... and where the requestor took the SCP role alone (a C-GET's storage contexts): pacsd is
+# an SCU only there, "N/A" (3), signature level 0, coercion "N/A" (2).
+STORAGE_SCU_REPLY = bytes((3, 0, 0, 0, 2, 0))
+# PS3.4 Table C.5-2: relational-queries, combined date-time matching, fuzzy semantic matching
+# of person names, timezone query adjustment (all done when asked), then Enhanced Multi-Frame
+# Image Conversion, Empty Value Matching (C.2.2.2.7) and Multiple Value Matching (C.2.2.2.8,
+# every key value must match; pacsd takes several values as alternatives): never done, 0.
+FIND_FIELDS = 7
+RETRIEVE_FIELDS = 2  # C.5.2.1.2: relational-retrieval, Enhanced Multi-Frame Image Conversion
+WORKLIST_FIELDS = 4  # K.5.1.2: two reserved (always 1), fuzzy matching, timezone adjustment
+_QR_MODELS = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)  # the C.6 models C.5 speaks of
 
 
 def is_served(sop_class_uid: str) -> bool:
@@ -122,19 +143,32 @@ class Negotiator:
 
     def accept(self, request: AssociateRequest, handle: ClientHandle, grant: Grant) -> Accepted:
         """The A-ASSOCIATE-AC for an accepted request; records the contexts on `handle`."""
-        roles = {role.sop_class_uid: role for role in request.user.roles}
+        proposal = _Proposal.of(request)
+        related = _related_general(request, proposal, grant)
+        if related:  # this association's grant also names them (the guard asks it per request)
+            grant = grant.specialized(related)
+            if handle.decision is not None:
+                handle.decision = replace(handle.decision, grant=grant)
         results: list[ContextResult] = []
         accepted: dict[int, AcceptedContext] = {}
         replies: dict[str, RoleSelection] = {}
+        extended: dict[str, ExtendedNegotiation] = {}
         negotiated: list[NegotiatedContext] = []
         for proposed in _unique(request):
-            result, context, reply = _negotiate_context(proposed, grant, roles)
-            results.append(ContextResult(proposed.context_id, result, context.transfer_syntax))
-            negotiated.append(_for_handle(proposed.abstract_syntax, result, context))
+            result, context, reply = _negotiate_context(proposed, grant, proposal.roles)
             if result == ACCEPTANCE:
+                uid = context.abstract_syntax
+                options = extended_options(
+                    uid, proposal.extended.get(uid), related.get(uid, ""), context.pacsd_scp
+                )
+                context = replace(context, extended=options)
                 accepted[context.context_id] = context
                 if reply is not None:
                     replies[reply.sop_class_uid] = reply
+                if options.reply is not None:
+                    extended[uid] = ExtendedNegotiation(uid, options.reply)
+            results.append(ContextResult(proposed.context_id, result, context.transfer_syntax))
+            negotiated.append(_for_handle(proposed.abstract_syntax, result, context))
         local_max = grant.offered_pdu_size(self.max_pdu_size)
         window, window_item = _window(request, grant)
         identity_response = None
@@ -148,10 +182,15 @@ class Negotiator:
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             asynchronous_operations=window_item,
             roles=tuple(replies[uid] for uid in sorted(replies)),
+            # PS3.7 D.3.3.5: one reply per SOP class the requestor sent a sub-item for (and
+            # pacsd accepted); D.3.3.6: SOP Class Common Extended Negotiation has no reply.
+            extended=tuple(extended[uid] for uid in sorted(extended)),
             user_identity_response=identity_response,
         )
         handle.contexts = negotiated
         handle.local_max_pdu_size = local_max
+        if proposal.extended or proposal.common:
+            _log_extended(handle, accepted)
         accept = AssociateAccept(
             request.called_ae_title,
             request.calling_ae_title,
@@ -162,6 +201,34 @@ class Negotiator:
         return Accepted(accept, accepted, window, request.user.maximum_length or 0, local_max)
 
 
+@dataclass(frozen=True)
+class _Proposal:
+    """The A-ASSOCIATE-RQ's per SOP class sub-items (PS3.7 D.3.3.4-6). D.3.3.5-6 allow one
+    (common) extended negotiation sub-item per SOP class: the first counts."""
+
+    roles: Mapping[str, RoleSelection]
+    extended: Mapping[str, bytes] = field(default_factory=dict)
+    common: Mapping[str, CommonExtendedNegotiation] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, request: AssociateRequest) -> _Proposal:
+        user = request.user
+        roles = {role.sop_class_uid: role for role in user.roles}
+        extended = {item.sop_class_uid: item.information for item in reversed(user.extended)}
+        common = {item.sop_class_uid: item for item in reversed(user.common_extended)}
+        return cls(roles, extended, common)
+
+
+def _log_extended(handle: ClientHandle, accepted: Mapping[int, AcceptedContext]) -> None:
+    """One line with what SOP Class (Common) Extended Negotiation agreed, by SOP class."""
+    agreed = {
+        sop_class_keyword(context.abstract_syntax): extended_as_dict(context.extended)
+        for context in accepted.values()
+        if context.extended != NO_EXTENDED_OPTIONS
+    }
+    handle.log.info("extended negotiation", agreed=agreed)
+
+
 def _unique(request: AssociateRequest) -> list[ProposedContext]:
     """The proposed contexts, one per context ID (the first when a peer repeats an ID)."""
     seen: dict[int, ProposedContext] = {}
@@ -170,8 +237,77 @@ def _unique(request: AssociateRequest) -> list[ProposedContext]:
     return list(seen.values())
 
 
+def _related_general(
+    request: AssociateRequest, proposal: _Proposal, grant: Grant
+) -> dict[str, str]:
+    """Proposed storage SOP classes pacsd does not know, each with the related general SOP
+    class the rule grants that it is accepted as (PS3.4 B.3.1.3-4, PS3.7 D.3.3.6).
+
+    Only a UID under the DICOM root that pacsd cannot name (a SOP class newer than pacsd):
+    known classes are granted or refused by the rule itself, private ones by `storage`.
+    """
+    related: dict[str, str] = {}
+    for uid in {context.abstract_syntax for context in request.contexts}:
+        item = proposal.common.get(uid)
+        if item is None or item.service_class_uid != STORAGE_SERVICE_CLASS:
+            continue
+        if not uid.startswith(DICOM_ROOT) or sop_class_keyword(uid) != uid:
+            continue
+        if grant.syntaxes_for(uid) is not None:
+            continue
+        general = next(
+            (
+                candidate
+                for candidate in item.related_general_sop_classes
+                if candidate != uid
+                and is_storage(candidate)
+                and grant.syntaxes_for(candidate) is not None
+            ),
+            None,
+        )
+        if general is not None:
+            related[uid] = general
+    return related
+
+
+def extended_options(
+    uid: str, information: bytes | None, general: str = "", pacsd_scp: bool = True
+) -> ExtendedOptions:
+    """What pacsd agrees to for an accepted SOP class, and its reply (PS3.7 D.3.3.5).
+
+    Each reply is the service class's Service-class-application-information, no longer than
+    the requestor's field, with 1 only where the requestor asked (1) and pacsd does it. No
+    sub-item proposed, or one for a SOP class without a defined field: no reply (the
+    default conditions hold).
+    """
+    base = ExtendedOptions(related_general_sop_class=general)
+    if not information:
+        return base if general else NO_EXTENDED_OPTIONS
+    asked = [value == 1 for value in information] + [False] * FIND_FIELDS
+    length = len(information)
+    operation = operation_of(uid) if MODELS.get(uid) in _QR_MODELS else ""
+    if operation == "find":  # PS3.4 C.5.1.1.2, Table C.5-2
+        options = replace(
+            base,
+            relational=asked[0],
+            combined_date_time=asked[1],
+            fuzzy_person_names=asked[2],
+            timezone_adjustment=asked[3],
+        )
+        return replace(options, reply=bytes([*asked[:4], 0, 0, 0][: min(length, FIND_FIELDS)]))
+    if operation in ("move", "get"):  # C.5.2.1.2, C.5.3.1: Table C.5-4
+        reply = bytes([asked[0], 0][: min(length, RETRIEVE_FIELDS)])
+        return replace(base, relational=asked[0], reply=reply)
+    if operation_of(uid) == "worklist":  # K.5.1.2: bytes 1 and 2 are reserved and always 1
+        reply = bytes([1, 1, asked[2], asked[3]][: min(length, WORKLIST_FIELDS)])
+        return replace(base, fuzzy_person_names=asked[2], timezone_adjustment=asked[3], reply=reply)
+    if is_storage(uid):  # B.3.1.2, Table B.3-2
+        return replace(base, reply=(STORAGE_REPLY if pacsd_scp else STORAGE_SCU_REPLY)[:length])
+    return base if general else NO_EXTENDED_OPTIONS
+
+
 def _negotiate_context(
-    proposed: ProposedContext, grant: Grant, roles: dict[str, RoleSelection]
+    proposed: ProposedContext, grant: Grant, roles: Mapping[str, RoleSelection]
 ) -> tuple[int, AcceptedContext, RoleSelection | None]:
     uid = proposed.abstract_syntax
     syntaxes = grant.syntaxes_for(uid) if is_served(uid) else None
@@ -243,6 +379,7 @@ def _for_handle(abstract_syntax: str, result: int, context: AcceptedContext) -> 
         result=result,
         pacsd_scu=context.pacsd_scu if result == ACCEPTANCE else False,
         pacsd_scp=context.pacsd_scp if result == ACCEPTANCE else False,
+        extended=context.extended,
     )
 
 

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from pacsd.dicom.matching import (
     DateTimeRangeMatcher,
     JsonRecord,
     Key,
     RangeMatcher,
+    Record,
     ValueMatcher,
+    ZonedRecord,
 )
 from pacsd.dicom.qr_models import Level
 from pacsd.index.database import IndexDatabase
@@ -85,6 +88,9 @@ _PKS: Mapping[Level, InstrumentedAttribute[int]] = {
 AnySelect = Select[*tuple[Any, ...]]
 _Select = TypeVar("_Select", bound=AnySelect)
 _LIKE_ESCAPE = "!"
+# Timezone query adjustment (dicom/matching.ZonedRecord) moves a stored date by at most the
+# distance between two offsets (-12:00 .. +14:00): date columns are narrowed this much wider.
+ZONE_MARGIN_DAYS = 2
 
 
 @dataclass(frozen=True)
@@ -120,23 +126,32 @@ def usable_keys(keys: Sequence[Key], level: Level) -> tuple[list[Key], list[Key]
 
 
 def find(
-    database: IndexDatabase, level: Level, keys: Sequence[Key], batch_size: int = 200
+    database: IndexDatabase,
+    level: Level,
+    keys: Sequence[Key],
+    batch_size: int = 200,
+    zone: int | None = None,
 ) -> Iterator[Match]:
-    """Every entity at `level` that matches all `keys` (usable ones), in index order."""
+    """Every entity at `level` that matches all `keys` (usable ones), in index order.
+
+    Keys of the levels above `level` match the entity's parents (its representative header
+    carries their attributes; their columns are joined). With `zone` (minutes east of UTC),
+    stored dates and times are matched in that timezone (timezone query adjustment).
+    """
     matched = [key for key in keys if key.matcher is not None]
-    statement = _statement(level, matched)
+    statement = _statement(level, matched, ZONE_MARGIN_DAYS if zone is not None else 0)
     after = 0
     while True:
         with database.reading() as session:
             rows = _rows(session, statement, level, after, batch_size)
-            matches = _matches(session, level, rows, matched, keys) if rows else []
+            matches = _matches(session, level, rows, matched, keys, zone) if rows else []
         yield from matches
         if len(rows) < batch_size:
             return
         after = rows[-1].pk
 
 
-def _statement(level: Level, keys: Sequence[Key]) -> AnySelect:
+def _statement(level: Level, keys: Sequence[Key], widen_days: int = 0) -> AnySelect:
     statement: AnySelect = select(_PKS[level], Patient.pk)
     if level >= Level.STUDY:
         statement = statement.add_columns(Study.pk, Study.modalities_in_study)
@@ -145,7 +160,7 @@ def _statement(level: Level, keys: Sequence[Key]) -> AnySelect:
     if level is Level.IMAGE:
         statement = statement.add_columns(Instance.header)
     statement = _joined(statement, level)
-    conditions = [clause for key in keys if (clause := _condition(key)) is not None]
+    conditions = [clause for key in keys if (clause := _condition(key, widen_days)) is not None]
     return statement.where(*conditions)
 
 
@@ -174,32 +189,65 @@ def _rows(
     return rows
 
 
-def _condition(key: Key) -> ColumnElement[bool] | None:
-    """A SQL condition selecting a superset of the key's matches, or None (no narrowing)."""
+def _condition(key: Key, widen_days: int = 0) -> ColumnElement[bool] | None:
+    """A SQL condition selecting a superset of the key's matches, or None (no narrowing).
+
+    The study's series and instances are reached through aliases correlated to the outer
+    Study only: at SERIES and IMAGE level the outer query joins Series (and Instance) too,
+    which would otherwise be correlated away (or narrow to the row's own series).
+    """
     if key.tag == MODALITIES_IN_STUDY:
-        clause = column_condition(Series.modality, key)
+        series = aliased(Series)
+        clause = column_condition(series.modality, key)
         if clause is None:
             return None
-        return exists(select(Series.pk).where(Series.study_fk == Study.pk, clause))
+        in_study = select(series.pk).where(series.study_fk == Study.pk, clause)
+        return exists(in_study.correlate(Study))
     if key.tag == SOP_CLASSES_IN_STUDY:
-        clause = column_condition(Instance.sop_class_uid, key)
+        instance, series = aliased(Instance), aliased(Series)
+        clause = column_condition(instance.sop_class_uid, key)
         if clause is None:
             return None
-        in_study = select(Instance.pk).join(Series, Instance.series_fk == Series.pk)
-        return exists(in_study.where(Series.study_fk == Study.pk, clause))
+        in_study = select(instance.pk).join(series, instance.series_fk == series.pk)
+        return exists(in_study.where(series.study_fk == Study.pk, clause).correlate(Study))
     mapped = COLUMNS.get(key.tag)
-    return column_condition(mapped[1], key) if mapped is not None else None
+    return column_condition(mapped[1], key, widen_days) if mapped is not None else None
 
 
-def column_condition(column: InstrumentedAttribute[Any], key: Key) -> ColumnElement[bool] | None:
+def column_condition(
+    column: InstrumentedAttribute[Any], key: Key, widen_days: int = 0
+) -> ColumnElement[bool] | None:
+    """A SQL condition on `column` selecting a superset of the key's matches, or None;
+    `widen_days` widens date conditions by that many days on each side."""
     matcher = key.matcher
     if isinstance(matcher, ValueMatcher):
+        if matcher.vr == "DA" and widen_days:
+            dates = sorted(matcher.literals)
+            return (
+                _date_range(column, *_widened(dates[0], dates[-1], widen_days)) if dates else None
+            )
         return _value_condition(column, matcher)
     if isinstance(matcher, RangeMatcher) and matcher.vr == "DA":
-        return _date_range(column, matcher.low, matcher.high)
+        return _date_range(column, *_widened(matcher.low, matcher.high, widen_days))
     if isinstance(matcher, DateTimeRangeMatcher):
-        return _date_range(column, matcher.low[:8], matcher.high[:8])
-    return None  # TM and DT ranges, sequences: checked on the header only
+        return _date_range(column, *_widened(matcher.low[:8], matcher.high[:8], widen_days))
+    return None  # TM and DT ranges, sequences, fuzzy names: checked on the header only
+
+
+def _widened(low: str, high: str, days: int) -> tuple[str, str]:
+    """Date bounds `days` wider; a bound that is no calendar date is dropped (open end)."""
+    if not days:
+        return low, high
+    return _moved_date(low, -days, ""), _moved_date(high, days, "~")
+
+
+def _moved_date(date: str, days: int, open_end: str) -> str:
+    if date in ("", "~", "99999999"):
+        return date
+    try:
+        return (datetime.strptime(date, "%Y%m%d") + timedelta(days=days)).strftime("%Y%m%d")
+    except ValueError:
+        return open_end
 
 
 def _date_range(column: InstrumentedAttribute[Any], low: str, high: str) -> ColumnElement[bool]:
@@ -272,6 +320,7 @@ def _matches(
     rows: list[_Row],
     matched: Sequence[Key],
     keys: Sequence[Key],
+    zone: int | None = None,
 ) -> list[Match]:
     wanted = {key.tag for key in keys}
     computed = _computed_values(session, level, rows, wanted)
@@ -281,9 +330,10 @@ def _matches(
         header = headers.get(row.pk)
         if header is None:
             continue  # an entity without instances has nothing to return
-        record = JsonRecord(header, computed.get(row.pk, {}))
+        stored = JsonRecord(header, computed.get(row.pk, {}))
+        record: Record = stored if zone is None else ZonedRecord.of(stored, zone)
         if all(key.matcher is not None and key.matcher.matches(record) for key in matched):
-            matches.append(Match(header, record.computed))
+            matches.append(Match(header, stored.computed))
     return matches
 
 

@@ -16,11 +16,11 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 
-from pacsd.dicom.matching import JsonRecord, Key, SequenceMatcher
+from pacsd.dicom.matching import JsonRecord, Key, Record, SequenceMatcher, ZonedRecord
 from pacsd.dicom.worklist_item import WorklistEntry, WorklistItemError
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import WorklistItem
-from pacsd.index.query import column_condition
+from pacsd.index.query import ZONE_MARGIN_DAYS, column_condition
 
 SCHEDULED_STEPS = int(Tag("ScheduledProcedureStepSequence"))
 _COLUMNS: Mapping[int, InstrumentedAttribute[Any]] = {
@@ -101,11 +101,16 @@ def retire_steps(database: IndexDatabase, steps: Sequence[tuple[str, str, str]])
 
 
 def find_items(
-    database: IndexDatabase, keys: Sequence[Key], batch_size: int = 200
+    database: IndexDatabase,
+    keys: Sequence[Key],
+    batch_size: int = 200,
+    zone: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The stored items (DICOM JSON) that match every key, in id order."""
+    """The stored items (DICOM JSON) that match every key, in id order; with `zone` (minutes
+    east of UTC), their dates and times are matched in that timezone (PS3.4 C.2.2.2.1.3)."""
     matched = [key for key in keys if key.matcher is not None]
-    conditions = [clause for key in matched for clause in _conditions(key)]
+    widen = ZONE_MARGIN_DAYS if zone is not None else 0
+    conditions = [clause for key in matched for clause in _conditions(key, widen)]
     statement = select(WorklistItem.pk, WorklistItem.document).where(*conditions)
     after = 0
     while True:
@@ -118,7 +123,8 @@ def find_items(
                 )
             )
         for _pk, document in rows:
-            record = JsonRecord(document)
+            stored = JsonRecord(document)
+            record: Record = stored if zone is None else ZonedRecord.of(stored, zone)
             if all(key.matcher is not None and key.matcher.matches(record) for key in matched):
                 yield document
         if len(rows) < batch_size:
@@ -126,10 +132,10 @@ def find_items(
         after = rows[-1][0]
 
 
-def _conditions(key: Key) -> list[ColumnElement[bool]]:
+def _conditions(key: Key, widen_days: int = 0) -> list[ColumnElement[bool]]:
     """SQL conditions implied by `key` (a superset of its matches; exact check follows)."""
     if key.tag in _COLUMNS:
-        clause = column_condition(_COLUMNS[key.tag], key)
+        clause = column_condition(_COLUMNS[key.tag], key, widen_days)
         return [clause] if clause is not None else []
     if key.tag != SCHEDULED_STEPS or not isinstance(key.matcher, SequenceMatcher):
         return []
@@ -137,7 +143,7 @@ def _conditions(key: Key) -> list[ColumnElement[bool]]:
     for item_key in key.item_keys:
         column = _STEP_COLUMNS.get(item_key.tag)
         if column is not None and item_key.matcher is not None:
-            clause = column_condition(column, item_key)
+            clause = column_condition(column, item_key, widen_days)
             if clause is not None:
                 found.append(clause)
     return found

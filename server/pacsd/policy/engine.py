@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Protocol
 
@@ -81,6 +81,12 @@ class Grant:
     # Every private SOP class (sop_classes.is_private) is accepted with these syntaxes; None: no.
     private_storage: tuple[str, ...] | None = None
     private_peer_scp: bool = False  # ... and the peer may take the SCP role for them
+    # "exact", "case-insensitive" or "fuzzy" (rules.PersonNameMatching); None: the global
+    # query setting decides.
+    person_name_matching: str | None = None
+    # Storage SOP classes unknown to pacsd that one association was granted as a related general
+    # SOP class (PS3.4 B.3.1.4, PS3.7 D.3.3.6): specialized UID -> general UID (`specialized`).
+    related_general: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sop_classes(self) -> frozenset[str]:
@@ -93,14 +99,25 @@ class Grant:
         private = self.private_storage
         if syntaxes is None and private is not None and sop_classes.is_private(sop_class_uid):
             return private
+        general = self.related_general.get(sop_class_uid)
+        if syntaxes is None and general is not None:
+            return self.syntaxes_for(general)
         return syntaxes
 
     def peer_may_be_scp(self, sop_class_uid: str) -> bool:
         """May the peer take the SCP role (PS3.7 D.3.3.4) for this SOP class?"""
         if sop_class_uid in self.peer_scp:
             return True
+        general = self.related_general.get(sop_class_uid)
+        if general is not None:
+            return self.peer_may_be_scp(general)
         private = self.private_storage is not None and sop_classes.is_private(sop_class_uid)
         return self.private_peer_scp and private
+
+    def specialized(self, related: Mapping[str, str]) -> Grant:
+        """This grant for one association that also accepts each SOP class of `related` as
+        its related general SOP class (same syntaxes, roles and operations)."""
+        return replace(self, related_general={**self.related_general, **related})
 
     def offered_pdu_size(self, network_max_pdu_size: int) -> int:
         """The maximum PDU pacsd offers: the smaller of the network's and the rule's; 0 = none."""
@@ -378,6 +395,7 @@ def _compile(rule: PolicyRule) -> CompiledRule:
         user_identity=rule.user_identity,
         private_storage=private_syntaxes if private else None,
         private_peer_scp=private and _covers_private(rule.peer_scp_role),
+        person_name_matching=rule.person_name_matching,
     )
     return CompiledRule(rule, grant, None)
 

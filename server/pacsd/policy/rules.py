@@ -80,7 +80,12 @@ TransferSyntaxes = Annotated[
     BeforeValidator(_listify),
     Field(min_length=1),
 ]
-Operation = Literal["echo", "store", "find", "get", "move", "worklist", "commit", "mpps"]
+Operation = Literal[
+    "echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups"
+]
+# How C-FIND and worklist keys of VR PN match when the peer negotiated nothing (PS3.4
+# C.2.2.2.1.1): exactly, ignoring case, or as pacsd's fuzzy semantic matching does.
+PersonNameMatching = Literal["exact", "case-insensitive", "fuzzy"]
 
 
 class RuleModel(BaseModel):
@@ -150,6 +155,10 @@ class PolicyRule(RuleModel):
     # "optional" verifies one when sent and rejects when it is wrong; "required" also rejects
     # when none (or one pacsd cannot verify) is sent. `match.username` sees verified names only.
     user_identity: Literal["not-accepted", "optional", "required"] = "optional"
+    # Person name matching for this rule's associations when the peer did not negotiate fuzzy
+    # semantic matching (PS3.4 C.5.1.1, K.5.1); None: the global
+    # `query.person_name_case_insensitive` decides (case-insensitive when true, else exact).
+    person_name_matching: PersonNameMatching | None = None
 
     @model_validator(mode="after")
     def _accept_names_sop_classes(self) -> PolicyRule:

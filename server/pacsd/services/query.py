@@ -1,9 +1,11 @@
 """Query/Retrieve - FIND (PS3.4 C.4.1): identifier in, matches streamed as pending responses.
 
-The identifier's level and hierarchy are checked (qr_models), its keys parsed into matchers
-(dicom/matching), the index streams the matches (index/query) and each becomes a response
-holding every requested key (dicom/find_response), sent through the operation's port (which
-waits while the peer reads slower than the matches come). A C-CANCEL is honoured between two
+The identifier's level and hierarchy are checked (qr_models; the hierarchy only without
+relational-queries, C.4.1.2.2), its keys parsed into matchers (dicom/matching) with the
+options negotiated on the request's context (PS3.4 C.5.1.1) and the policy rule's person name
+matching, the index streams the matches (index/query) and each becomes a response holding
+every requested key (dicom/find_response), sent through the operation's port (which waits
+while the peer reads slower than the matches come). A C-CANCEL is honoured between two
 matches, whenever it arrived (0xFE00); more matches than `query.max_results` end the query
 with 0xA700.
 """
@@ -21,7 +23,13 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from pacsd.dicom.find_response import response_dataset, response_json
-from pacsd.dicom.matching import MatchOptions, parse_identifier
+from pacsd.dicom.matching import (
+    TIMEZONE_OFFSET_FROM_UTC,
+    MatchOptions,
+    element_values,
+    parse_identifier,
+    utc_offset_minutes,
+)
 from pacsd.dicom.qr_models import (
     QUERY_RETRIEVE_LEVEL,
     Level,
@@ -104,6 +112,47 @@ def _restore_text_vrs(identifier: Dataset) -> None:
         identifier[element.tag] = DataElement(element.tag, vr, values)
 
 
+def match_options(
+    settings: QuerySettings, request: Request, handle: ClientHandle, worklist: bool = False
+) -> MatchOptions:
+    """How this request's keys match: what its context negotiated (PS3.4 C.5.1.1, K.5.1),
+    else the policy rule's `person_name_matching`, else `query.person_name_case_insensitive`.
+
+    Dates and times combine when negotiated, and always in a worklist query (K.6.1.2.2).
+    """
+    negotiated = request.context.extended
+    decision = handle.decision
+    rule = decision.grant.person_name_matching if decision and decision.grant else None
+    names = rule or ("case-insensitive" if settings.person_name_case_insensitive else "exact")
+    return MatchOptions(
+        person_name_case_insensitive=names == "case-insensitive",
+        fuzzy_person_names=negotiated.fuzzy_person_names or names == "fuzzy",
+        combined_date_time=worklist or negotiated.combined_date_time,
+    )
+
+
+def query_zone(request: Request, identifier: Dataset) -> int | None:
+    """The requester's timezone (minutes east of UTC) when timezone query adjustment was
+    negotiated and the identifier gives Timezone Offset From UTC (PS3.4 C.2.2.2.1.3)."""
+    element = identifier.get(TIMEZONE_OFFSET_FROM_UTC)
+    if not request.context.extended.timezone_adjustment or element is None:
+        return None
+    values = element_values(element)
+    return utc_offset_minutes(values[0]) if len(values) == 1 else None
+
+
+def matching_fields(options: MatchOptions, zone: int | None, relational: bool) -> list[str]:
+    """The matching rules in force beyond the defaults, for the operation's log line."""
+    fields = ["relational"] if relational else []
+    fields += ["combined-date-time"] if options.combined_date_time else []
+    if options.fuzzy_person_names or options.person_name_case_insensitive:
+        fields.append("fuzzy-names" if options.fuzzy_person_names else "case-insensitive-names")
+    if zone is not None:
+        hours, minutes = divmod(abs(zone), 60)
+        fields.append(f"timezone {'-' if zone < 0 else '+'}{hours:02d}{minutes:02d}")
+    return fields
+
+
 class QueryService:
     """C-FIND SCP over the index."""
 
@@ -111,7 +160,6 @@ class QueryService:
         self.index = index
         self.settings = settings
         self.ae_title = ae_title
-        self.options = MatchOptions(settings.person_name_case_insensitive)
 
     def on_c_find(
         self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
@@ -121,17 +169,27 @@ class QueryService:
         identifier = decoded_identifier(request)
         model = model_of(request.sop_class_uid)
         level = level_of(identifier, model)
-        check_find_hierarchy(identifier, model, level)
-        keys = parse_identifier(identifier, self.options, skip=[QUERY_RETRIEVE_LEVEL])
+        negotiated = request.context.extended
+        if not negotiated.relational:
+            # C.4.1.2.1 hierarchical: one unique key per level above; relational-queries
+            # (C.4.1.2.2, C.4.1.3.2) allow keys of any level above without them.
+            check_find_hierarchy(identifier, model, level)
+        options = match_options(self.settings, request, handle)
+        zone = query_zone(request, identifier)
+        # C.2.2.2: Timezone Offset From UTC is not matched when timezone adjustment applies.
+        unmatched = [TIMEZONE_OFFSET_FROM_UTC] if negotiated.timezone_adjustment else []
+        keys = parse_identifier(identifier, options, [QUERY_RETRIEVE_LEVEL], unmatched)
         usable, refused = usable_keys(keys, level)
         pending = PENDING_KEYS_UNSUPPORTED if refused else PENDING
         charset = charset_terms(identifier)
         report.fields.update(query_level=level.name, model=model.name, matches=0)
+        if matching := matching_fields(options, zone, negotiated.relational):
+            report.fields["matching"] = matching
         if refused:
             report.fields["unsupported_keys"] = [key.keyword for key in refused]
         documents = (
             self._filled(response_json(keys, match.header, match.computed), level)
-            for match in find(self.index, level, usable)
+            for match in find(self.index, level, usable, zone=zone)
         )
         stream_matches(request, report, port, documents, pending, charset, self.settings)
 
