@@ -158,6 +158,13 @@ class IndexDatabase:
             yield session
 
     @contextmanager
+    def reading_connection(self) -> Iterator[Connection]:
+        """A connection for Core queries (no ORM session: a C-FIND's per-query cost);
+        rolled back at the end."""
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
     def writing(self) -> Iterator[Session]:
         """A session whose work is committed when the block ends without an exception."""
         with self._write_lock, self._writer() as session, session.begin():

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from pacsd.dicom.matching import (
     DateTimeRangeMatcher,
@@ -142,7 +142,7 @@ def find(
     statement = _statement(level, matched, ZONE_MARGIN_DAYS if zone is not None else 0)
     after = 0
     while True:
-        with database.reading() as session:
+        with database.reading_connection() as session:
             rows = _rows(session, statement, level, after, batch_size)
             matches = _matches(session, level, rows, matched, keys, zone) if rows else []
         yield from matches
@@ -176,7 +176,7 @@ def _joined(statement: _Select, level: Level) -> _Select:
 
 
 def _rows(
-    session: Session, statement: AnySelect, level: Level, after: int, limit: int
+    session: Connection, statement: AnySelect, level: Level, after: int, limit: int
 ) -> list[_Row]:
     pk = _PKS[level]
     result = session.execute(statement.where(pk > after).order_by(pk).limit(limit))
@@ -315,7 +315,7 @@ def _integer(value: str) -> int | None:
 
 
 def _matches(
-    session: Session,
+    session: Connection,
     level: Level,
     rows: list[_Row],
     matched: Sequence[Key],
@@ -337,7 +337,7 @@ def _matches(
     return matches
 
 
-def _headers(session: Session, level: Level, rows: list[_Row]) -> dict[int, Mapping[str, Any]]:
+def _headers(session: Connection, level: Level, rows: list[_Row]) -> dict[int, Mapping[str, Any]]:
     """Each row's representative header: its first instance's (the instance's own at IMAGE)."""
     if level is Level.IMAGE:
         return {row.pk: row.header for row in rows if row.header is not None}
@@ -357,7 +357,7 @@ def _instances_under(level: Level) -> tuple[InstrumentedAttribute[Any], AnySelec
     return Study.patient_fk, joined.join(Study, Series.study_fk == Study.pk)
 
 
-def _first_instances(session: Session, level: Level, pks: list[int]) -> dict[int, int]:
+def _first_instances(session: Connection, level: Level, pks: list[int]) -> dict[int, int]:
     owner, statement = _instances_under(level)
     statement = statement.add_columns(owner, func.min(Instance.pk))
     grouped = statement.where(owner.in_(pks)).group_by(owner)
@@ -365,7 +365,7 @@ def _first_instances(session: Session, level: Level, pks: list[int]) -> dict[int
 
 
 def _computed_values(
-    session: Session, level: Level, rows: list[_Row], wanted: set[int]
+    session: Connection, level: Level, rows: list[_Row], wanted: set[int]
 ) -> dict[int, dict[int, list[str]]]:
     """ModalitiesInStudy, SOPClassesInStudy and the Number of ... Related keys, per row."""
     computed: dict[int, dict[int, list[str]]] = {row.pk: {} for row in rows}
@@ -388,7 +388,7 @@ def _owner_pk(row: _Row, level: Level) -> int | None:
 
 
 def _add_counts(
-    session: Session, level: Level, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
+    session: Connection, level: Level, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
 ) -> None:
     owner, statement = _instances_under(level)
     statement = statement.add_columns(
@@ -420,7 +420,7 @@ def _count_values(level: Level, instances: int, series: int, studies: int) -> di
 
 
 def _add_sop_classes(
-    session: Session, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
+    session: Connection, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
 ) -> None:
     studies = {row.study_pk for row in rows if row.study_pk is not None}
     statement = (
