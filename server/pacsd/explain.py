@@ -101,6 +101,8 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
         f"  maximum PDU offered: {offered or 'unlimited'}; "
         f"asynchronous operations window: {grant.async_operations_window}",
         f"  user identity (PS3.7 D.3.3.7): {grant.user_identity}",
+        "  person name matching (C-FIND, unless fuzzy matching is negotiated): "
+        + _name_matching(grant, settings),
     ]
     if unserved:
         lines.append(
@@ -108,6 +110,13 @@ def _describe_grant(grant: Grant, settings: Settings) -> list[str]:
             f"({', '.join(unserved[:6])}{', ...' if len(unserved) > 6 else ''})"
         )
     return lines
+
+
+def _name_matching(grant: Grant, settings: Settings) -> str:
+    if grant.person_name_matching is not None:
+        return grant.person_name_matching
+    insensitive = settings.query.person_name_case_insensitive
+    return f"{'case-insensitive' if insensitive else 'exact'} (query.person_name_case_insensitive)"
 
 
 def _describe_sop_class(grant: Grant, question: Question) -> tuple[list[str], bool]:

@@ -91,3 +91,13 @@ def test_unknown_names_are_usage_errors() -> None:
     )
     assert result.returncode == 2
     assert "--address" in result.stderr
+
+
+def test_person_name_matching_is_shown() -> None:
+    """The rule's person name matching: here the global default."""
+    status, lines = explain("--calling-ae", "VIEWER", "--address", "10.1.5.20")
+    assert status == 0
+    assert (
+        "  person name matching (C-FIND, unless fuzzy matching is negotiated): exact "
+        "(query.person_name_case_insensitive)"
+    ) in lines
