@@ -77,13 +77,23 @@ def supervise(settings: Settings, listeners: Listeners, run_worker: Worker) -> i
 
 def _fork(index: int, run_worker: Worker) -> int:
     """A worker process running `run_worker(index)`; it never returns into the caller."""
-    pid = os.fork()
+    # A stop signal reaching the child before it has reset the supervisor's handlers (they
+    # came with the fork) would run them in the child and be lost: the worker would then
+    # serve on, deaf to that stop. Blocked across the fork, it waits until SIG_DFL is in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         return pid
     code = 1
     try:
         for signum in _STOP_SIGNALS:  # until the worker installs its own: a stop kills it
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         code = run_worker(index)
     except BaseException:
         log.exception("worker failed", worker=index)
