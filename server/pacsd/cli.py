@@ -146,7 +146,10 @@ EXIT_DENIED = 3
 @click.option("--ts", default=None, help="Transfer syntax: keyword, UID or group (with --sop).")
 @click.option(
     "--operation",
-    type=click.Choice(["echo", "store", "find", "get", "move", "worklist", "commit", "mpps"]),
+    # dicom/sop_classes.OPERATIONS, written out: importing it would load pydicom for --help.
+    type=click.Choice(
+        ["echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups"]
+    ),
     default=None,
 )
 @click.option("--destination", default=None, help="C-MOVE destination AE title.")
@@ -370,6 +373,105 @@ def mpps_list(config_path: Path | None, as_json: bool) -> None:
         for step in steps
     ]
     _print_table(rows)
+
+
+@main.group("print")
+def print_group() -> None:
+    """Print jobs of the Print Management SCP: films kept as PNG and PDF files."""
+
+
+@print_group.command("list")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="The job records, an array.")
+def print_list(config_path: Path | None, as_json: bool) -> None:
+    """Film sessions that printed, newest first: who, how many films, copies, medium, where."""
+    from pacsd.dicom.print_jobs import print_folder, read_jobs
+
+    settings, _ = _settings(config_path)
+    jobs = list(read_jobs(print_folder(settings.print.folder, settings.storage.root)))
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    columns = ("PRINTED", "CALLING AE", "FILMS", "COPIES", "MEDIUM", "FORMAT", "SIZE", "LABEL")
+    rows = [(*columns, "FOLDER")]
+    for job in jobs:
+        films = job.get("films") or []
+        session = job.get("session") or {}
+        rows.append(
+            (
+                str(job.get("updated", "")),
+                str(job.get("calling_ae_title", "")),
+                str(len(films)),
+                str(session.get("number_of_copies", "")),
+                str(session.get("medium_type", "")),
+                ",".join(dict.fromkeys(str(film.get("image_display_format")) for film in films)),
+                ",".join(dict.fromkeys(str(film.get("film_size_id")) for film in films)),
+                str(session.get("film_session_label", "")),
+                str(job.get("folder", "")),
+            )
+        )
+    _print_table(rows)
+
+
+@main.group()
+def ups() -> None:
+    """Unified Procedure Step workitems and the event reports waiting for their subscribers."""
+
+
+@ups.command("list")
+@CONFIG_OPTION
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object: workitems, pending reports."
+)
+def ups_list(config_path: Path | None, as_json: bool) -> None:
+    """Workitems by scheduled start (state, performer, subscribers), then the reports waiting
+    for delivery per AE (how many, next attempt, last error)."""
+    from dataclasses import asdict
+
+    from pacsd.index.ups import list_queues, list_workitems
+
+    with _index(config_path) as database:
+        workitems, queues = list_workitems(database), list_queues(database)
+    if as_json:
+        document = {
+            "workitems": [asdict(item) for item in workitems],
+            "pending_reports": [asdict(queue) for queue in queues],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    columns = ("START", "STATE", "PRIORITY", "LABEL", "PATIENT ID", "PERFORMER", "SUBSCRIBERS")
+    _print_table(
+        [columns]
+        + [
+            (
+                item.start,
+                item.state,
+                item.priority,
+                item.procedure_step_label,
+                item.patient_id,
+                item.performer,
+                ", ".join(item.subscribers),
+            )
+            for item in workitems
+        ]
+    )
+    if queues:
+        click.echo("")
+        header = ("PENDING FOR", "REPORTS", "OLDEST", "NEXT ATTEMPT", "ATTEMPTS", "LAST ERROR")
+        _print_table(
+            [header]
+            + [
+                (
+                    q.ae_title,
+                    str(q.reports),
+                    q.oldest,
+                    q.next_attempt,
+                    str(q.attempts),
+                    q.last_error,
+                )
+                for q in queues
+            ]
+        )
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:

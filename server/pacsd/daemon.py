@@ -22,7 +22,7 @@ from pydicom import config as pydicom_config
 from pacsd import __version__, audit
 from pacsd.archive import Archive
 from pacsd.engine.core import Engine
-from pacsd.engine.delivery import EngineDelivery
+from pacsd.engine.delivery import EngineDelivery, UpsEventDelivery
 from pacsd.engine.listeners import ListenError, Listeners, open_listeners
 from pacsd.engine.operations import Services
 from pacsd.engine.sockets import SocketOptions
@@ -35,9 +35,11 @@ from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
 from pacsd.services.commitment import CommitmentService, CommitmentWorker
 from pacsd.services.mpps import MppsService
+from pacsd.services.print_management import PrintService
 from pacsd.services.query import QueryService
 from pacsd.services.retrieve import RetrieveService
 from pacsd.services.storage import StorageService
+from pacsd.services.ups import UpsEventWorker, UpsService
 from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
 from pacsd.signals import LoopSignals
@@ -204,6 +206,8 @@ def _serve_associations(
     commitment = CommitmentWorker(
         index, files, runtime.peers, settings.commitment, settings.ae_title
     )
+    ups_events = UpsEventWorker(index, runtime.peers, settings.ups)
+    ups = UpsService(index, ups_events, settings.ups, settings.query, settings.ae_title)
     services = Services(
         storage=StorageService(archive),
         query=QueryService(index, settings.query, settings.ae_title),
@@ -211,11 +215,22 @@ def _serve_associations(
         worklist=WorklistService(index, settings.query),
         mpps=MppsService(index, settings.worklist.retire_completed),
         commitment=CommitmentService(index, commitment),
+        simple={**PrintService.from_settings(settings).routes(), **ups.simple_routes()},
+        streams=ups.stream_routes(),
     )
     leading = worker in (None, 0)  # the one process with the status and commitment threads
     shared = worker is not None  # other workers accept on the same sockets
     return uvloop.run(
-        _run(settings, runtime, services, commitment, listeners, shared, tls_context, leading)
+        _run(
+            settings,
+            runtime,
+            services,
+            (commitment, ups_events),
+            listeners,
+            shared,
+            tls_context,
+            leading,
+        )
     )
 
 
@@ -223,7 +238,7 @@ async def _run(
     settings: Settings,
     runtime: RuntimeConfig,
     services: Services,
-    commitment: CommitmentWorker,
+    report_workers: tuple[CommitmentWorker, UpsEventWorker],
     listeners: Listeners,
     shared: bool,
     tls_context: ssl.SSLContext | None,
@@ -233,10 +248,13 @@ async def _run(
     engine = Engine(settings, services, runtime.policy, runtime.peers, tls_context=tls_context)
     signals = LoopSignals()
     signals.install(loop)
+    commitment, ups_events = report_workers
     commitment.delivery = EngineDelivery(engine, loop)
+    ups_events.delivery = UpsEventDelivery(engine, loop)
     await engine.start(listeners, shared)
     if leading:
         commitment.start()  # reports still pending from an earlier run go out now
+        ups_events.start()  # and UPS event reports, after an SCP Status Change (CC.2.4.3)
     # Everything made so far (modules, configuration, the composed services) lives until exit:
     # out of the collector's sight, a full collection costs microseconds instead of ~60 ms.
     gc.freeze()
@@ -262,7 +280,10 @@ async def _run(
             aborted = await engine.abort_all()
             log.warning("aborted associations still running after the grace period", count=aborted)
         # Both may wait on the loop (a report in delivery, an operation's last response).
-        await loop.run_in_executor(None, commitment.stop)
+        await asyncio.gather(
+            loop.run_in_executor(None, commitment.stop),
+            loop.run_in_executor(None, ups_events.stop),
+        )
         await loop.run_in_executor(None, engine.close)
     return 0
 

@@ -128,6 +128,8 @@ class QuerySettings(StrictModel):
     # Matches beyond this end the query with 0xA700 and an Error Comment asking to narrow it.
     max_results: int = Field(default=10_000, ge=1)
     # PS3.4 C.2.2.2.1 lets PN literal matching ignore case; pacsd matches exactly by default.
+    # The default of policy rules without `person_name_matching`; negotiated fuzzy semantic
+    # matching (PS3.4 C.5.1.1, K.5.1) overrides both.
     person_name_case_insensitive: bool = False
 
 
@@ -147,6 +149,69 @@ class CommitmentSettings(StrictModel):
     # Seconds before the first retry of an undelivered report; doubled per attempt up to max.
     retry_initial: float = Field(default=5.0, gt=0)
     retry_max: float = Field(default=300.0, gt=0)
+
+
+class UpsSettings(StrictModel):
+    """Unified Procedure Step (PS3.4 Annex CC): event reports and workitem upkeep."""
+
+    # Report on a subscriber's open association when it has one (else on a new one, from peers).
+    report_on_open_association: bool = True
+    # Seconds before the first retry of an undelivered report; doubled per attempt up to max.
+    retry_initial: float = Field(default=5.0, gt=0)
+    retry_max: float = Field(default=300.0, gt=0)
+    # An undelivered report is given up (and logged) this many seconds after it was queued.
+    report_lifetime: float = Field(default=86400.0, gt=0)
+    # Grant deletion locks (PS3.4 CC.2.3.3); false subscribes without one and answers 0xB301.
+    deletion_locks: bool = True
+    # A COMPLETED or CANCELED workitem is deleted this many seconds after its final state, once
+    # no deletion lock holds it (0: at once).
+    keep_final: float = Field(default=3600.0, ge=0)
+    # Worklist Label (0074,1202) of a workitem created without one; "" uses ae_title.
+    worklist_label: str = Field(default="", max_length=64)
+    # AE titles sent the SCP Status Change report at start-up besides the subscribers (the
+    # fallback list of PS3.4 CC.2.4.3).
+    fallback_subscribers: list[AETitle] = Field(default_factory=list)
+
+
+FilmSizeID = Literal[
+    "8INX10IN", "8_5INX11IN", "10INX12IN", "10INX14IN", "11INX14IN", "11INX17IN",
+    "14INX14IN", "14INX17IN", "24CMX24CM", "24CMX30CM", "A4", "A3",
+]  # fmt: skip
+
+
+class PrintSettings(StrictModel):
+    """Print Management SCP (PS3.4 H): the file printer, and what it does when asked nothing."""
+
+    # Where printed films go: <folder>/<date>/<film session UID>/. None: <storage.root>/print.
+    folder: Path | None = None
+    printer_name: str = Field(default="PACSD", min_length=1, max_length=64)  # Printer N-GET
+    # Printer pixels per inch for Requested Resolution ID STANDARD and HIGH (a 14x17 in film at
+    # 150 dpi is 2100 x 2550 pixels).
+    standard_dpi: int = Field(default=150, ge=50, le=600)
+    high_dpi: int = Field(default=300, ge=50, le=1200)
+    # Defaults of the Film Session and Film Box attributes an SCU leaves out (PS3.3 C.13).
+    film_size_id: FilmSizeID = "14INX17IN"
+    medium_type: Literal["PAPER", "CLEAR FILM", "BLUE FILM", "MAMMO CLEAR FILM",
+                         "MAMMO BLUE FILM"] = "BLUE FILM"  # fmt: skip
+    magnification_type: Literal["REPLICATE", "BILINEAR", "CUBIC", "NONE"] = "BILINEAR"
+    border_density: str = Field(default="BLACK", pattern=r"^(BLACK|WHITE|[0-9]{1,3})$")
+    empty_image_density: str = Field(default="BLACK", pattern=r"^(BLACK|WHITE|[0-9]{1,3})$")
+    # The printer's density range in hundredths of OD: min_density is white in the files,
+    # max_density black. Requests beyond it are answered 0xB605 and held to it.
+    min_density: int = Field(default=20, ge=0, le=1000)
+    max_density: int = Field(default=300, ge=1, le=1000)
+    # Write a PDF of each film session's films beside the PNGs.
+    pdf: bool = True
+    # Images one film session (one association) may hold in memory; beyond it 0xC605.
+    max_session_memory: ByteSize = ByteSize(256 * 1024**2)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PrintSettings:
+        if self.min_density >= self.max_density:
+            raise ValueError("min_density must be below max_density")
+        if self.high_dpi < self.standard_dpi:
+            raise ValueError("high_dpi must not be below standard_dpi")
+        return self
 
 
 class DaemonSettings(StrictModel):
@@ -194,7 +259,9 @@ class Settings(BaseSettings):
     status: StatusSettings = StatusSettings()
     query: QuerySettings = QuerySettings()
     commitment: CommitmentSettings = CommitmentSettings()
+    ups: UpsSettings = UpsSettings()
     worklist: WorklistSettings = WorklistSettings()
+    print: PrintSettings = PrintSettings()
     limits: LimitsSettings = LimitsSettings()
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()

@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import create_engine, text
 
+from pacsd.index.schema import HEAD_REVISION
 from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, base_config, echo, pacsd_command
 from tests.inspect_archive import assert_index_matches_files, dataset_bytes, work_files
@@ -219,7 +220,7 @@ def test_serve_refuses_an_out_of_date_schema(database_url: str, tmp_path: Path) 
     server = PacsdProcess.from_config(tmp_path, base_config(tmp_path, database_url))
     upgraded = pacsd_command("db", "upgrade", "--config", str(server.config_path))
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "revision 0004" in upgraded.stdout
+    assert f"revision {HEAD_REVISION}" in upgraded.stdout
     engine = create_engine(database_url)
     with engine.begin() as connection:  # as if the tables came from an older pacsd
         connection.execute(text("DELETE FROM alembic_version"))

@@ -47,14 +47,18 @@ def test_undefined_requests_answer_0211_and_the_association_goes_on(
 
 def test_an_n_service_nobody_configured_is_rejected_at_negotiation(server: PacsdProcess) -> None:
     ae = AE(ae_title="PRINTSCU")
-    ae.add_requested_context("1.2.840.10008.5.1.1.9")  # Basic Grayscale Print Management Meta
-    ae.add_requested_context("1.2.840.10008.3.1.2.3.5")  # MPPS Notification: not served
+    # In groups the default rule grants (print, mpps), but not served by pacsd.
+    ae.add_requested_context("1.2.840.10008.5.1.1.14")  # Print Job
+    ae.add_requested_context("1.2.840.10008.5.1.1.15")  # Basic Annotation Box
+    ae.add_requested_context("1.2.840.10008.3.1.2.3.5")  # MPPS Notification
     ae.add_requested_context(VERIFICATION)
     assoc = ae.associate(server.host, server.port, ae_title="PACSD")
     try:
         assert assoc.is_established
         assert {str(c.abstract_syntax) for c in assoc.accepted_contexts} == {VERIFICATION}
         rejected = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
-        assert rejected == {"1.2.840.10008.5.1.1.9", "1.2.840.10008.3.1.2.3.5"}
+        assert rejected == {
+            "1.2.840.10008.5.1.1.14", "1.2.840.10008.5.1.1.15", "1.2.840.10008.3.1.2.3.5"
+        }  # fmt: skip
     finally:
         assoc.release()

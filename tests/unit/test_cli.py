@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from pacsd import __version__
+from pacsd.index.schema import HEAD_REVISION
 from tests.harness import pacsd_command
 
 pacsd = pacsd_command
@@ -72,7 +73,7 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     result = pacsd("db", "upgrade", PACSD_DATABASE__URL=url)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "database schema at revision 0004"
+    assert result.stdout.strip() == f"database schema at revision {HEAD_REVISION}"
     assert (tmp_path / "index.sqlite").stat().st_size > 0
 
 

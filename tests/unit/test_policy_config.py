@@ -139,8 +139,8 @@ def test_duplicate_rule_names_are_an_error(tmp_path: Path) -> None:
 
 
 def test_embedded_default_accepts_any_peer_for_every_service() -> None:
-    """No file: any peer is accepted for verification, storage, Q/R, worklist, MPPS and storage
-    commitment, SCP role for storage."""
+    """No file: any peer is accepted for verification, storage, Q/R, worklist, MPPS, storage
+    commitment, UPS and print, SCP role for storage."""
     policy = Policy.compile(load_settings(None).policies)
     decision = decide(AssociationRequest("ANYONE", "WHATEVER", "2001:db8::99"), policy)
     assert decision.accepted
@@ -150,7 +150,7 @@ def test_embedded_default_accepts_any_peer_for_every_service() -> None:
         grant.sop_classes
     )
     assert grant.operations == {
-        "echo", "store", "find", "get", "move", "worklist", "mpps", "commit"
+        "echo", "store", "find", "get", "move", "worklist", "mpps", "commit", "ups", "print"
     }  # fmt: skip
     assert grant.peer_scp == sop_classes.groups()["storage"]
     assert VERIFICATION not in grant.peer_scp

@@ -44,6 +44,8 @@ def test_embedded_default_is_the_documented_one() -> None:
         "worklist",
         "mpps",
         "storage-commitment",
+        "ups",
+        "print",
     ]
     assert rule.peer_scp_role == ["storage"]
 

@@ -92,6 +92,11 @@ _PRINT = frozenset(
 )
 # Unified Procedure Step (PS3.4 CC): Push, Watch, Pull, Event, Query.
 _UPS = frozenset(f"1.2.840.10008.5.1.4.34.6.{n}" for n in range(1, 6))
+UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
+# A workitem's SOP Class is UPS Push whichever UPS SOP Class the SCU negotiated (PS3.4 CC.3.1):
+# a performer that negotiated only UPS Pull or Watch names UPS Push in its N-GET, N-SET and
+# N-ACTION requests, and pacsd's N-EVENT-REPORTs name it on UPS Event contexts.
+_UPS_CARRIERS = {uid: frozenset({UPS_PUSH}) for uid in _UPS - {UPS_PUSH}}
 _MPPS = frozenset(
     {
         "1.2.840.10008.3.1.2.3.3",  # Modality Performed Procedure Step, PS3.4 F.7
@@ -107,7 +112,7 @@ def _entries() -> dict[str, tuple[str, str]]:
     entries = {
         uid: (str(entry[0]), str(entry[4]))
         for uid, entry in UID_dictionary.items()
-        if entry[1] == "SOP Class"
+        if entry[1] in ("SOP Class", "Meta SOP Class")
     }
     entries.update({uid: (keyword, keyword) for uid, keyword in _NEWER_STORAGE.items()})
     return entries
@@ -252,7 +257,9 @@ def is_storage(uid: str) -> bool:
 def in_context(sop_class_uid: str, abstract_syntax: str) -> bool:
     """May a message of `sop_class_uid` travel on a context of `abstract_syntax`? Its own, or
     a member of the Meta SOP Class the context negotiated (PS3.4 H.3: a print SCU sends its
-    Film Session, Film Box, Image Box and Printer messages on the Meta SOP Class's context)."""
+    Film Session, Film Box, Image Box and Printer messages on the Meta SOP Class's context), or
+    UPS Push on any UPS context (PS3.4 CC.3.1)."""
     if sop_class_uid == abstract_syntax:
         return True
-    return sop_class_uid in META_SOP_CLASSES.get(abstract_syntax, frozenset())
+    carried = META_SOP_CLASSES.get(abstract_syntax) or _UPS_CARRIERS.get(abstract_syntax)
+    return carried is not None and sop_class_uid in carried

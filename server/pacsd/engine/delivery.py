@@ -1,19 +1,23 @@
-"""Storage Commitment reports put on the wire for the commitment worker's thread.
+"""N-EVENT-REPORTs put on the wire for the report workers' threads: Storage Commitment and UPS.
 
-PS3.4 J.3.3: the N-EVENT-REPORT goes on the requester's association while it is open (pacsd
+PS3.4 J.3.3: the commitment report goes on the requester's association while it is open (pacsd
 is the SCP of its Storage Commitment context and sends the request between the requester's
 own; the response comes back by its Message ID), else on a new association to the requester's
-address from the AE table, proposing the SCP role for pacsd (PS3.7 D.3.3.4).
+address from the AE table, proposing the SCP role for pacsd (PS3.7 D.3.3.4). UPS event reports
+(PS3.4 CC.2.4) go the same two ways, on a UPS Event context, to the subscriber's AE title: any
+association it has open with this process, else a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacsd.dimse.commands import N_ACTION_RQ
+from pacsd.dicom.ups import UPS_EVENT, UPS_PUSH
+from pacsd.dimse.commands import N_ACTION_RQ, N_CREATE_RQ, N_SET_RQ
 from pacsd.dimse.messages import AcceptedContext, encode_dataset
 from pacsd.engine.association import Association
 from pacsd.engine.core import Engine
@@ -21,6 +25,7 @@ from pacsd.engine.pdu import RoleSelection
 from pacsd.engine.requestor import AssociationRefused
 from pacsd.engine.responses import event_report_request
 from pacsd.services.commitment import PUSH_MODEL, WELL_KNOWN_INSTANCE, DeliveryFailed
+from pacsd.services.ups import EventReport
 from pacsd.settings import Peer
 
 MARGIN_S = 5.0
@@ -49,7 +54,7 @@ class EngineDelivery:
         acceptor = self.engine.live.get(association_id)
         if acceptor is None or acceptor.state != "established":
             return False
-        context = _reporting_context(acceptor)
+        context = _reporting_context(acceptor, PUSH_MODEL)
         if context is None:
             return False
         # The worker may wake before the N-ACTION response is on the wire: the report
@@ -71,7 +76,7 @@ class EngineDelivery:
         except AssociationRefused as exc:
             raise DeliveryFailed(f"no association with {peer.ae_title}: {exc}") from None
         try:
-            context = _reporting_context(requestor)
+            context = _reporting_context(requestor, PUSH_MODEL)
             if context is None:
                 raise DeliveryFailed(f"{peer.ae_title} did not accept pacsd as commitment SCP")
             try:
@@ -84,22 +89,114 @@ class EngineDelivery:
             await requestor.release()
 
 
-def _reporting_context(assoc: Association) -> AcceptedContext | None:
+class UpsEventDelivery:
+    """services.ups.EventDelivery on an engine running on `loop`."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.loop = loop
+
+    def _timeout(self, reports: int) -> float:
+        timeouts = self.engine.timeouts
+        return timeouts.acse * 2 + timeouts.dimse * (reports + 1) + self.engine.connect_timeout
+
+    def on_open_association(
+        self, ae_title: str, reports: Sequence[EventReport]
+    ) -> tuple[int, str] | None:
+        coroutine = self._open(ae_title, reports)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(
+            self._timeout(len(reports)) + MARGIN_S
+        )
+
+    def on_new_association(self, peer: Peer, reports: Sequence[EventReport]) -> tuple[int, str]:
+        coroutine = self._new(peer, reports)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(
+            self._timeout(len(reports)) + MARGIN_S
+        )
+
+    async def _open(self, ae_title: str, reports: Sequence[EventReport]) -> tuple[int, str] | None:
+        """On the subscriber's newest association with a UPS Event context where pacsd is SCP,
+        once the requests running there have answered: the N-ACTION that subscribed is answered
+        before its initial report (CC.2.3.3)."""
+        candidates = [
+            acceptor
+            for acceptor in self.engine.live.values()
+            if acceptor.handle.calling_ae_title == ae_title
+            and acceptor.state == "established"
+            and _reporting_context(acceptor, UPS_EVENT) is not None
+        ]
+        if not candidates:
+            return None
+        acceptor = max(candidates, key=lambda candidate: candidate.handle.connected_at)
+        changing = (N_ACTION_RQ, N_CREATE_RQ, N_SET_RQ)
+        running = [
+            task for request, task in acceptor.running.values() if request.command.field in changing
+        ]
+        if running:
+            await asyncio.wait(running, timeout=self.engine.timeouts.dimse)
+        context = _reporting_context(acceptor, UPS_EVENT)
+        if context is None or acceptor.state != "established":
+            return None
+        return await _send_all(acceptor, context, reports, ae_title)
+
+    async def _new(self, peer: Peer, reports: Sequence[EventReport]) -> tuple[int, str]:
+        syntaxes = [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+        role = RoleSelection(UPS_EVENT, scu_role=False, scp_role=True)
+        try:
+            requestor = await self.engine.connect(peer, [(UPS_EVENT, syntaxes)], [role])
+        except AssociationRefused as exc:
+            raise DeliveryFailed(f"no association with {peer.ae_title}: {exc}") from None
+        try:
+            context = _reporting_context(requestor, UPS_EVENT)
+            if context is None:
+                raise DeliveryFailed(f"{peer.ae_title} did not accept pacsd as UPS Event SCP")
+            return await _send_all(requestor, context, reports, peer.ae_title)
+        finally:
+            await requestor.release()
+
+
+async def _send_all(
+    assoc: Association, context: AcceptedContext, reports: Sequence[EventReport], ae_title: str
+) -> tuple[int, str]:
+    """Send in order until one is not acknowledged with Success."""
+    for sent, report in enumerate(reports):
+        try:
+            status = await _send(
+                assoc,
+                context,
+                report.information,
+                report.event_type,
+                UPS_PUSH,  # CC.2.4.3: the Affected SOP Class of every UPS event report
+                report.sop_instance_uid,
+            )
+        except (TimeoutError, ConnectionError):
+            return sent, f"{ae_title} did not answer the report"
+        if status != 0x0000:
+            return sent, f"{ae_title} answered the report 0x{status:04X}"
+    return len(reports), ""
+
+
+def _reporting_context(assoc: Association, abstract_syntax: str) -> AcceptedContext | None:
     return next(
         (
             context
             for context in assoc.contexts.values()
-            if context.abstract_syntax == PUSH_MODEL and context.pacsd_scp
+            if context.abstract_syntax == abstract_syntax and context.pacsd_scp
         ),
         None,
     )
 
 
 async def _send(
-    assoc: Association, context: AcceptedContext, report: Dataset, event_type: int
+    assoc: Association,
+    context: AcceptedContext,
+    report: Dataset,
+    event_type: int,
+    sop_class_uid: str = PUSH_MODEL,
+    sop_instance_uid: str = WELL_KNOWN_INSTANCE,
 ) -> int:
     data = encode_dataset(report, context.transfer_syntax)
     message_id = assoc.next_message_id()
-    command = event_report_request(PUSH_MODEL, WELL_KNOWN_INSTANCE, event_type, message_id)
+    command = event_report_request(sop_class_uid, sop_instance_uid, event_type, message_id)
     reply, _data = await assoc.send_request(context.context_id, command, message_id, data)
     return reply.status if reply.status is not None else 0xFFFF

@@ -49,8 +49,12 @@ PolicyProvider = Callable[[], Policy]
 # The operations this version of pacsd has a service for; of find/get/move, the information
 # models of dicom/qr_models.MODELS (Composite Instance Root and Without Bulk Data included).
 SERVED_OPERATIONS = frozenset({"echo", "store", "worklist", "mpps", "commit", "print", "ups"})
-# Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served.
-_NOT_SERVED = frozenset({"1.2.840.10008.3.1.2.3.5"})
+# Of the "mpps" group, the Notification SOP class (the SCP sends N-EVENT-REPORTs) is not served;
+# of the "print" group, Print Job and Basic Annotation Box (PS3.4 H.4.5, H.4.4): pacsd makes no
+# instance of either, and an SCU that sees their contexts rejected knows not to ask for them.
+_NOT_SERVED = frozenset(
+    {"1.2.840.10008.3.1.2.3.5", "1.2.840.10008.5.1.1.14", "1.2.840.10008.5.1.1.15"}
+)
 # PS3.8 9.3.3.2 results.
 ACCEPTANCE, USER_REJECTION, ABSTRACT_SYNTAX_NOT_SUPPORTED, TRANSFER_SYNTAXES_NOT_SUPPORTED = (
     0,

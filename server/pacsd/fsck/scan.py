@@ -27,13 +27,14 @@ from sqlalchemy import select
 
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import Instance
-from pacsd.storage.filesystem import SPOOL_DIR, TMP_DIR, FilesystemStore
+from pacsd.storage.filesystem import PRINT_DIR, SPOOL_DIR, TMP_DIR, FilesystemStore
 
 PAGE_SIZE = 500
 READ_CHUNK = 1 << 20
 QUARANTINE_DIR = ".quarantine"
-# Top-level entries of the storage root that hold no instance files.
-NOT_INSTANCES = frozenset({TMP_DIR, SPOOL_DIR, QUARANTINE_DIR, "lost+found"})
+# Top-level entries of the storage root that hold no instance files (instance folders are two
+# hexadecimal digits: storage/filesystem.instance_directory).
+NOT_INSTANCES = frozenset({TMP_DIR, SPOOL_DIR, QUARANTINE_DIR, PRINT_DIR, "lost+found"})
 
 
 class ProblemKind(enum.StrEnum):

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -231,3 +232,83 @@ class CommitmentRequest(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     references: Mapped[list[Any]] = mapped_column(JsonDocument)
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+
+
+class UpsWorkitem(Base):
+    """A Unified Procedure Step (PS3.4 Annex CC), the workitem of a UPS worklist.
+
+    `attributes` is the workitem in the DICOM JSON model (N-SETs applied, Transaction UID left
+    out: it is never returned, CC.2.7.3); the columns are what C-FIND narrows on and what an
+    operator lists. `transaction_uid` locks an IN PROGRESS workitem to its performer.
+    """
+
+    __tablename__ = "ups_workitem"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    transaction_uid: Mapped[str] = mapped_column(UID)
+    performer_ae_title: Mapped[str] = mapped_column(String(16))
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))
+    input_readiness_state: Mapped[str] = mapped_column(String(16))
+    procedure_step_label: Mapped[str] = mapped_column(IndexText)
+    worklist_label: Mapped[str] = mapped_column(IndexText, index=True)
+    patient_id: Mapped[str] = mapped_column(IndexText, index=True)
+    patient_name: Mapped[str] = mapped_column(IndexText)
+    start_datetime: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+
+    subscriptions: Mapped[list[UpsSubscription]] = relationship(
+        back_populates="workitem", cascade="all, delete-orphan"
+    )
+
+
+class UpsSubscription(Base):
+    """An AE subscribed to one workitem's event reports, with or without a deletion lock."""
+
+    __tablename__ = "ups_subscription"
+    __table_args__ = (
+        Index("uq_ups_subscription_workitem", "workitem_fk", "ae_title", unique=True),
+    )
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    workitem_fk: Mapped[int] = mapped_column(Key, ForeignKey("ups_workitem.pk"))
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    deletion_lock: Mapped[bool] = mapped_column(Boolean)
+
+    workitem: Mapped[UpsWorkitem] = relationship(back_populates="subscriptions")
+
+
+class UpsGlobalSubscription(Base):
+    """An AE's Global Subscription State (PS3.4 CC.2.3): with or without a deletion lock, and
+    the Matching Keys (DICOM JSON) of a Filtered Global Subscription."""
+
+    __tablename__ = "ups_global_subscription"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    deletion_lock: Mapped[bool] = mapped_column(Boolean)
+    match_keys: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+
+
+class UpsEventReport(Base):
+    """A UPS Event N-EVENT-REPORT (PS3.4 CC.2.4) waiting for delivery to one AE.
+
+    Reports to one AE go out in `pk` order; a failed delivery reschedules all of that AE's
+    reports. `information` is the Event Information in the DICOM JSON model.
+    """
+
+    __tablename__ = "ups_event_report"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    event_type: Mapped[int] = mapped_column(Integer)
+    information: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(String(256))

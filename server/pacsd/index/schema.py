@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The revision of the newest migration in migrations/versions.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 class SchemaOutOfDate(Exception):

@@ -177,7 +177,8 @@ class PolicyRule(RuleModel):
 
 def default_policies() -> list[PolicyRule]:
     """The embedded default: every peer may echo, store, query and retrieve, fetch the worklist,
-    report performed procedure steps and request storage commitment."""
+    report performed procedure steps, request storage commitment, manage and watch unified
+    procedure steps, and print (to files)."""
     return [
         PolicyRule(
             name="accept-all",
@@ -188,6 +189,8 @@ def default_policies() -> list[PolicyRule]:
                 "worklist",
                 "mpps",
                 "storage-commitment",
+                "ups",
+                "print",
             ],
             peer_scp_role=["storage"],
         )

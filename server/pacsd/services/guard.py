@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from pacsd import audit
-from pacsd.dicom.sop_classes import sop_class_keyword
+from pacsd.dicom.sop_classes import in_context, sop_class_keyword
 from pacsd.dimse.messages import Request
 from pacsd.errors import DicomStatusError, NotAuthorized
 from pacsd.handle import ClientHandle
@@ -69,7 +69,13 @@ Operation = Callable[[Request, ClientHandle], OperationResult]
 def _authorize(handle: ClientHandle, policy_operation: str, request: Request) -> None:
     """The policy's second question (STYLE), asked per request: may this peer do this?"""
     destination = request.move_destination.strip() if policy_operation == "move" else None
-    permission = allow(handle, policy_operation, request.sop_class_uid, destination)
+    sop_class = request.sop_class_uid
+    context_sop_class = request.context.abstract_syntax
+    if sop_class != context_sop_class and in_context(sop_class, context_sop_class):
+        # A member of a Meta SOP Class on the meta class's context (PS3.4 H.3), or UPS Push on
+        # a UPS Pull/Watch/Event context (CC.3.1): the rule granted the context's SOP class.
+        sop_class = context_sop_class
+    permission = allow(handle, policy_operation, sop_class, destination)
     if not permission.allowed:
         handle.log.warning("operation refused by policy", reason=permission.reason)
         if policy_operation == "move" and "destination" in permission.reason:

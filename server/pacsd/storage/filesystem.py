@@ -27,6 +27,7 @@ _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 FILE_MODE = 0o640
 TMP_DIR = ".tmp"
 SPOOL_DIR = ".spool"
+PRINT_DIR = "print"  # print jobs (dicom/print_jobs.py), unless print.folder names another place
 
 
 def uid_hash(uid: str) -> str:
