@@ -69,7 +69,10 @@ VOLUME /var/lib/pacsd
 EXPOSE 11112 2762
 
 # C-ECHO from inside the container to the configured port and AE title (0.0.0.0 maps to
-# 127.0.0.1). The calling AE title is PACSD-ECHO: a restrictive policy must let it verify.
+# 127.0.0.1): the plain listener, or with `network.listen_plain: false` the TLS port over
+# DICOM TLS, presenting the configured certificate (so client_certificates: required works)
+# and trusting ca_file or pacsd's own certificate. The calling AE title is PACSD-ECHO: a
+# restrictive policy must let it verify.
 # start-period covers creating the schema on a fresh database.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["pacsd", "echo", "--timeout", "5"]

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.harness import PacsdProcess, base_config
+from tests.shadowed_tools import remove_shadowing_scripts
 
 POSTGRES_ENV = "PACSD_TEST_DATABASE_URL"
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
@@ -24,6 +25,12 @@ def _backends() -> list[Any]:
     if os.environ.get(POSTGRES_ENV):
         backends.append(pytest.param("postgresql", marks=pytest.mark.postgresql))
     return backends
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pynetdicom's `storescu`, `findscu`, ... scripts leave the virtual environment, where they
+    would shadow DCMTK's tools for an administrator who activates it (tests/shadowed_tools.py)."""
+    remove_shadowing_scripts()
 
 
 @pytest.fixture(params=_backends())

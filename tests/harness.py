@@ -39,7 +39,7 @@ def base_config(root: Path, database_url: str | None = None, **overrides: Any) -
     config: dict[str, Any] = {
         "ae_title": "PACSD",
         "network": {"host": free_loopback_host(), "port": 0, "acse_timeout": 10},
-        "status": {"host": free_loopback_host(), "port": 0},
+        "http": {"host": free_loopback_host(), "port": 0},
         "database": {"url": database_url or f"sqlite:///{root / 'index.sqlite'}"},
         "storage": {"root": str(root / "storage"), "min_free_space": "1MB"},
         "logging": {"format": "json", "level": "INFO"},
@@ -65,7 +65,8 @@ class PacsdProcess:
     host: str = ""
     port: int = 0
     tls_port: int = 0  # the DICOM TLS listener's port (network.tls.enabled), else 0
-    status_url: str = ""
+    http_url: str = ""  # the HTTP interface's base URL, e.g. http://127.0.0.1:41234
+    status_url: str = ""  # its GET /associations
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
     _listening: threading.Event = field(default_factory=threading.Event)
@@ -113,8 +114,9 @@ class PacsdProcess:
             except json.JSONDecodeError:
                 continue
             self.lines.append(line)
-            if line.get("event") == "status interface listening":
-                self.status_url = str(line["url"])
+            if line.get("event") == "http interface listening":
+                self.http_url = str(line["url"])
+                self.status_url = f"{self.http_url}/associations"
             if line.get("event") == "listening":
                 self.host, self.port = line["host"], int(line["port"])
                 self.tls_port = int(line.get("tls_port") or 0)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import yaml
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from pacsd import __version__
@@ -93,7 +92,11 @@ def config_check(file: Path) -> None:
     """Validate FILE (with PACSD_* overrides) without starting anything."""
     settings, _ = _settings(file)
     _check_tls_files(file, settings)
-    click.echo(f"{file}: ok (AE {settings.ae_title}, port {settings.network.port})")
+    network = settings.network
+    listeners = [f"port {network.port}"] if network.listen_plain else []
+    if network.tls.enabled:
+        listeners.append(f"TLS port {network.tls.port}")
+    click.echo(f"{file}: ok (AE {settings.ae_title}, {', '.join(listeners)})")
 
 
 def _check_tls_files(file: Path, settings: Settings) -> None:
@@ -114,17 +117,25 @@ def _check_tls_files(file: Path, settings: Settings) -> None:
 @CONFIG_OPTION
 def config_show(config_path: Path | None) -> None:
     """Print the effective configuration as YAML, secrets masked."""
-    settings, _ = _settings(config_path)
+    from pacsd.settings_paths import paths_note
+
+    settings, path = _settings(config_path)
+    click.echo("\n".join(paths_note(path)))
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data with passwords replaced by ***."""
-    document: dict[str, Any] = settings.model_dump(mode="json")
-    document["database"]["url"] = make_url(settings.database.url).render_as_string(
-        hide_password=True
-    )
-    return document
+    """The settings as plain data with every secret replaced by *** (settings_secrets.py)."""
+    from pacsd.settings_secrets import mask_document
+
+    return mask_document(settings.model_dump(mode="json"))
+
+
+def _announce(settings: Settings, path: Path | None) -> None:
+    """Say on stderr which index database and storage root an admin command uses."""
+    from pacsd.settings_paths import where_used
+
+    click.echo(f"pacsd: {where_used(settings.database.url, settings.storage.root, path)}", err=True)
 
 
 @main.group()
@@ -146,11 +157,11 @@ EXIT_DENIED = 3
 @click.option("--ts", default=None, help="Transfer syntax: keyword, UID or group (with --sop).")
 @click.option(
     "--operation",
-    # dicom/sop_classes.OPERATIONS, written out: importing it would load pydicom for --help.
-    type=click.Choice(
-        ["echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups"]
-    ),
+    # dicom/sop_classes.operations(), checked once the configuration (and with it the site
+    # services of its `extensions`) is loaded; importing it would load pydicom for --help.
     default=None,
+    help="echo, store, find, get, move, worklist, commit, mpps, print, ups, or a site "
+    "service's site:NAME.",
 )
 @click.option("--destination", default=None, help="C-MOVE destination AE title.")
 def policy_explain(config_path: Path | None, **options: Any) -> None:
@@ -169,6 +180,10 @@ def policy_explain(config_path: Path | None, **options: Any) -> None:
         ("--ts", transfer_syntaxes.resolve),
         ("--address", ipaddress.ip_address),
     )
+    operation = options["operation"]
+    if operation is not None and operation not in sop_classes.operations():
+        known = ", ".join(sop_classes.operations())
+        raise click.BadParameter(f"{operation!r} is not one of {known}", param_hint="--operation")
     for option, check in checks:
         value = options[option.removeprefix("--")]
         if value is not None:
@@ -201,7 +216,8 @@ def db_upgrade(config_path: Path | None) -> None:
     from pacsd.index.database import create_index_engine
     from pacsd.index.schema import upgrade
 
-    settings, _ = _settings(config_path)
+    settings, path = _settings(config_path)
+    _announce(settings, path)
     engine = create_index_engine(settings.database.url, pool_size=1)
     try:
         status = upgrade(engine)
@@ -232,7 +248,8 @@ def fsck(config_path: Path | None, repair: bool, as_json: bool, min_age: float) 
     """
     from pacsd.fsck import FsckUnavailable, run_fsck
 
-    settings, _ = _settings(config_path)
+    settings, path = _settings(config_path)
+    _announce(settings, path)
     try:
         code = run_fsck(settings, repair, as_json, min_age)
     except FsckUnavailable as exc:
@@ -251,7 +268,8 @@ def _index(config_path: Path | None) -> Iterator[IndexDatabase]:
     from pacsd.index.database import IndexDatabase, create_index_engine
     from pacsd.index.schema import SchemaOutOfDate, ensure_schema
 
-    settings, _ = _settings(config_path)
+    settings, path = _settings(config_path)
+    _announce(settings, path)
     database = IndexDatabase(create_index_engine(settings.database.url, pool_size=1))
     try:
         ensure_schema(database.engine)
@@ -266,20 +284,22 @@ def _index(config_path: Path | None) -> Iterator[IndexDatabase]:
 @CONFIG_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 def worklist_add(config_path: Path | None, files: tuple[Path, ...]) -> None:
-    """Add the items in FILES (DICOM files, or DICOM JSON: an object or an array).
+    """Add the items in FILES (DICOM files; DICOM JSON or keyword JSON: an object or an array;
+    examples/worklist-item.json).
 
     An item with several Scheduled Procedure Steps becomes one worklist item per step. Nothing
     is added unless every item of every file is valid.
     """
-    from pacsd.dicom.worklist_item import WorklistItemError, entries_of, read_items
+    from pacsd.dicom.worklist_item import WorklistEntry, WorklistItemError, entries_of
     from pacsd.index.worklist import add_entries
 
-    try:
-        entries = [
-            entry for path in files for item in read_items(path) for entry in entries_of(item)
-        ]
-    except WorklistItemError as exc:
-        _fail([str(exc)], EXIT_FAILURE)
+    entries: list[WorklistEntry] = []
+    for path in files:
+        items = _worklist_items(path)
+        try:
+            entries += [entry for item in items for entry in entries_of(item)]
+        except WorklistItemError as exc:
+            _fail([f"{path}: {exc} (see examples/worklist-item.json)"], EXIT_FAILURE)
     with _index(config_path) as database:
         try:
             ids = add_entries(database, entries)
@@ -292,6 +312,16 @@ def worklist_add(config_path: Path | None, files: tuple[Path, ...]) -> None:
             f"{entry.scheduled_station_ae_title} {entry.modality} {entry.patient_id} "
             f"accession {entry.accession_number or '-'}{generated}"
         )
+
+
+def _worklist_items(path: Path) -> list[Any]:
+    """The items of one file, or exit 1 saying what the file should look like."""
+    from pacsd.dicom.worklist_item import WorklistItemError, read_items
+
+    try:
+        return read_items(path)
+    except WorklistItemError as exc:
+        _fail([str(exc)], EXIT_FAILURE)
 
 
 @worklist.command("list")
@@ -387,8 +417,11 @@ def print_list(config_path: Path | None, as_json: bool) -> None:
     """Film sessions that printed, newest first: who, how many films, copies, medium, where."""
     from pacsd.dicom.print_jobs import print_folder, read_jobs
 
-    settings, _ = _settings(config_path)
-    jobs = list(read_jobs(print_folder(settings.print.folder, settings.storage.root)))
+    settings, path = _settings(config_path)
+    _announce(settings, path)
+    folder = print_folder(settings.print.folder, settings.storage.root)
+    click.echo(f"pacsd: print folder {folder.absolute()}", err=True)
+    jobs = list(read_jobs(folder))
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
@@ -474,6 +507,83 @@ def ups_list(config_path: Path | None, as_json: bool) -> None:
         )
 
 
+@main.group()
+def commitment() -> None:
+    """Storage Commitment reports waiting for delivery to their requesters."""
+
+
+@commitment.command("list")
+@CONFIG_OPTION
+@click.option("--all", "everything", is_flag=True, help="Also delivered, given up, cancelled.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per request, an array.")
+def commitment_list(config_path: Path | None, everything: bool, as_json: bool) -> None:
+    """Requests whose N-EVENT-REPORT is waiting: ID, requester, attempts, last error."""
+    from dataclasses import asdict
+
+    from pacsd.index.commitment import list_requests
+
+    with _index(config_path) as database:
+        requests = list_requests(database, everything)
+    if as_json:
+        click.echo(json.dumps([asdict(request) for request in requests], indent=2))
+        return
+    columns = ("ID", "REQUESTER", "STATE", "REQUESTED", "INSTANCES", "ATTEMPTS", "NEXT ATTEMPT")
+    rows = [(*columns, "TRANSACTION UID", "LAST ERROR")]
+    for request in requests:
+        who = (str(request.id), request.calling_ae_title, request.state, request.requested_at)
+        counts = (str(request.instances), str(request.attempts), request.next_attempt_at)
+        rows.append((*who, *counts, request.transaction_uid, request.last_error))
+    _print_table(rows)
+
+
+@commitment.command("cancel")
+@CONFIG_OPTION
+@click.option("--all", "everything", is_flag=True, help="Every waiting report.")
+@click.argument("ids", nargs=-1)
+def commitment_cancel(config_path: Path | None, everything: bool, ids: tuple[str, ...]) -> None:
+    """Drop waiting reports by ID or Transaction UID (as `pacsd commitment list` shows them),
+    or --all; each is logged and audited. Exit 1 when an ID named is not waiting."""
+    from pacsd import audit
+    from pacsd.index.commitment import CANCELLED, end_requests
+
+    if everything == bool(ids):
+        raise click.UsageError("give the IDs of the reports to cancel, or --all")
+    wanted = None if everything else [int(i) if i.isdigit() else i for i in ids]
+    settings, _ = _settings(config_path)
+    with _index(config_path) as database:
+        ended = end_requests(database, wanted, CANCELLED, "cancelled by pacsd commitment cancel")
+    audit.configure(settings)
+    try:
+        for request in ended:
+            transaction = (request.transaction_uid, len(request.references))
+            audit.commitment_report_ended(
+                request.calling_ae_title, transaction, "cancelled", user=_os_user()
+            )
+            click.echo(
+                f"cancelled {request.pk}: {request.transaction_uid} to "
+                f"{request.calling_ae_title}, {len(request.references)} instances"
+            )
+    finally:
+        audit.shutdown()
+    found = {str(request.pk) for request in ended} | {request.transaction_uid for request in ended}
+    missing = [item for item in ids if item not in found]
+    for item in missing:
+        click.echo(f"no waiting report {item}")
+    if missing:
+        sys.exit(EXIT_FAILURE)
+
+
+def _os_user() -> str:
+    """Who runs this command, for the audit trail."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
     for row in rows:
@@ -481,37 +591,87 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
+FILE_OPTION = click.Path(path_type=Path, dir_okay=False)
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option("--host", default=None, help="Server address (default: the configured bind host).")
-@click.option("--port", type=int, default=None, help="Server port (default: the configured port).")
+@click.option("--port", type=int, default=None, help="Server port (default: the configured one).")
 @click.option("--aet", default="PACSD-ECHO", show_default=True, help="Calling AE title.")
 @click.option("--called-aet", default=None, help="Called AE title (default: configured AE).")
+@click.option("--peer", default=None, help="An AE title of `peers`: its host, port, AE and TLS.")
+@click.option(
+    "--tls/--no-tls",
+    "use_tls",
+    default=None,
+    help="DICOM TLS (default: when the configuration has no plain listener, or for a peer "
+    "marked tls).",
+)
+@click.option("--cert", type=FILE_OPTION, default=None, help="Client certificate (PEM).")
+@click.option("--key", type=FILE_OPTION, default=None, help="Its private key (PEM).")
+@click.option("--ca", type=FILE_OPTION, default=None, help="CA file verifying the server.")
+@click.option("--tls-server-name", default=None, help="Name the server's certificate must carry.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
-def echo(
-    config_path: Path | None,
-    host: str | None,
-    port: int | None,
-    aet: str,
-    called_aet: str | None,
-    timeout: float,
-) -> None:
-    """Send a C-ECHO (exit 0 when it succeeds): for health checks and people."""
+def echo(config_path: Path | None, **options: Any) -> None:
+    """Send a C-ECHO (exit 0 when it succeeds): for health checks and people.
+
+    Without options: to this configuration's server, over TLS (with its own certificate
+    files) when it has no plain listener. With --peer or --host/--port/--called-aet: to any
+    DICOM node.
+    """
     from pacsd.echo import send_echo
 
     settings, _ = _settings(config_path)
-    target_host = host or _reachable(settings.network.host)
-    target_port = port or settings.network.port
-    called = called_aet or settings.ae_title
+    target = _echo_target(settings, options)
+    host, port, called, tls = target
     started = time.perf_counter()
-    status, problem = send_echo(target_host, target_port, aet, called, timeout)
+    status, problem = send_echo(host, port, options["aet"], called, options["timeout"], tls)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    where = f"{called}@{target_host}:{target_port}"
+    where = f"{called}@{host}:{port}{' over TLS' if tls is not None else ''}"
     if status == 0x0000:
         click.echo(f"C-ECHO {where}: success (0x0000) in {elapsed_ms:.1f} ms")
         return
     shown = f"0x{status:04X}" if status is not None else "no response"
     _fail([f"C-ECHO {where}: {problem or 'failed'} ({shown})"], EXIT_FAILURE)
+
+
+def _echo_target(settings: Settings, options: dict[str, Any]) -> tuple[str, int, str, Any]:
+    """(host, port, called AE title, TLS arguments or None) of `pacsd echo`."""
+    from pacsd.echo import echo_tls
+    from pacsd.engine.tls import TlsSetupError
+
+    network = settings.network
+    if (options["cert"] is None) != (options["key"] is None):
+        raise click.BadParameter("give both --cert and --key", param_hint="--cert/--key")
+    server_name = options["tls_server_name"]
+    if options["peer"] is not None:
+        peer = next((p for p in settings.peers if p.ae_title == options["peer"]), None)
+        if peer is None:
+            _fail([f"--peer: {options['peer']} is not in the AE table (peers)"], EXIT_CONFIG)
+        use_tls = peer.tls if options["use_tls"] is None else options["use_tls"]
+        host, port, called = peer.host, peer.port, peer.ae_title
+        server_name = server_name or peer.tls_server_name or peer.host
+    else:
+        port_given = options["port"]
+        use_tls = options["use_tls"]
+        if use_tls is None:  # what the configuration enables: plain first, else TLS
+            on_tls_port = network.tls.enabled and port_given == network.tls.port
+            use_tls = not network.listen_plain or on_tls_port
+        host = _reachable(network.host)
+        port = network.tls.port if use_tls else network.port
+        called = settings.ae_title
+    host = options["host"] or host
+    port = options["port"] or port
+    called = options["called_aet"] or called
+    if not use_tls:
+        return host, port, called, None
+    files = {"certificate_file": options["cert"], "key_file": options["key"]}
+    try:
+        tls = echo_tls(network.tls, host, server_name, {**files, "ca_file": options["ca"]})
+    except TlsSetupError as exc:
+        _fail([str(exc)], EXIT_CONFIG)
+    return host, port, called, tls
 
 
 def _reachable(bind_host: str) -> str:
@@ -527,19 +687,30 @@ def _reachable(bind_host: str) -> str:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--url", default=None, help="Status URL (default: from the status settings).")
+@click.option(
+    "--url",
+    default=None,
+    help="The HTTP interface, e.g. http://127.0.0.1:11113 (default: the http settings).",
+)
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON as received.")
 def associations(config_path: Path | None, url: str | None, timeout: float, as_json: bool) -> None:
-    """List the open associations of a running server (its status interface)."""
-    from pacsd.status_client import StatusUnavailable, check_url, fetch_status, format_status
+    """List the open associations of a running server (GET /associations of its HTTP
+    interface)."""
+    from pacsd.status_client import (
+        StatusUnavailable,
+        associations_url,
+        check_url,
+        fetch_status,
+        format_status,
+    )
 
     if url is not None:
         try:
             check_url(url)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--url") from None
-    target = url or _status_url(_settings(config_path)[0])
+    target = associations_url(url) if url is not None else _status_url(_settings(config_path)[0])
     try:
         document = fetch_status(target, timeout)
     except StatusUnavailable as exc:
@@ -551,15 +722,15 @@ def associations(config_path: Path | None, url: str | None, timeout: float, as_j
 
 
 def _status_url(settings: Settings) -> str:
-    """The /associations URL of the configured status interface (exit 1 if there is none)."""
-    status = settings.status
-    if not status.enabled:
-        _fail(["the status interface is disabled (status.enabled: false)"], EXIT_FAILURE)
-    if status.port == 0:
-        _fail(["status.port is 0 (chosen at start-up): pass --url"], EXIT_FAILURE)
-    from pacsd.http.status import associations_url
+    """The /associations URL of the configured HTTP interface (exit 1 if there is none)."""
+    http = settings.http
+    if not http.enabled:
+        _fail(["the HTTP interface is disabled (http.enabled: false)"], EXIT_FAILURE)
+    if http.port == 0:
+        _fail(["http.port is 0 (chosen at start-up): pass --url"], EXIT_FAILURE)
+    from pacsd.status_client import associations_url, http_url
 
-    return associations_url(_reachable(status.host), status.port)
+    return associations_url(http_url(_reachable(http.host), http.port))
 
 
 @main.command("hash-password")

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import ipaddress
 import os
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -19,15 +20,23 @@ from pathlib import Path
 import uvloop
 from pydicom import config as pydicom_config
 
-from pacsd import __version__, audit
+from pacsd import __version__, audit, extensions, metrics
 from pacsd.archive import Archive
 from pacsd.engine.core import Engine
-from pacsd.engine.delivery import EngineDelivery, UpsEventDelivery
+from pacsd.engine.delivery import EngineDelivery, PrinterEventDelivery, UpsEventDelivery
 from pacsd.engine.listeners import ListenError, Listeners, open_listeners
 from pacsd.engine.operations import Services
 from pacsd.engine.sockets import SocketOptions
 from pacsd.engine.tls import TlsSetupError, configure_outgoing, server_context
-from pacsd.http.status import StatusServer, associations_url
+from pacsd.http.launch import (
+    HttpSetupError,
+    HttpSide,
+    MetricsFolder,
+    RunningHttp,
+    base_url,
+    open_socket,
+    single_process,
+)
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import ensure_schema
 from pacsd.logs import bind_process, get_logger
@@ -42,6 +51,8 @@ from pacsd.services.storage import StorageService
 from pacsd.services.ups import UpsEventWorker, UpsService
 from pacsd.services.worklist import WorklistService
 from pacsd.settings import Settings
+from pacsd.settings_paths import resolve_sqlite_url
+from pacsd.settings_secrets import mask_url
 from pacsd.signals import LoopSignals
 from pacsd.storage.filesystem import FilesystemStore
 from pacsd.workers import stop_with_supervisor, supervise
@@ -66,8 +77,10 @@ def _warn_about_insecure_settings(settings: Settings) -> None:
             host=host,
             rules=open_rules,
         )
-    if settings.status.enabled and not _is_loopback(settings.status.host):
-        log.warning("the status interface listens beyond loopback", host=settings.status.host)
+    if settings.http.enabled and not _is_loopback(settings.http.host):
+        log.warning("the HTTP interface listens beyond loopback", host=settings.http.host)
+    if settings.status is not None:
+        log.warning("the `status` section is the old name of `http`: rename it")
     by_username = [r.name for r in settings.policies if r.match.username is not None]
     identity = settings.identity
     if by_username and not identity.users and identity.jwt is None:
@@ -126,6 +139,15 @@ def serve(settings: Settings, config_source: Path | None) -> int:
         pid=os.getpid(),
     )
     _warn_about_insecure_settings(settings)
+    for name, site in extensions.loaded().items():
+        log.info(
+            "site service loaded",
+            extension=name,
+            service=site.name,
+            sop_classes=sorted(site.sop_classes.values()),
+            requests=sorted([*site.handlers, *site.streams]),
+            description=site.description,
+        )
     try:
         tls_context = _prepare_tls(settings)
     except TlsSetupError as exc:
@@ -135,7 +157,13 @@ def serve(settings: Settings, config_source: Path | None) -> int:
     audit.application_started()
     try:
         status = ensure_schema(index.engine)
-        log.info("index database ready", backend=index.backend, revision=",".join(status.current))
+        log.info(
+            "index database ready",
+            backend=index.backend,
+            revision=",".join(status.current),
+            database=mask_url(resolve_sqlite_url(settings.database.url, Path.cwd())),
+            storage_root=os.path.abspath(settings.storage.root),
+        )
         files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
         removed = files.prepare()
         if removed:
@@ -146,17 +174,41 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             )
         except ListenError as exc:
             return _refuse_start(str(exc))
+        try:
+            http_socket = open_socket(settings.http) if settings.http.enabled else None
+        except HttpSetupError as exc:
+            listeners.close()
+            return _refuse_start(str(exc))
+        if http_socket is not None:
+            log.info("http interface listening", url=base_url(http_socket))
         if settings.network.workers > 1:
             index.dispose()  # no connection crosses the fork: each worker opens its own
+            try:
+                folder = MetricsFolder.prepare(settings.http.metrics_dir) if http_socket else None
+            except HttpSetupError as exc:
+                listeners.close()
+                return _refuse_start(str(exc))
 
             def run_worker(number: int) -> int:
-                return _worker(number, settings, config_source, listeners, tls_context)
+                return _worker(
+                    number, settings, config_source, listeners, tls_context,
+                    (http_socket, folder.path if folder else None),
+                )  # fmt: skip
 
-            return supervise(settings, listeners, run_worker)
+            try:
+                ended = folder.worker_ended if folder is not None else None
+                served = [http_socket] if http_socket is not None else []
+                return supervise(settings, listeners, run_worker, ended, served)
+            finally:
+                if folder is not None:
+                    folder.remove()
+        single_process()
         runtime = RuntimeConfig(settings, config_source)
         if trail is not None:
             trail.peers = runtime.peers  # C-MOVE destinations' addresses
-        return _serve_associations(settings, runtime, index, files, None, tls_context, listeners)
+        return _serve_associations(
+            settings, runtime, index, files, None, tls_context, listeners, (http_socket, None)
+        )
     finally:
         index.dispose()
         audit.application_stopped()
@@ -170,8 +222,10 @@ def _worker(
     config_source: Path | None,
     listeners: Listeners,
     tls_context: ssl.SSLContext | None,
+    http: tuple[socket.socket | None, Path | None],
 ) -> int:
-    """A forked worker: its own index connections and audit trail, the shared listeners."""
+    """A forked worker: its own index connections and audit trail, the shared listeners;
+    `http`: the HTTP socket (served by worker 0) and the folder of the metric files."""
     bind_process(worker=number)
     stop_with_supervisor()
     log.info("starting", version=__version__, pid=os.getpid())
@@ -182,7 +236,9 @@ def _worker(
         runtime = RuntimeConfig(settings, config_source)
         if trail is not None:
             trail.peers = runtime.peers
-        return _serve_associations(settings, runtime, index, files, number, tls_context, listeners)
+        return _serve_associations(
+            settings, runtime, index, files, number, tls_context, listeners, http
+        )
     finally:
         index.dispose()
         audit.shutdown()
@@ -197,8 +253,10 @@ def _serve_associations(
     worker: int | None,
     tls_context: ssl.SSLContext | None,
     listeners: Listeners,
+    http: tuple[socket.socket | None, Path | None],
 ) -> int:
-    """Compose the services and the engine, and serve until stopped."""
+    """Compose the services and the engine, and serve until stopped; `http`: the HTTP socket
+    (None: no HTTP interface) and, with workers, the folder of the metric files."""
     # pydicom checks every value it decodes against its VR's regular expression only to warn:
     # pacsd keeps what it receives as received; structural checks are dicom/integrity.py's.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -208,6 +266,9 @@ def _serve_associations(
     )
     ups_events = UpsEventWorker(index, runtime.peers, settings.ups)
     ups = UpsService(index, ups_events, settings.ups, settings.query, settings.ae_title)
+    # Site services (pacsd/extensions.py), loaded with the configuration before the fork.
+    site_simple, site_streams = extensions.routes()
+    printing = PrintService.from_settings(settings)
     services = Services(
         storage=StorageService(archive),
         query=QueryService(index, settings.query, settings.ae_title),
@@ -215,21 +276,34 @@ def _serve_associations(
         worklist=WorklistService(index, settings.query),
         mpps=MppsService(index, settings.worklist.retire_completed),
         commitment=CommitmentService(index, commitment),
-        simple={**PrintService.from_settings(settings).routes(), **ups.simple_routes()},
-        streams=ups.stream_routes(),
+        simple={
+            **printing.routes(),
+            **ups.simple_routes(),
+            **site_simple,
+        },
+        streams={**ups.stream_routes(), **site_streams},
     )
-    leading = worker in (None, 0)  # the one process with the status and commitment threads
+    leading = worker in (None, 0)  # the one process with the HTTP and commitment threads
     shared = worker is not None  # other workers accept on the same sockets
+    http_socket, metrics_dir = http
+    if http_socket is not None and not leading:
+        http_socket.close()  # worker 0 serves HTTP
+    http_side = None
+    if http_socket is not None:
+        metrics.use(metrics.EarlySink())  # until the Prometheus sink is imported (HttpSide)
+        served = http_socket if leading else None
+        http_side = HttpSide(settings.http, served, index, files, metrics_dir)
     return uvloop.run(
         _run(
             settings,
             runtime,
             services,
-            (commitment, ups_events),
+            (commitment, ups_events, printing),
             listeners,
             shared,
             tls_context,
             leading,
+            http_side,
         )
     )
 
@@ -238,19 +312,21 @@ async def _run(
     settings: Settings,
     runtime: RuntimeConfig,
     services: Services,
-    report_workers: tuple[CommitmentWorker, UpsEventWorker],
+    report_workers: tuple[CommitmentWorker, UpsEventWorker, PrintService],
     listeners: Listeners,
     shared: bool,
     tls_context: ssl.SSLContext | None,
     leading: bool,
+    http_side: HttpSide | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     engine = Engine(settings, services, runtime.policy, runtime.peers, tls_context=tls_context)
     signals = LoopSignals()
     signals.install(loop)
-    commitment, ups_events = report_workers
+    commitment, ups_events, printing = report_workers
     commitment.delivery = EngineDelivery(engine, loop)
     ups_events.delivery = UpsEventDelivery(engine, loop)
+    printing.events = PrinterEventDelivery(engine, loop)  # Printer status reports (PS3.4 H.4.6)
     await engine.start(listeners, shared)
     if leading:
         commitment.start()  # reports still pending from an earlier run go out now
@@ -258,9 +334,8 @@ async def _run(
     # Everything made so far (modules, configuration, the composed services) lives until exit:
     # out of the collector's sight, a full collection costs microseconds instead of ~60 ms.
     gc.freeze()
-    status = None
+    http: RunningHttp | None = None
     try:
-        status = await _start_status(settings, engine) if leading else None
         # `port` is the plain listener's, or the TLS one's when there is no plain listener.
         log.info(
             "listening",
@@ -270,15 +345,17 @@ async def _run(
             plain=listeners.port is not None,
             ae_title=settings.ae_title,
         )
+        if http_side is not None:  # imported and started now that the DICOM port answers
+            http = await http_side.start(engine.status_snapshot, engine.accepting)
         await _wait_for_stop(signals, runtime)
     finally:
-        if status is not None:
-            status.stop()
         engine.stop_accepting()
         grace = settings.daemon.shutdown_grace_period
         if not await engine.drain(grace, signals.force):
             aborted = await engine.abort_all()
             log.warning("aborted associations still running after the grace period", count=aborted)
+        if http is not None:  # it answered /readyz 503 while the associations drained
+            await http.stop()
         # Both may wait on the loop (a report in delivery, an operation's last response).
         await asyncio.gather(
             loop.run_in_executor(None, commitment.stop),
@@ -286,17 +363,6 @@ async def _run(
         )
         await loop.run_in_executor(None, engine.close)
     return 0
-
-
-async def _start_status(settings: Settings, engine: Engine) -> StatusServer | None:
-    status = settings.status
-    if not status.enabled:
-        return None
-    server = StatusServer(status.host, status.port, engine.status_snapshot)
-    await server.start()
-    host, port = server.address
-    log.info("status interface listening", url=associations_url(host, port))
-    return server
 
 
 async def _wait_for_stop(signals: LoopSignals, runtime: RuntimeConfig) -> None:

@@ -21,9 +21,12 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-from pacsd.policy.rules import PolicyRule, default_policies
+from pacsd.policy.rules import SITE_NAMES_PENDING, PolicyRule, default_policies
 from pacsd.settings_base import AETitle, Seconds, StrictModel
+from pacsd.settings_paths import resolve_relative_paths
+from pacsd.settings_secrets import is_secret_location, masked_value
 from pacsd.settings_security import (
     AuditSettings,
     IdentitySettings,
@@ -92,6 +95,14 @@ class DatabaseSettings(StrictModel):
             raise ValueError(
                 "pacsd supports sqlite:///PATH and postgresql+psycopg://USER@HOST/DB URLs"
             )
+        from sqlalchemy.engine import make_url  # here: `pacsd --help` need not import it
+
+        try:
+            make_url(value)
+        except Exception:  # never echo the URL: it may hold a password (settings_secrets.py)
+            raise ValueError(
+                "not a valid URL (a bad port? percent-encode @ : / in the password)"
+            ) from None
         return value
 
 
@@ -149,6 +160,10 @@ class CommitmentSettings(StrictModel):
     # Seconds before the first retry of an undelivered report; doubled per attempt up to max.
     retry_initial: float = Field(default=5.0, gt=0)
     retry_max: float = Field(default=300.0, gt=0)
+    # An undelivered report is given up (logged, audited) this many seconds after its request
+    # arrived, as ups.report_lifetime, or after this many attempts (None: no limit by count).
+    report_lifetime: float = Field(default=86400.0, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1)
 
 
 class UpsSettings(StrictModel):
@@ -204,6 +219,9 @@ class PrintSettings(StrictModel):
     pdf: bool = True
     # Images one film session (one association) may hold in memory; beyond it 0xC605.
     max_session_memory: ByteSize = ByteSize(256 * 1024**2)
+    # Below this much free space under the print folder the Printer Status is WARNING (SUPPLY
+    # LOW); below storage.min_free_space FAILURE (SUPPLY EMPTY). None: twice min_free_space.
+    warning_free_space: ByteSize | None = None
 
     @model_validator(mode="after")
     def _ranges(self) -> PrintSettings:
@@ -232,12 +250,18 @@ class Peer(StrictModel):
     tls_server_name: str | None = None  # checked against the peer's certificate; default host
 
 
-class StatusSettings(StrictModel):
-    """The read-only status interface (`pacsd associations`): HTTP on a loopback address."""
+class HttpSettings(StrictModel):
+    """The HTTP interface: /associations, /healthz, /readyz, /metrics (pacsd.http)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=11113, ge=0, le=65535)
+    # uvicorn's access log, through pacsd's log (one line per HTTP request); off by default.
+    access_log: bool = False
+    # With network.workers > 1: where the workers keep their metric files (prometheus_client's
+    # multiprocess mode); for them only, emptied at start. None: a new folder under the
+    # system's temporary directory, removed at exit.
+    metrics_dir: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -256,7 +280,10 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
-    status: StatusSettings = StatusSettings()
+    http: HttpSettings = HttpSettings()
+    # The old name of `http` (before the HTTP interface grew beyond /associations): still read,
+    # with a warning at start-up. Never both.
+    status: HttpSettings | None = None
     query: QuerySettings = QuerySettings()
     commitment: CommitmentSettings = CommitmentSettings()
     ups: UpsSettings = UpsSettings()
@@ -267,6 +294,21 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
+    # Site services to load: names of entry points in the group pacsd.services
+    # (pacsd/extensions.py). Empty: none, and no entry point is looked up.
+    extensions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
+        default_factory=list
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_is_http(cls, data: Any) -> Any:
+        """`status:` (deprecated) configures the HTTP interface when `http:` is absent."""
+        if isinstance(data, dict) and data.get("status") is not None:
+            if data.get("http") is not None:
+                raise ValueError("status: the old name of http; keep only http")
+            data = {**data, "http": data["status"]}
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -310,13 +352,44 @@ def config_path_from(cli_path: Path | None) -> Path | None:
 
 
 def load_settings(path: Path | None) -> Settings:
-    """Read `path` (or the embedded default when None), apply PACSD_* overrides, validate."""
-    document = _read_yaml(path) if path is not None else {}
+    """Read `path` (or the embedded default when None), apply PACSD_* overrides, validate.
+
+    With `extensions`, in two passes: the first takes the policies' `site:` names on trust,
+    its settings are handed to the extensions' factories (pacsd/extensions.py), which register
+    their groups, and the second validates everything, those names included.
+    """
+    # Relative paths in a file resolve against its folder (settings_paths.py), not the cwd.
+    document = resolve_relative_paths(Settings, _read_yaml(path), path) if path else {}
     source = str(path) if path is not None else "embedded default"
+    if not document.get("extensions") and not _env_names_extensions():
+        return _validated(document, source)
+    from pacsd import extensions
+
+    pending = SITE_NAMES_PENDING.set(True)
+    try:
+        first = _validated(document, source)
+    finally:
+        SITE_NAMES_PENDING.reset(pending)
+    try:
+        extensions.load(first.extensions, first)
+    except extensions.ExtensionError as exc:
+        raise ConfigError([f"{source}: extensions: {exc}"]) from None
+    return _validated(document, source)
+
+
+def _validated(document: dict[str, Any], source: str) -> Settings:
     try:
         return Settings(**document)
     except ValidationError as exc:
         raise ConfigError([_describe(source, error) for error in exc.errors()]) from None
+    except SettingsError as exc:  # a PACSD_* value that is not JSON; never repeated (a secret?)
+        raise ConfigError([f"environment: {exc} (sections and lists take JSON)"]) from None
+
+
+def _env_names_extensions() -> bool:
+    """Does the environment set `extensions` (PACSD_EXTENSIONS, any case)?"""
+    variable = f"{ENV_PREFIX}EXTENSIONS"
+    return any(name.upper() == variable for name in os.environ)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -348,10 +421,10 @@ def _describe(source: str, error: ErrorDetails) -> str:
         problem = "unknown key"
     else:
         problem = error["msg"].removeprefix("Value error, ")
-        secret = any("password" in part for part in loc)  # a plain password in password_hash
+        secret = is_secret_location(loc)  # e.g. a plain password put in password_hash
         shown = "input" in error and error["type"] not in ("missing",) and not secret
         if shown and _is_scalar(error["input"]):
-            problem += f" (got {error['input']!r})"
+            problem += f" (got {masked_value(error['input'])!r})"  # a URL's password masked
     return f"{origin}: {key}: {problem}"
 
 

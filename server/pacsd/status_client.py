@@ -1,6 +1,6 @@
 """The client side of the status interface: fetch `GET /associations` and format it for people.
 
-`pacsd associations` uses this. The server side is `pacsd.http.status`; the fields are those of
+`pacsd associations` uses this. The server side is `pacsd.http.app`; the fields are those of
 `ClientHandle.snapshot()`. Nothing here changes server state.
 """
 
@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 _HEADER = ("ID", "STATE", "AE (CALLING->CALLED)", "PEER", "RULE", "AGE", "CTX", "IN", "OUT")
 _OPERATIONS_HEADER = "OPERATIONS (invoked/completed/failed)"
@@ -37,6 +37,22 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http:// URL: {url}")
     return url
+
+
+def http_url(host: str, port: int) -> str:
+    """The base URL of an HTTP interface on `host`:`port` (IPv6 in brackets)."""
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def associations_url(url: str) -> str:
+    """The association list's URL from `url`: itself when its path ends in /associations,
+    else /associations under it (the base URL, http://127.0.0.1:11113, is enough)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/associations"):
+        return url
+    return urlunsplit(parts._replace(path=f"{path}/associations"))
 
 
 def fetch_status(url: str, timeout: float) -> StatusDocument:

@@ -9,7 +9,8 @@ the fork (modules, dictionaries) until either writes to it. The index keeps them
 PostgreSQL as usual; SQLite in WAL mode, where the writers of all processes queue on one lock
 file (index/database.py), so every commit stays atomic and durable.
 
-What stays with worker 0: the status interface (it shows worker 0's associations) and the
+What stays with worker 0: the HTTP interface (its /associations shows worker 0's
+associations; its /metrics adds up every worker's metric files, pacsd.http.launch) and the
 Storage Commitment worker, which reads pending requests from the database and so reports on
 those received by any worker (on a new association when the request came to another one).
 Association limits (`network.max_associations`, a policy's `max_associations`) hold per worker.
@@ -26,9 +27,10 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pacsd.engine.listeners import Listeners
 from pacsd.logs import get_logger
@@ -54,9 +56,17 @@ def stop_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(settings: Settings, listeners: Listeners, run_worker: Worker) -> int:
+def supervise(
+    settings: Settings,
+    listeners: Listeners,
+    run_worker: Worker,
+    worker_ended: Callable[[int], None] | None = None,
+    other_sockets: Sequence[socket.socket] = (),
+) -> int:
     """Fork `settings.network.workers` workers, each running `run_worker(index)` on the
-    shared `listeners`, and watch them until a signal stops them; the exit code."""
+    shared `listeners`, and watch them until a signal stops them; the exit code.
+    `worker_ended(pid)` is called once for each worker that has ended; `other_sockets` (the
+    HTTP socket, which worker 0 serves) are closed here after the fork, like the listeners."""
     network = settings.network
     signals = Signals()
     signals.install()
@@ -70,7 +80,9 @@ def supervise(settings: Settings, listeners: Listeners, run_worker: Worker) -> i
         tls_port=listeners.tls_port,
     )
     listeners.close()  # the workers accept; the supervisor's copies would only linger
-    code = _watch(pids, signals, settings.daemon.shutdown_grace_period)
+    for sock in other_sockets:
+        sock.close()
+    code = _watch(pids, signals, settings.daemon.shutdown_grace_period, worker_ended)
     log.info("workers stopped", exit_code=code)
     return code
 
@@ -106,19 +118,21 @@ def _fork(index: int, run_worker: Worker) -> int:
 class _Child:
     """A forked worker and, once it ended, its exit code (as subprocess reports one)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, on_end: Callable[[int], None] | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.on_end = on_end
 
     def poll(self) -> int | None:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                self.returncode = 1
-                return self.returncode
+                pid, status = self.pid, 1 << 8  # exit code 1
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+                if self.on_end is not None:
+                    self.on_end(self.pid)
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
@@ -133,8 +147,13 @@ class _Child:
             time.sleep(0.05)
 
 
-def _watch(pids: list[int], signals: Signals, grace_period: float) -> int:
-    workers = [_Child(pid) for pid in pids]
+def _watch(
+    pids: list[int],
+    signals: Signals,
+    grace_period: float,
+    worker_ended: Callable[[int], None] | None = None,
+) -> int:
+    workers = [_Child(pid, worker_ended) for pid in pids]
     forwarded_stop = forwarded_force = failed = False
     deadline = float("inf")
     while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ restarted between the N-ACTION and the report; refusals.
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import ssl
@@ -27,7 +28,7 @@ from sqlalchemy import create_engine, text
 
 from tests import datagen
 from tests.datagen import TEST_UID_ROOT
-from tests.harness import PacsdProcess, base_config
+from tests.harness import PacsdProcess, base_config, pacsd_command
 from tests.scu import store_files
 from tests.tls_certs import SERVER_NAME, make_pki
 
@@ -300,3 +301,112 @@ def test_refusals(server: PacsdProcess, setup: Setup) -> None:
         assert request(assoc, info) == 0x0110  # the same Transaction UID again
     with modality(server, setup, calling="NOCOMMIT") as assoc:
         assert request(assoc, action([missing_uid()])) == 0x0124
+
+
+def audit_events(setup: Setup) -> list[dict[str, Any]]:
+    """The audit trail's messages so far."""
+    path = setup.root / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def not_sent(setup: Setup) -> list[str]:
+    """The descriptions of the audited commitment reports that will not be sent."""
+    return [
+        str(event["EventIdentification"].get("EventOutcomeDescription", ""))
+        for event in audit_events(setup)
+        if event["EventIdentification"]["EventID"]["csd-code"] == "110104"
+        and "storage commitment report"
+        in event["EventIdentification"].get("EventOutcomeDescription", "")
+    ]
+
+
+def test_a_report_to_a_requester_missing_from_peers_is_given_up(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A requester pacsd cannot reach (not in `peers`) is retried max_attempts times, then the
+    report is given up: logged, audited, listed as given up, no longer retried."""
+    config = setup.config(report_on_same_association=False, max_attempts=2)
+    config["peers"] = []
+    server = PacsdProcess.from_config(setup.root, config).start()
+    try:
+        references = stored(server, tmp_path / "ct", 2)
+        info = action(references)
+        with modality(server, setup) as assoc:
+            assert request(assoc, info) == 0x0000
+        [given_up] = server.wait_for("commitment report given up")
+        assert given_up["transaction_uid"] == info.TransactionUID
+        assert given_up["attempts"] == 2
+        assert "MODALITY is not in the AE table (peers)" in given_up["reason"]
+        assert len(server.events("commitment report not delivered; will retry")) == 1
+        listed = pacsd_command("commitment", "list", "--config", str(server.config_path))
+        assert listed.returncode == 0, listed.stderr
+        assert info.TransactionUID not in listed.stdout  # nothing waits any more
+        everything = pacsd_command(
+            "commitment", "list", "--all", "--json", "--config", str(server.config_path)
+        )
+        [row] = json.loads(everything.stdout)
+        assert (row["transaction_uid"], row["state"], row["instances"]) == (
+            info.TransactionUID,
+            "given-up",
+            2,
+        )
+    finally:
+        server.stop()
+    [audited] = not_sent(setup)
+    assert audited.startswith("storage commitment report to MODALITY not sent: given up: 2")
+
+
+def test_a_report_older_than_its_lifetime_is_given_up(setup: Setup, tmp_path: Path) -> None:
+    """commitment.report_lifetime ends the retries of a report to a requester never reachable."""
+    server = setup.server(report_on_same_association=False, report_lifetime=1).start()
+    try:
+        references = stored(server, tmp_path / "ct", 1)
+        with modality(server, setup) as assoc:
+            assert request(assoc, action(references)) == 0x0000
+        [given_up] = server.wait_for("commitment report given up")
+        assert given_up["reason"] == "undelivered after 1 s"
+    finally:
+        server.stop()
+    [audited] = not_sent(setup)
+    assert "given up: undelivered after 1 s" in audited
+
+
+def test_commitment_list_and_cancel_while_the_server_runs(setup: Setup, tmp_path: Path) -> None:
+    """`pacsd commitment list` shows the waiting reports; `cancel ID` drops one (audited), an
+    ID that waits for nothing exits 1, and `cancel --all` empties the queue."""
+    server = setup.server(report_on_same_association=False, retry_initial=60, retry_max=60)
+    server.start()
+    config = ("--config", str(server.config_path))
+    try:
+        references = stored(server, tmp_path / "ct", 1)
+        transactions = [action(references), action(references)]
+        with modality(server, setup) as assoc:
+            for info in transactions:
+                assert request(assoc, info) == 0x0000
+        server.wait_for("commitment report not delivered; will retry", count=2)
+        listed = pacsd_command("commitment", "list", "--json", *config)
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [row["transaction_uid"] for row in rows] == [t.TransactionUID for t in transactions]
+        assert all(row["state"] == "pending" and row["attempts"] == 1 for row in rows)
+        table = pacsd_command("commitment", "list", *config)
+        assert "MODALITY" in table.stdout
+
+        first = str(rows[0]["id"])
+        cancelled = pacsd_command("commitment", "cancel", first, "999", *config)
+        assert cancelled.returncode == 1
+        assert f"cancelled {first}: {transactions[0].TransactionUID} to MODALITY" in (
+            cancelled.stdout
+        )
+        assert "no waiting report 999" in cancelled.stdout
+        rest = pacsd_command("commitment", "cancel", "--all", *config)
+        assert rest.returncode == 0, rest.stderr
+        assert transactions[1].TransactionUID in rest.stdout
+        left = json.loads(pacsd_command("commitment", "list", "--json", *config).stdout)
+        assert left == []
+        assert pacsd_command("commitment", "cancel", *config).returncode == 2  # IDs or --all
+    finally:
+        server.stop()
+    audited = not_sent(setup)
+    assert len(audited) == 2
+    assert all(text.endswith("not sent: cancelled") for text in audited)

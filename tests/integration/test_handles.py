@@ -328,10 +328,10 @@ def assert_table_lists(table: str, association_id: str, peer_port: int) -> None:
 def test_associations_command_finds_the_status_interface_in_the_configuration(
     server: PacsdProcess, tmp_path: Path
 ) -> None:
-    """Without --url the command reads status.host and status.port from --config."""
+    """Without --url the command reads http.host and http.port from --config."""
     status_port = int(server.status_url.rsplit(":", 1)[1].split("/", 1)[0])
     config = tmp_path / "client.yaml"
-    config.write_text(yaml.safe_dump({"status": {"host": "127.0.0.1", "port": status_port}}))
+    config.write_text(yaml.safe_dump({"http": {"host": "127.0.0.1", "port": status_port}}))
     result = pacsd_command("associations", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["associations"] == []
@@ -347,8 +347,8 @@ def test_associations_command_finds_the_status_interface_in_the_configuration(
         ),
         (
             [],
-            {"status": {"enabled": False}},
-            "pacsd: the status interface is disabled (status.enabled: false)",
+            {"http": {"enabled": False}},
+            "pacsd: the HTTP interface is disabled (http.enabled: false)",
         ),
     ],
     ids=["unreachable", "disabled"],

@@ -3,14 +3,19 @@
 A whole grayscale session (Printer N-GET, Film Session, Film Box STANDARD\\2,2, four Image Boxes,
 N-ACTION on the film box and on the session, N-DELETE) printed into PNGs whose tiles show the
 images sent, a PDF with a page per film, and `pacsd print list`; a color session; Presentation
-LUTs; the film session gone with its association; and each validation status with its Attribute
-Identifier List or Error Comment.
+LUTs; the film session gone with its association; each validation status with its Attribute
+Identifier List or Error Comment; and the printer's status, read from its print folder, answered
+by N-GET and reported by N-EVENT-REPORT after the print that found it changed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,9 @@ PRINTER_CONFIGURATION_INSTANCE = "1.2.840.10008.5.1.1.17.376"
 PRINT_JOB = "1.2.840.10008.5.1.1.14"
 ANNOTATION_BOX = "1.2.840.10008.5.1.1.15"
 TIMEOUT_S = 30
+REPORT_WAIT_S = 15  # a report follows its print's response at once; this bounds the wait
+QUIET_S = 1.5  # no report within this after a print: none was sent
+N_ACTION_RSP, N_EVENT_REPORT_RQ = 0x8130, 0x0100
 
 
 def policies() -> list[dict[str, Any]]:
@@ -62,13 +70,29 @@ def server(pacsd_server: ServerFactory, database_url: str) -> PacsdProcess:
     return pacsd_server(database_url, policies=policies())
 
 
-class PrintScu:
-    """A pynetdicom association to pacsd's printer that keeps every response's command set
-    (pynetdicom does not return an N-CREATE response's SOP Instance UID or Attribute
-    Identifier List)."""
+@dataclass(frozen=True)
+class PrinterReport:
+    """A Printer N-EVENT-REPORT pacsd sent: its command set and Event Information."""
 
-    def __init__(self, server: PacsdProcess, calling: str = "PRINTSCU") -> None:
+    command: Dataset
+    information: Dataset | None
+
+    @property
+    def event_type(self) -> int:
+        return int(self.command.EventTypeID)
+
+
+class PrintScu:
+    """A pynetdicom association to pacsd's printer that keeps every message's command set
+    (pynetdicom does not return an N-CREATE response's SOP Instance UID or Attribute
+    Identifier List) and the N-EVENT-REPORTs pacsd sends, answered `report_status`."""
+
+    def __init__(
+        self, server: PacsdProcess, calling: str = "PRINTSCU", report_status: int = 0x0000
+    ) -> None:
         self.commands: list[Dataset] = []
+        self.reports: queue.Queue[PrinterReport] = queue.Queue()
+        self.report_status = report_status
         ae = AE(ae_title=calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
         for sop_class in (
@@ -79,7 +103,10 @@ class PrintScu:
             VERIFICATION,
         ):
             ae.add_requested_context(sop_class)
-        handlers = [(evt.EVT_DIMSE_RECV, self._received)]
+        handlers = [
+            (evt.EVT_DIMSE_RECV, self._received),
+            (evt.EVT_N_EVENT_REPORT, self._report),
+        ]
         self.assoc: Association = ae.associate(
             server.host, server.port, ae_title="PACSD", evt_handlers=handlers
         )
@@ -88,10 +115,47 @@ class PrintScu:
     def _received(self, event: evt.Event) -> None:
         self.commands.append(event.message.command_set)  # type: ignore[attr-defined]
 
+    def _report(self, event: evt.Event) -> tuple[int, None]:
+        request = event.request
+        information = event.event_information if request.EventInformation is not None else None
+        command = Dataset()
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID", "EventTypeID"):
+            setattr(command, keyword, getattr(request, keyword))
+        self.reports.put(PrinterReport(command, information))
+        return self.report_status, None
+
+    def next_report(self, timeout: float = REPORT_WAIT_S) -> PrinterReport:
+        return self.reports.get(timeout=timeout)
+
+    def no_report(self) -> bool:
+        """True when no report comes within QUIET_S."""
+        try:
+            self.reports.get(timeout=QUIET_S)
+        except queue.Empty:
+            return True
+        return False
+
+    def printer(self) -> tuple[str, str]:
+        """Printer N-GET: (Printer Status, Printer Status Info)."""
+        status, printer = self.assoc.send_n_get(
+            [0x21100010, 0x21100020], PRINTER, PRINTER_INSTANCE, meta_uid=GRAY_META
+        )
+        assert status.Status == 0x0000
+        assert printer is not None
+        return str(printer.PrinterStatus), str(printer.PrinterStatusInfo)
+
     @property
     def last(self) -> Dataset:
         """The command set of the last response."""
-        return self.commands[-1]
+        responses = [command for command in self.commands if command.CommandField & 0x8000]
+        return responses[-1]
+
+    def answered_before_reported(self) -> bool:
+        """Whether the message pacsd sent just before its last N-EVENT-REPORT-RQ was an
+        N-ACTION response (the print's)."""
+        fields = [int(command.CommandField) for command in self.commands]
+        last_report = len(fields) - 1 - fields[::-1].index(N_EVENT_REPORT_RQ)
+        return last_report > 0 and fields[last_report - 1] == N_ACTION_RSP
 
     def create(
         self,
@@ -495,3 +559,181 @@ def test_print_job_and_annotation_box_contexts_are_rejected(server: PacsdProcess
         assert rejected == {PRINT_JOB: 3, ANNOTATION_BOX: 3}
     finally:
         assoc.release()
+
+
+def one_film(scu: PrintScu) -> tuple[str, str]:
+    """A film session with one film box holding one image: (session UID, film box UID)."""
+    session = scu.session()
+    film_box_uid, [box] = scu.film_box(session, "STANDARD\\1,1")
+    assert scu.set_image(box, 1, gray_image(100)).Status == 0x0000
+    return session, film_box_uid
+
+
+def test_a_printer_with_room_is_normal_and_reports_nothing(scu: PrintScu) -> None:
+    """The usual printer (more free space than twice storage.min_free_space): N-GET answers
+    NORMAL, a print succeeds, and no N-EVENT-REPORT follows (NORMAL is what the SCU knows)."""
+    assert scu.printer() == ("NORMAL", "NORMAL")
+    _, film_box_uid = one_film(scu)
+    assert scu.action(FILM_BOX, film_box_uid).Status == 0x0000
+    assert scu.no_report()
+
+
+def test_no_room_fails_the_print_and_reports_failure_after_its_answer(
+    pacsd_server: ServerFactory, database_url: str
+) -> None:
+    """storage.min_free_space above the disk's real free space: the Printer N-GET answers
+    FAILURE / SUPPLY EMPTY; a film box's print answers 0xC602 and writes nothing, and then (never
+    before that answer) pacsd sends the Printer N-EVENT-REPORT, Event Type 3 Failure, with
+    Printer Status Info. The session's print, the status unchanged, answers 0xC601 and is not
+    reported again."""
+    server = pacsd_server(database_url, policies=policies(), storage={"min_free_space": "1PB"})
+    scu = PrintScu(server)
+    try:
+        assert scu.printer() == ("FAILURE", "SUPPLY EMPTY")
+        session, film_box_uid = one_film(scu)
+        answer = scu.action(FILM_BOX, film_box_uid)
+        assert answer.Status == 0xC602
+        assert str(answer.ErrorComment).startswith("printer SUPPLY EMPTY")
+        report = scu.next_report()
+        assert scu.answered_before_reported()
+        assert report.event_type == 3
+        assert report.command.AffectedSOPClassUID == PRINTER
+        assert report.command.AffectedSOPInstanceUID == PRINTER_INSTANCE
+        assert report.information is not None
+        assert report.information.PrinterStatusInfo == "SUPPLY EMPTY"
+        assert report.information.PrinterName == "PACSD"
+        assert scu.action(FILM_SESSION, session).Status == 0xC601
+        assert scu.no_report()
+        assert scu.printer() == ("FAILURE", "SUPPLY EMPTY")
+    finally:
+        scu.release()
+    [reported] = server.wait_for("printer status reported")
+    assert reported["event_type"] == 3
+    assert not (server.storage_root / "print").exists()
+
+
+def test_every_association_using_the_printer_hears_of_the_change(
+    pacsd_server: ServerFactory, database_url: str
+) -> None:
+    """PS3.4 H.4.6.2.1.2: the report goes to every SCU whose association uses the printer, not
+    only to the one whose print found the change."""
+    server = pacsd_server(database_url, policies=policies(), storage={"min_free_space": "1PB"})
+    watcher, printing = PrintScu(server, calling="WATCHER"), PrintScu(server)
+    try:
+        assert watcher.printer() == ("FAILURE", "SUPPLY EMPTY")  # uses the printer
+        _, film_box_uid = one_film(printing)
+        assert printing.action(FILM_BOX, film_box_uid).Status == 0xC602
+        assert printing.next_report().event_type == 3
+        assert watcher.next_report().event_type == 3
+    finally:
+        watcher.release()
+        printing.release()
+
+
+def test_low_space_warns_and_a_refused_report_changes_nothing(
+    pacsd_server: ServerFactory, database_url: str
+) -> None:
+    """Free space below print.warning_free_space (above storage.min_free_space): the print
+    succeeds, then a report with Event Type 2 Warning, SUPPLY LOW. The SCU answers the report
+    0x0110: pacsd logs it, and the association and the printer go on."""
+    server = pacsd_server(database_url, policies=policies(), print={"warning_free_space": "1PB"})
+    scu = PrintScu(server, report_status=0x0110)
+    try:
+        _, film_box_uid = one_film(scu)
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0x0000
+        report = scu.next_report()
+        assert scu.answered_before_reported()
+        assert report.event_type == 2
+        assert report.information is not None
+        assert report.information.PrinterStatusInfo == "SUPPLY LOW"
+        [refused] = server.wait_for("printer status report refused")
+        assert refused["status"] == "0x0110"
+        assert scu.printer() == ("WARNING", "SUPPLY LOW")
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0x0000
+        assert scu.no_report()  # told once, refused or not
+    finally:
+        scu.release()
+    [job] = jobs(server)
+    assert len(job["films"]) == 2
+
+
+def test_a_print_folder_that_takes_no_files_then_is_repaired(
+    pacsd_server: ServerFactory, database_url: str, tmp_path: Path
+) -> None:
+    """print.folder under a path that is a file, so the folder cannot be made: FAILURE /
+    PRINTER DOWN, the print answers 0xC602 and Event Type 3 follows. Once the path is a
+    directory, the next print on the same association succeeds and Event Type 1 Normal follows,
+    with no Event Information; N-GET answers NORMAL."""
+    blocker = tmp_path / "films"
+    blocker.write_text("not a folder", encoding="utf-8")
+    folder = blocker / "print"
+    server = pacsd_server(database_url, policies=policies(), print={"folder": str(folder)})
+    scu = PrintScu(server)
+    try:
+        assert scu.printer() == ("FAILURE", "PRINTER DOWN")
+        _, film_box_uid = one_film(scu)
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0xC602
+        report = scu.next_report()
+        assert report.event_type == 3
+        assert report.information is not None
+        assert report.information.PrinterStatusInfo == "PRINTER DOWN"
+        blocker.unlink()
+        blocker.mkdir()
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0x0000
+        report = scu.next_report()
+        assert scu.answered_before_reported()
+        assert report.event_type == 1
+        assert not report.information
+        assert scu.printer() == ("NORMAL", "NORMAL")
+    finally:
+        scu.release()
+    assert len(list(folder.glob("*/*/film-0001.png"))) == 1
+
+
+def _mount(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["mount", *arguments], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.fixture
+def print_mount(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs of its own for the print folder (mounting needs root: skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "print-mount"
+    folder.mkdir()
+    mounted = _mount("-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(folder))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], timeout=30, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], timeout=30, check=False)
+
+
+def test_a_read_only_print_folder_is_a_printer_down(
+    pacsd_server: ServerFactory, database_url: str, print_mount: Path
+) -> None:
+    """The print folder's file system remounted read-only (root writes anywhere else): the
+    print answers 0xC602 and Event Type 3 PRINTER DOWN follows; remounted read-write, the next
+    print succeeds and Event Type 1 follows."""
+    server = pacsd_server(database_url, policies=policies(), print={"folder": str(print_mount)})
+    scu = PrintScu(server)
+    try:
+        _, film_box_uid = one_film(scu)
+        assert _mount("-o", "remount,ro", str(print_mount)).returncode == 0
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0xC602
+        report = scu.next_report()
+        assert scu.answered_before_reported()
+        assert report.event_type == 3
+        assert report.information is not None
+        assert report.information.PrinterStatusInfo == "PRINTER DOWN"
+        assert scu.printer() == ("FAILURE", "PRINTER DOWN")
+        assert _mount("-o", "remount,rw", str(print_mount)).returncode == 0
+        assert scu.action(FILM_BOX, film_box_uid).Status == 0x0000
+        assert scu.next_report().event_type == 1
+        assert scu.printer() == ("NORMAL", "NORMAL")
+    finally:
+        scu.release()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
-from pacsd.policy.identity import password_matches
+from pacsd.policy.identity import hash_password, password_matches
 from tests.harness import COMMAND_TIMEOUT_S, PacsdProcess, base_config
 from tests.scu import established, rejection_of, request
 
@@ -231,3 +231,45 @@ def test_sighup_reloads_the_users(pacsd_server: ServerFactory) -> None:
     server.wait_for("configuration reloaded")
     with established(server, ext_neg=[viewer]):
         pass
+
+
+def test_wrong_password_under_a_username_rule_is_an_identity_rejection(
+    pacsd_server: ServerFactory,
+) -> None:
+    """Both rule shapes answer a failed identity (1, 2, 1), even when the rules after them
+    would reject the calling AE title (1, 1, 3), as config/examples/secure.yaml's do: a rule
+    that matches on `username`, and one that does not but requires an identity."""
+    verification = ["verification"]
+    server = pacsd_server(
+        identity={"users": [{"username": "ris", "password_hash": hash_password(PASSWORD)}]},
+        policies=[
+            {"name": "ris", "match": {"username": "ris"}, "sop_classes": verification},
+            {
+                "name": "secure",
+                "match": {"calling_ae": "SECURE*"},
+                "user_identity": "required",
+                "sop_classes": verification,
+            },
+            {
+                "name": "everyone-else",
+                "action": "reject",
+                "reject_reason": "calling-ae-not-recognised",
+            },
+        ],
+        ready_by_echo=False,
+    )
+    wrong = identity(2, b"ris", b"wrong-password")
+    right = identity(2, b"ris", PASSWORD.encode())
+    assert rejection_of(request(server, ext_neg=[wrong])) == REJECTED_FOR_IDENTITY
+    assert rejection_of(request(server, calling="SECURE1", ext_neg=[wrong])) == (1, 2, 1)
+    assert rejection_of(request(server, calling="SECURE1")) == REJECTED_FOR_IDENTITY
+    assert rejection_of(request(server)) == (1, 1, 3)  # no identity: not the ris rule's
+    with established(server, ext_neg=[right]):
+        pass
+    with established(server, calling="SECURE1", ext_neg=[right]):
+        pass
+    rejected = server.wait_for("association rejected", 4)
+    assert [line["rule"] for line in rejected] == ["ris", "ris", "secure", "everyone-else"]
+    assert rejected[0]["reason"] == "user identity not verified: wrong password"
+    accepted = server.wait_for("association accepted", 2)
+    assert [line["rule"] for line in accepted] == ["ris", "ris"]

@@ -123,15 +123,9 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.mark.usefixtures("print_tools")
-@pytest.mark.parametrize("session_print", [False, True])
-def test_dcmprscu_prints_a_dcmpsprt_job(
-    server: PacsdProcess, tmp_path: Path, session_print: bool
-) -> None:
-    """A job spooled by dcmpsprt (STANDARD\\2,1, white border, 8x10 in) and sent by dcmprscu is
-    printed by pacsd: one PNG with both images, the right halves white."""
+def spool(tmp_path: Path, config: Path) -> Path:
+    """dcmpsprt's print job (STANDARD\\2,1, white border, 8x10 in) of one image twice."""
     image = half_black_image(tmp_path / "image.dcm")
-    config = configuration(tmp_path, server)
     run(
         [
             "dcmpsprt",
@@ -152,6 +146,18 @@ def test_dcmprscu_prints_a_dcmpsprt_job(
         tmp_path,
     )
     [stored_print] = (tmp_path / "database").glob("SP_*.dcm")
+    return stored_print
+
+
+@pytest.mark.usefixtures("print_tools")
+@pytest.mark.parametrize("session_print", [False, True])
+def test_dcmprscu_prints_a_dcmpsprt_job(
+    server: PacsdProcess, tmp_path: Path, session_print: bool
+) -> None:
+    """A job spooled by dcmpsprt (STANDARD\\2,1, white border, 8x10 in) and sent by dcmprscu is
+    printed by pacsd: one PNG with both images, the right halves white."""
+    config = configuration(tmp_path, server)
+    stored_print = spool(tmp_path, config)
     options = ["--copies", "2", "--label", "interop", "--medium-type", "PAPER"]
     options += ["--session-print"] if session_print else []
     run(["dcmprscu", "-c", str(config), "-p", "PACSD", *options, str(stored_print)], tmp_path)
@@ -178,3 +184,26 @@ def test_dcmprscu_prints_a_dcmpsprt_job(
     log = [line for line in server.events("dimse") if line["calling_ae_title"] == "DCMPRSCU"]
     assert {line["status"] for line in log} == {"0x0000"}
     assert "PresentationLUT" in {line["sop_class"] for line in log}
+
+
+@pytest.mark.usefixtures("print_tools")
+def test_dcmprscu_takes_a_printer_warning_after_its_print(
+    pacsd_server: ServerFactory, database_url: str, tmp_path: Path
+) -> None:
+    """With less free space than print.warning_free_space the film prints, and the Printer
+    N-EVENT-REPORT (Event Type 2, SUPPLY LOW) that follows the N-ACTION's response reaches
+    dcmprscu while it waits for its next response: it acknowledges it and finishes the job."""
+    server = pacsd_server(
+        database_url,
+        policies=[{"name": "printing", "sop_classes": ["verification", "print"]}],
+        print={"warning_free_space": "1PB"},
+    )
+    config = configuration(tmp_path, server)
+    stored_print = spool(tmp_path, config)
+    run(["dcmprscu", "-c", str(config), "-p", "PACSD", str(stored_print)], tmp_path)
+    listed = pacsd_command("print", "list", "--json", "--config", str(server.config_path))
+    assert listed.returncode == 0, listed.stderr
+    [job] = json.loads(listed.stdout)
+    assert len(job["films"]) == 1
+    [reported] = server.wait_for("printer status reported")
+    assert (reported["event_type"], reported["calling_ae_title"]) == (2, "DCMPRSCU")

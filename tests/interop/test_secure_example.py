@@ -25,7 +25,7 @@ from tests import datagen
 from tests.harness import VERIFICATION, PacsdProcess, base_config, pacsd_command
 from tests.inspect_archive import index_rows
 from tests.interop.test_dcmtk import run
-from tests.scu import settled
+from tests.scu import rejection_of, settled
 from tests.tls_certs import KEY_PASSWORD, SERVER_NAME, Pki, client_context, make_pki
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -39,7 +39,7 @@ def example_config(folder: Path) -> dict[str, Any]:
     config["network"] = {**config["network"], "host": "127.0.0.1"}
     config["network"]["tls"] = {**config["network"]["tls"], "port": 0, "handshake_timeout": 5}
     confined = base_config(folder)
-    for section in ("database", "storage", "status", "logging", "audit"):
+    for section in ("database", "storage", "http", "logging", "audit"):
         config[section] = confined[section]
     return config
 
@@ -109,7 +109,7 @@ def test_secure_example(secure: tuple[PacsdProcess, Pki], tmp_path: Path) -> Non
     assert int(assoc.send_c_echo().Status) == 0x0000
     assoc.release()
     refused = ris_association(pki, server.port, "not-the-password")
-    assert refused.is_rejected  # no rule fits an unverified "ris": everyone-else rejects
+    assert rejection_of(refused) == (1, 2, 1)  # the ris rule: its identity failed (PS3.7 D.3.3.7)
     [unverified] = server.wait_for("user identity not verified")
     assert unverified["reason"] == "wrong password"
 

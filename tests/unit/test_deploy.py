@@ -442,3 +442,14 @@ def test_compose_waits_longer_than_the_shutdown_grace_period() -> None:
     pacsd = compose_service("pacsd")
     assert seconds(pacsd["stop_grace_period"]) > DEFAULT_GRACE_PERIOD
     assert pacsd["restart"] in {"unless-stopped", "always", "on-failure"}
+
+
+def test_compose_publishes_the_dicom_tls_port_too() -> None:
+    """The DICOM TLS port (network.tls.port's default) is published next to 11112."""
+    from pacsd.settings_security import TlsSettings
+
+    published = {
+        str(port["target"]) if isinstance(port, dict) else str(port).split(":")[-1]
+        for port in compose_service("pacsd")["ports"]
+    }
+    assert str(TlsSettings().port) in published

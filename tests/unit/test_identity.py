@@ -288,13 +288,21 @@ def test_rule_requirement(requirement: str, result: IdentityResult, accepted: bo
 
 
 def test_username_matcher_sees_only_verified_names() -> None:
-    """A failed claim carries no username, so a username rule cannot be reached with it."""
+    """A failed claim carries no username, so a username rule cannot accept it; the rule it
+    would fit but for the identity rejects it as an identity problem (1, 2, 1), and no later
+    rule gets to accept the peer without its identity."""
     rules = policy(
         {"name": "alice", "match": {"username": "ris"}},
         {"name": "others", "user_identity": "not-accepted"},
     )
     assert decide(asking(VERIFIED), rules).rule == "alice"
-    assert decide(asking(FAILED), rules).rule == "others"
+    refused = decide(asking(FAILED), rules)
+    assert not refused.accepted
+    assert refused.rule == "alice"
+    assert refused.rejection is not None
+    assert (refused.rejection.result, refused.rejection.source, refused.rejection.reason) == (
+        1, 2, 1
+    )  # fmt: skip
 
 
 def test_not_accepted_rule_cannot_match_a_username() -> None:

@@ -614,3 +614,21 @@ def test_trace_when_nothing_matches() -> None:
         "rule 'r' does not match: calling AE title 'US1' is not one of CT1",
         "no rule matches",
     )
+
+
+def test_a_failed_identity_under_a_username_rule_rejects_for_the_identity() -> None:
+    """A rule that would match but for a failed identity decides (1, 2, 1); the reject rule
+    after it is not reached. When its other keys do not fit, it does not decide."""
+    from pacsd.policy.identity import IdentityResult, Outcome
+
+    failed = IdentityResult(Outcome.FAILED, identity_type=2, reason="wrong password")
+    catch_all = rule("everyone-else", action="reject", reject_reason="calling-ae-not-recognised")
+    policy = Policy.compile([rule("ris", match={"username": "ris"}), catch_all])
+    decision = decide(request(identity=failed), policy)
+    assert (decision.rule, decision.rejection) == ("ris", Rejection(1, 2, 1))
+    assert decision.reason == "user identity not verified: wrong password"
+    assert decide(request(), policy).rejection == Rejection(1, 1, 3)  # none sent
+
+    elsewhere = rule("ris", match={"username": "ris", "calling_ae": "RIS"})
+    other_ae = decide(request(identity=failed), Policy.compile([elsewhere, catch_all]))
+    assert (other_ae.rule, other_ae.rejection) == ("everyone-else", Rejection(1, 1, 3))

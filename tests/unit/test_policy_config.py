@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def test_three_rule_file_loads_and_single_values_become_lists(tmp_path: Path) ->
         ("    action: reject\n    reject_reason: go-away\n", "policies.0.reject_reason",
          "Input should be 'no-reason'"),
         ("    sop_classes: storage\n    operations: [store, delete]\n", "policies.0.operations.1",
-         "Input should be 'echo'"),
+         "'delete' is not an operation (echo, store,"),
         ("    action: accept\n", "policies.0", "rule 'a' accepts but names no sop_classes"),
         ("    match: {calling_aet: CT1}\n    sop_classes: storage\n",
          "policies.0.match.calling_aet", "unknown key"),
@@ -180,7 +181,7 @@ def test_transfer_syntax_names_do_not_depend_on_pynetdicom_being_imported() -> N
     )  # fmt: skip
     without = json.loads(child.stdout)
     assert without["pynetdicom"] is False
-    assert "pynetdicom" in sys.modules  # this test process: conftest imported it
+    importlib.import_module("pynetdicom")  # this process: with it, whose UID names differ
     resolved = [list(transfer_syntaxes.resolve(name)) for name in NEWER_SYNTAX_NAMES[:-1]]
     assert without["resolved"] == [*resolved, None]
     assert resolved[0] == ["1.2.840.10008.1.2.4.110"]

@@ -164,3 +164,70 @@ def test_environment_mistake_names_the_variable(
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
     """An empty file is a valid configuration with every default."""
     assert load_settings(write(tmp_path, "")) == load_settings(None)
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every path setting written relative in a file is under the file's folder, whatever
+    the working directory; absolute ones and other URLs stay as written."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.chdir(tmp_path)
+    path = write(
+        etc,
+        "database: {url: 'sqlite:///var/index.sqlite?timeout=5'}\n"
+        "storage: {root: var/storage}\n"
+        "audit: {file: ../log/audit.jsonl}\n"
+        "print: {folder: films}\n"
+        "network:\n"
+        "  tls: {certificate_file: tls/pacsd.pem, key_file: /abs/key.pem, ca_file: tls/ca.pem,\n"
+        "        key_password_file: tls/password}\n",
+    )
+    settings = load_settings(Path("etc/pacsd.yaml"))
+    assert settings.database.url == f"sqlite:///{etc / 'var/index.sqlite'}?timeout=5"
+    assert settings.storage.root == etc / "var" / "storage"
+    assert settings.audit.file == etc / "../log/audit.jsonl"
+    assert settings.print.folder == etc / "films"
+    tls = settings.network.tls
+    assert (tls.certificate_file, tls.key_file) == (etc / "tls/pacsd.pem", Path("/abs/key.pem"))
+    assert (tls.ca_file, tls.key_password_file) == (etc / "tls/ca.pem", etc / "tls/password")
+    path.write_text("database: {url: 'sqlite:///:memory:'}\n", encoding="utf-8")
+    assert load_settings(path).database.url == "sqlite:///:memory:"
+
+
+def test_defaults_and_environment_paths_stay_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the file does not write (the embedded ./var defaults) and PACSD_* overrides are
+    not moved to the file's folder: they are the working directory's."""
+    monkeypatch.setenv("PACSD_STORAGE__ROOT", "data")
+    settings = load_settings(write(tmp_path, "ae_title: ARCHIVE\n"))
+    assert settings.database.url == "sqlite:///./var/pacsd.sqlite"
+    assert settings.storage.root == Path("data")
+    assert settings.audit.file == Path("./var/audit.jsonl")
+
+
+def test_jwt_key_files_and_lists_of_paths_resolve_too(tmp_path: Path) -> None:
+    """A list of paths (identity.jwt.public_key_files) resolves entry by entry."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "idp.pem").write_bytes(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    path = write(tmp_path, "identity: {jwt: {public_key_files: [idp.pem]}}\n")
+    settings = load_settings(path)
+    assert settings.identity.jwt is not None
+    assert settings.identity.jwt.public_key_files == [tmp_path / "idp.pem"]
+
+
+def test_a_refused_database_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    """postgres://USER:PASSWORD@HOST/DB is refused naming the key; the password is masked."""
+    path = write(tmp_path, "database: {url: 'postgres://pacsd:Pa55word@db/pacsd'}\n")
+    [line] = errors_of(path)
+    assert line.startswith(f"{path}: database.url: pacsd supports sqlite:///PATH")
+    assert line.endswith("(got 'postgres://pacsd:***@db/pacsd')")

@@ -266,6 +266,23 @@ def _peer_address(trail: AuditTrail, ae_title: str) -> str | None:
     return peer.host if peer is not None else None
 
 
+def commitment_report_ended(
+    requester: str, transaction: tuple[str, int], reason: str, user: str | None = None
+) -> None:
+    """DICOM Instances Transferred, minor failure: a Storage Commitment report to `requester`
+    (transaction UID, instance count) given up or, by `user`, cancelled."""
+    _emit(
+        lambda t: events.commitment_report_ended(
+            t.source,
+            t.ae_title,
+            (requester, _peer_address(t, requester)),
+            transaction,
+            reason,
+            user,
+        )
+    )
+
+
 def study_deleted(
     study_instance_uid: str,
     patient_id: str | None,

@@ -14,6 +14,10 @@
   reloadable sections are the acceptance policies and the AE table.
 - Application start and stop: Application Activity (110100) / Application Start / Stop.
 - Deletions: DICOM Study Deleted (110105), action D.
+- A Storage Commitment report given up (commitment.report_lifetime, max_attempts) or cancelled
+  (`pacsd commitment cancel`): DICOM Instances Transferred (110104), action R, outcome 4, the
+  requester as destination (dcm4chee audits storage commitment with this event too): the
+  modality was never told that pacsd took responsibility for those instances.
 """
 
 from __future__ import annotations
@@ -29,16 +33,22 @@ from pacsd.audit.messages import (
     APPLICATION_STOP,
     DELETE,
     EXECUTE,
+    ID_SOP_CLASS_UID,
+    INSTANCES_TRANSFERRED,
     LOGIN,
     LOGOUT,
     MINOR_FAILURE,
     NODE_AUTHENTICATION,
+    READ,
     ROLE_APPLICATION,
     ROLE_APPLICATION_LAUNCHER,
+    ROLE_DESTINATION,
+    ROLE_REPORT,
     SECURITY_ALERT,
     SECURITY_CONFIGURATION,
     STUDY_DELETED,
     SUCCESS,
+    SYSTEM_OBJECT,
     USE_OF_RESTRICTED_FUNCTION,
     USER_AUTHENTICATION,
     AuditMessage,
@@ -220,6 +230,43 @@ def study_deleted(
         objects.append(patient_object(patient_id))
     return audit_message(
         STUDY_DELETED, DELETE, SUCCESS, source, participants, objects=objects, description=reason
+    )
+
+
+def commitment_report_ended(
+    source: AuditSource,
+    ae_title: str,
+    requester: tuple[str, str | None],
+    transaction: tuple[str, int],
+    reason: str,
+    user: str | None,
+) -> AuditMessage:
+    """DICOM Instances Transferred, minor failure: a Storage Commitment report (PS3.4 J.3.3)
+    that will not be sent; `requester` is its AE title and address, `transaction` the
+    Transaction UID and how many instances it named."""
+    calling, address = requester
+    transaction_uid, instances = transaction
+    participants = [
+        pacsd_participant(ae_title, requestor=user is None),
+        application_entity(calling, False, address, role=ROLE_DESTINATION),
+    ]
+    if user is not None:
+        participants.append(Participant(user, True))
+    report = {
+        "ParticipantObjectID": "1.2.840.10008.1.20.1",  # Storage Commitment Push Model
+        "ParticipantObjectTypeCode": SYSTEM_OBJECT,
+        "ParticipantObjectTypeCodeRole": ROLE_REPORT,
+        "ParticipantObjectIDTypeCode": ID_SOP_CLASS_UID,
+        "ParticipantObjectDescription": f"transaction {transaction_uid}, {instances} instances",
+    }
+    return audit_message(
+        INSTANCES_TRANSFERRED,
+        READ,
+        MINOR_FAILURE,
+        source,
+        participants,
+        objects=[report],
+        description=f"storage commitment report to {calling} not sent: {reason}",
     )
 
 

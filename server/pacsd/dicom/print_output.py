@@ -2,16 +2,17 @@
 job folder (print_jobs.py) as PNGs, the session's PDF rewritten, the job record updated.
 
 Statuses (PS3.4 H.4.1.2.4.2, H.4.2.2.4.2): an image that may be neither demagnified nor cropped
-fails the whole action before anything is written (0xC603); free space under the print folder
-below `storage.min_free_space`, or a full disk, is the printer's full queue (0xC601 for the
-session, 0xC602 for a film box); a film without images prints as an empty page with 0xB602
+fails the whole action before anything is written (0xC603); a printer whose status is FAILURE
+(print_status.py: free space under the print folder below `storage.min_free_space`, or a folder
+that takes no files), or a full disk, cannot take the job: "unable to create Print Job SOP
+Instance; print queue is full" (0xC601 for the session, 0xC602 for a film box), with the Printer
+Status Info in the Error Comment; a film without images prints as an empty page with 0xB602
 (session) or 0xB603 (film box); else the first placement warning (0xB604, 0xB609, 0xB60A).
 """
 
 from __future__ import annotations
 
 import errno
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,16 +30,25 @@ from pacsd.dicom.print_attributes import (
 from pacsd.dicom.print_jobs import PDF, PrintJob, now, open_job
 from pacsd.dicom.print_render import DensityRange, placements, render_film, save_pdf, save_png
 from pacsd.dicom.print_session import FilmBox, FilmSession
+from pacsd.dicom.print_status import PrinterStatus, printer_status
 
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
 class PrintOutput:
-    """Where printed films go, and the free space the storage keeps."""
+    """Where printed films go, the free space the storage keeps, and the free space below which
+    the printer warns (None: twice `min_free_space`)."""
 
     folder: Path
     min_free_space: int = 0
+    warning_free_space: int | None = None
+
+    def status(self) -> PrinterStatus:
+        """The printer's status now (print_status.py)."""
+        warning = self.warning_free_space
+        warning = 2 * self.min_free_space if warning is None else warning
+        return printer_status(self.folder, self.min_free_space, warning)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,9 @@ class FilmPrinter:
             if placement is not None and placement.status
         ]  # 0xC603 raised here, before anything is written
         full = SESSION_QUEUE_FULL if whole_session else FILM_BOX_QUEUE_FULL
-        self._check_space(full)
+        printer = self.output.status()
+        if printer.failed:
+            raise PrintRefused(full, f"printer {printer.info}: {printer.detail}")
         written: list[str] = []
         try:
             job = session.job or open_job(self.output.folder, session.uid, dict(origin))
@@ -95,17 +107,6 @@ class FilmPrinter:
         empty = any(film.empty for film in films)
         status = (SESSION_EMPTY_PAGE if whole_session else FILM_BOX_EMPTY_PAGE) if empty else 0
         return Printed(status or (warnings[0] if warnings else 0), job.folder, tuple(written))
-
-    def _check_space(self, full: int) -> None:
-        folder = self.output.folder
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        free = shutil.disk_usage(existing).free
-        if free < self.output.min_free_space:
-            raise PrintRefused(
-                full,
-                f"print queue is full: {free} bytes free, storage keeps "
-                f"{self.output.min_free_space}",
-            )
 
     def _print_one(
         self, job: PrintJob, session: FilmSession, film: FilmBox, whole_session: bool

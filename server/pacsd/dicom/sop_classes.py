@@ -10,11 +10,15 @@ A private SOP class (a UID outside the DICOM root 1.2.840.10008 that the standar
 name: a vendor's raw data or protocol objects) is taken for a storage SOP class. The groups
 `storage` and `storage:private` cover every such UID; they cannot be listed, so a policy asks
 `covers_private` of its tokens and `is_private` of a proposed UID.
+
+A site service (pacsd/extensions.py) adds its own group, named `site:...`, which is also its
+policy operation, with its SOP classes: `register_site_group`, once at start-up.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
@@ -26,8 +30,17 @@ DICOM_ROOT = "1.2.840.10008."
 # Groups that also cover every private SOP class (is_private).
 PRIVATE_GROUPS = frozenset({"storage", "storage:private"})
 
-# Operation names a policy grants (PS3.7 services as operators know them).
+# Operation names a policy grants (PS3.7 services as operators know them); site services add
+# theirs (`operations()`).
 OPERATIONS = ("echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups")
+# Site services (pacsd/extensions.py): the prefix of their group (and operation) names, their
+# groups (name -> UID -> keyword) and the group of each of their SOP classes. Empty unless
+# `extensions` loads some; filled by register_site_group only.
+SITE_PREFIX = "site:"
+_SITE_NAME_RE = re.compile(r"^site:[a-z0-9][a-z0-9._-]{0,47}$")
+_KEYWORD_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")  # as PS3.6 spells them
+_SITE_GROUPS: dict[str, dict[str, str]] = {}
+_SITE_CLASSES: dict[str, str] = {}
 
 # Storage SOP classes newer than pydicom 3.0's dictionary (PS3.6 Table A-1): UID -> keyword.
 _NEWER_STORAGE = {
@@ -147,8 +160,14 @@ def is_private(uid: str) -> bool:
         len(uid) <= 64
         and not uid.startswith(DICOM_ROOT)
         and uid not in _entries()
+        and uid not in _SITE_CLASSES
         and _UID_RE.match(uid) is not None
     )
+
+
+def is_site(uid: str) -> bool:
+    """True for a SOP class of a site service (register_site_group)."""
+    return uid in _SITE_CLASSES
 
 
 def covers_private(token: str) -> bool:
@@ -159,7 +178,10 @@ def covers_private(token: str) -> bool:
 def sop_class_keyword(uid: str) -> str:
     """The keyword of a SOP class, or the UID itself when the standard does not name it."""
     entry = _entries().get(uid)
-    return entry[1] if entry else uid
+    if entry is None:
+        group = _SITE_CLASSES.get(uid)
+        return _SITE_GROUPS[group][uid] if group is not None else uid
+    return entry[1]
 
 
 def _storage_where(*needles: str) -> frozenset[str]:
@@ -194,13 +216,19 @@ def groups() -> dict[str, frozenset[str]]:
         "mpps": _MPPS,
         "print": _PRINT,
         "ups": _UPS,
+        **{name: frozenset(members) for name, members in _SITE_GROUPS.items()},
     }
 
 
 @cache
 def _keywords() -> dict[str, str]:
-    """Keyword -> UID for every SOP class the standard names (some retired ones have none)."""
-    return {keyword: uid for uid, (_, keyword) in _entries().items() if keyword}
+    """Keyword -> UID for every SOP class the standard names (some retired ones have none)
+    and every site service's."""
+    keywords = {keyword: uid for uid, (_, keyword) in _entries().items() if keyword}
+    keywords.update(
+        {keyword: uid for members in _SITE_GROUPS.values() for uid, keyword in members.items()}
+    )
+    return keywords
 
 
 def resolve(token: str) -> frozenset[str]:
@@ -216,6 +244,12 @@ def resolve(token: str) -> frozenset[str]:
         return frozenset({uid})
     if _UID_RE.match(token) and len(token) <= 64:
         return frozenset({token})
+    if token.startswith(SITE_PREFIX):
+        loaded = ", ".join(_SITE_GROUPS) or "none"
+        raise ValueError(
+            f"{token!r} names no site service of a loaded extension (loaded: {loaded}; "
+            "`extensions` lists the ones pacsd loads at start-up)"
+        )
     raise ValueError(
         f"{token!r} is not a SOP class group ({', '.join(groups())}), "
         "a SOP class keyword such as CTImageStorage, or a UID"
@@ -231,6 +265,9 @@ def operation_of(uid: str) -> str:
     """
     if uid == VERIFICATION:
         return "echo"
+    site = _SITE_CLASSES.get(uid)
+    if site is not None:
+        return site
     for operation, members in (
         ("find", _QR_FIND),
         ("move", _QR_MOVE),
@@ -263,3 +300,68 @@ def in_context(sop_class_uid: str, abstract_syntax: str) -> bool:
         return True
     carried = META_SOP_CLASSES.get(abstract_syntax) or _UPS_CARRIERS.get(abstract_syntax)
     return carried is not None and sop_class_uid in carried
+
+
+def operations() -> tuple[str, ...]:
+    """Every operation a policy can grant: the built-in ones, then the site services'."""
+    return (*OPERATIONS, *_SITE_GROUPS)
+
+
+def site_name_problem(name: str) -> str | None:
+    """What is wrong with a site service's name (its group and operation), or None."""
+    if not _SITE_NAME_RE.match(name):
+        return (
+            f"name {name!r} is not site: followed by 1 to 48 lowercase letters, digits, "
+            "'.', '_' or '-' (e.g. site:dose-check)"
+        )
+    if name in _SITE_GROUPS:
+        return f"name {name!r} is taken by another site service"
+    return None
+
+
+def site_class_problem(uid: str, keyword: str) -> str | None:
+    """What keeps a SOP class from being a site service's, or None.
+
+    A site serves what pacsd does not: a private SOP class (a UID outside the DICOM root that
+    the standard does not name), or a standard SOP class of a service pacsd has none for
+    (operation "other", e.g. Instance Availability Notification, PS3.4 R). Never a storage
+    SOP class or a member of a built-in group, and each UID and keyword belongs to one site.
+    """
+    if not (_UID_RE.match(uid) and len(uid) <= 64):
+        return f"{uid!r} is not a UID (PS3.5 9.1: digits and dots, at most 64 characters)"
+    if uid in _SITE_CLASSES:
+        return f"SOP class {uid} is served by {_SITE_CLASSES[uid]} already"
+    if uid.startswith(DICOM_ROOT):
+        if uid not in _entries():
+            return f"{uid} is under the DICOM root but names no SOP class the standard defines"
+        if operation_of(uid) != "other":
+            return f"{uid} ({sop_class_keyword(uid)}) is a SOP class pacsd serves itself"
+    if not _KEYWORD_RE.match(keyword):
+        return f"keyword {keyword!r} of {uid} is not a capital letter, then letters and digits"
+    if keyword in _keywords() and _keywords()[keyword] != uid:
+        return f"keyword {keyword!r} of {uid} names another SOP class"
+    return None
+
+
+def register_site_group(name: str, members: Mapping[str, str]) -> None:
+    """Add a site service's group (named `name`, also its policy operation) and its SOP
+    classes (UID -> keyword) to the tables; ValueError when the name or a class is not free.
+
+    The tables are module-level and read without a lock by negotiation, routing and the
+    policy: call this only while the configuration loads at start-up (pacsd.extensions does),
+    before anything reads them; forked workers inherit the result. It clears the cached
+    groups and keywords.
+    """
+    problem = site_name_problem(name) or next(
+        (p for uid, kw in members.items() if (p := site_class_problem(uid, kw)) is not None),
+        None,
+    )
+    keywords = list(members.values())
+    if problem is None and len(set(keywords)) < len(keywords):
+        problem = f"a keyword is given to two SOP classes of {name}"
+    if problem is not None:
+        raise ValueError(problem)
+    _SITE_GROUPS[name] = dict(members)
+    _SITE_CLASSES.update(dict.fromkeys(members, name))
+    groups.cache_clear()
+    _keywords.cache_clear()

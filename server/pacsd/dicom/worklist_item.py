@@ -1,7 +1,9 @@
 """Modality Worklist items as an operator adds them: read, checked, one per scheduled step.
 
-An item comes from a DICOM file or from the DICOM JSON model (PS3.18 F.2: one object or an
-array of them). PS3.4 K.6.1.2.2 makes the keys below Type 1 in a worklist response, so an item
+An item comes from a DICOM file, from the DICOM JSON model (PS3.18 F.2: one object or an
+array of them), or from the same JSON written with keywords (`{"PatientName": "Doe^Jane",
+"ScheduledProcedureStepSequence": [{"Modality": "CT", ...}]}`, examples/worklist-item.json).
+PS3.4 K.6.1.2.2 makes the keys below Type 1 in a worklist response, so an item
 lacking one is refused with their names; a missing Study Instance UID is generated, as a RIS
 would (the modality needs it for the images). An item with several Scheduled Procedure Steps
 becomes one worklist item per step, each holding only its own step (K.6.1.2.2: the sequence in
@@ -11,12 +13,14 @@ a response holds a single item).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
@@ -36,6 +40,19 @@ REQUIRED_IN_STEP = (
 # Type 2 keys of K.6.1.2.2 that a response carries even when empty.
 PRESENT_IN_STEP = ("ScheduledPerformingPhysicianName",)
 PRESENT = ("AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "PatientSex")
+
+
+# What an operator is told when a file is none of the accepted forms.
+EXPECTED_FORM = (
+    "a worklist item file is a DICOM file, DICOM JSON (PS3.18 F.2: "
+    '{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}, ...}) or the same with '
+    'keywords ({"PatientName": "Doe^Jane", "PatientID": "P1", "RequestedProcedureID": "RP1", '
+    '"ScheduledProcedureStepSequence": [{"ScheduledStationAETitle": "CT01", '
+    '"ScheduledProcedureStepStartDate": "20260115", "ScheduledProcedureStepStartTime": "0930", '
+    '"Modality": "CT", "ScheduledProcedureStepID": "SPS1"}]}); an object or an array of them. '
+    "See examples/worklist-item.json"
+)
+_DICOM_JSON_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 
 class WorklistItemError(ValueError):
@@ -71,16 +88,58 @@ def read_items(path: Path) -> list[Dataset]:
     try:
         return [dcmread(path)]
     except (InvalidDicomError, OSError, ValueError) as exc:
-        raise WorklistItemError(f"{path}: neither DICOM JSON nor a DICOM file ({exc})") from None
+        problem = f"{path}: neither DICOM JSON nor a DICOM file ({exc}); {EXPECTED_FORM}"
+        raise WorklistItemError(problem) from None
 
 
 def _json_items(path: Path, text: bytes) -> list[Dataset]:
     try:
         loaded = json.loads(text)
-        objects = loaded if isinstance(loaded, list) else [loaded]
-        return [Dataset.from_json(item) for item in objects]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise WorklistItemError(f"{path}: not a DICOM JSON item or array ({exc})") from None
+    except ValueError as exc:
+        raise WorklistItemError(f"{path}: not valid JSON ({exc}); {EXPECTED_FORM}") from None
+    objects = loaded if isinstance(loaded, list) else [loaded]
+    items = []
+    for number, item in enumerate(objects, start=1):
+        where = f"{path}: item {number}" if isinstance(loaded, list) else str(path)
+        try:
+            items.append(_json_item(item))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise WorklistItemError(f"{where}: {_problem(exc)}; {EXPECTED_FORM}") from None
+    return items
+
+
+def _json_item(item: object) -> Dataset:
+    """One JSON object: DICOM JSON when every key is a tag (ggggeeee), else keywords."""
+    if not isinstance(item, dict) or not item:
+        raise ValueError("not a JSON object of attributes")
+    if all(_DICOM_JSON_TAG.match(key) for key in item):
+        return Dataset.from_json(item)
+    return _keyword_dataset(item)
+
+
+def _keyword_dataset(item: dict[str, Any]) -> Dataset:
+    """A data set from {"Keyword": value}: strings (and numbers) as DICOM would write them,
+    lists for several values, lists of objects for sequences."""
+    dataset = Dataset()
+    for keyword, value in item.items():
+        if _DICOM_JSON_TAG.match(keyword):
+            raise ValueError(f"{keyword!r} is a tag among keywords: write one form or the other")
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"{keyword!r} is neither a DICOM keyword nor a tag (ggggeeee)")
+        if dictionary_VR(keyword) == "SQ":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ValueError(f"{keyword} is a sequence: a list of objects")
+            setattr(dataset, keyword, Sequence([_keyword_dataset(v) for v in value]))
+        elif isinstance(value, dict):
+            raise ValueError(f"{keyword}: a value, or a list of values, not an object")
+        else:
+            setattr(dataset, keyword, "" if value is None else value)
+    return dataset
+
+
+def _problem(exc: Exception) -> str:
+    """What pydicom's or the checks' exception says, in one line."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def entries_of(item: Dataset) -> Iterator[WorklistEntry]:

@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-from pacsd import audit
+from pacsd import audit, metrics
 from pacsd.dimse.commands import C_CANCEL_RQ, Command
 from pacsd.dimse.messages import AcceptedContext, Request
 from pacsd.engine import pdu as pdus
@@ -155,6 +155,7 @@ class Acceptor(Association):
         handle.state = "established"
         self._release_pending()
         self.start_idle_timer()
+        metrics.association_established()
         handle.log.info(
             "association accepted",
             rule=handle.decision.rule if handle.decision else None,
@@ -182,6 +183,7 @@ class Acceptor(Association):
         audit.association_rejected(
             handle, f"{decision.reason} ({rejection.describe()})", decision.rule
         )
+        metrics.association_rejected(rejection.result, rejection.source, rejection.reason)
         reject = pdus.AssociateReject(rejection.result, rejection.source, rejection.reason)
         self.write(pdus.encode_associate_reject(reject))
         self.finish_and_close()
@@ -274,6 +276,9 @@ class Acceptor(Association):
         self._release_pending()
         self.engine.unregister(self)
         counters = handle.counters
+        # Released or aborted: it was established (the states set above and in abort()).
+        established = handle.state in ("released", "aborted")
+        metrics.connection_ended(established, counters.bytes_received, counters.bytes_sent)
         handle.log.info(
             "association closed",
             state=handle.state,

@@ -163,6 +163,10 @@ class Engine:
                 reason=handshake_failure(exc, timeout),
             )
 
+    def accepting(self) -> bool:
+        """Whether the listeners accept (from `start` until `stop_accepting`)."""
+        return self._listeners is not None
+
     def stop_accepting(self) -> None:
         """Stop accepting and close the listening sockets; running associations continue."""
         servers, self._servers = self._servers, []
@@ -241,7 +245,7 @@ class Engine:
     # -- status --------------------------------------------------------------------------
 
     def status_snapshot(self) -> dict[str, Any]:
-        """What the status interface serves: this engine and its live client handles."""
+        """What `GET /associations` serves: this engine and its live client handles."""
         handles = sorted(
             (acceptor.handle for acceptor in self.live.values()),
             key=lambda handle: handle.connected_at,

@@ -1,11 +1,14 @@
-"""N-EVENT-REPORTs put on the wire for the report workers' threads: Storage Commitment and UPS.
+"""N-EVENT-REPORTs put on the wire for the services' threads: Storage Commitment, UPS, Printer.
 
 PS3.4 J.3.3: the commitment report goes on the requester's association while it is open (pacsd
 is the SCP of its Storage Commitment context and sends the request between the requester's
 own; the response comes back by its Message ID), else on a new association to the requester's
 address from the AE table, proposing the SCP role for pacsd (PS3.7 D.3.3.4). UPS event reports
 (PS3.4 CC.2.4) go the same two ways, on a UPS Event context, to the subscriber's AE title: any
-association it has open with this process, else a new one.
+association it has open with this process, else a new one. The Printer's status reports (PS3.4
+H.4.6.2.1) go only on open associations of SCUs using the printer, on their Print Management
+Meta SOP Class context; on the printing one after the response to the print that found the
+status changed. Nothing is retried.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacsd.dicom.print_attributes import PRINTER_CLASS, PRINTER_INSTANCE
+from pacsd.dicom.sop_classes import BASIC_COLOR_PRINT_META, BASIC_GRAYSCALE_PRINT_META
 from pacsd.dicom.ups import UPS_EVENT, UPS_PUSH
 from pacsd.dimse.commands import N_ACTION_RQ, N_CREATE_RQ, N_SET_RQ
 from pacsd.dimse.messages import AcceptedContext, encode_dataset
@@ -87,6 +92,75 @@ class EngineDelivery:
                 raise DeliveryFailed(f"{peer.ae_title} did not acknowledge the report")
         finally:
             await requestor.release()
+
+
+class PrinterEventDelivery:
+    """services.print_management.PrinterEvents on an engine running on `loop`."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.loop = loop
+
+    def report(
+        self,
+        association_id: str,
+        event_type: int,
+        information: Dataset | None,
+        after_message_id: int | None,
+    ) -> None:
+        coroutine = self._report(association_id, event_type, information, after_message_id)
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except RuntimeError:  # the loop is closed: pacsd is stopping, nobody to tell
+            coroutine.close()
+
+    async def _report(
+        self,
+        association_id: str,
+        event_type: int,
+        information: Dataset | None,
+        after_message_id: int | None,
+    ) -> None:
+        acceptor = self.engine.live.get(association_id)
+        if acceptor is None:
+            return  # the association ended meanwhile
+        log = acceptor.handle.log.bind(event_type=event_type)
+        # Never before the response to the print that found the change (as for storage
+        # commitment, PS3.4 J.3.3: many SCUs do not cope with a report before it).
+        running = None if after_message_id is None else acceptor.running.get(after_message_id)
+        if running is not None:
+            done, _ = await asyncio.wait([running[1]], timeout=self.engine.timeouts.dimse)
+            if not done:
+                log.warning("printer status not reported: the print did not answer in time")
+                return
+        context = _printer_context(acceptor)
+        if acceptor.state != "established" or context is None:
+            log.info("printer status not reported: no association or context for it")
+            return
+        try:
+            status = await _send(
+                acceptor, context, information, event_type, PRINTER_CLASS, PRINTER_INSTANCE
+            )
+        except (TimeoutError, ConnectionError):
+            log.warning("printer status report not answered")
+            return
+        except Exception:
+            log.exception("printer status report failed")
+            return
+        if status != 0x0000:
+            log.warning("printer status report refused", status=f"0x{status:04X}")
+            return
+        log.info("printer status reported")
+
+
+def _printer_context(assoc: Association) -> AcceptedContext | None:
+    """The context a Printer N-EVENT-REPORT goes on: a Print Management Meta SOP Class's
+    (PS3.4 H.3; grayscale first), else a Printer SOP Class context of its own."""
+    for abstract_syntax in (BASIC_GRAYSCALE_PRINT_META, BASIC_COLOR_PRINT_META, PRINTER_CLASS):
+        context = _reporting_context(assoc, abstract_syntax)
+        if context is not None:
+            return context
+    return None
 
 
 class UpsEventDelivery:
@@ -190,13 +264,15 @@ def _reporting_context(assoc: Association, abstract_syntax: str) -> AcceptedCont
 async def _send(
     assoc: Association,
     context: AcceptedContext,
-    report: Dataset,
+    report: Dataset | None,
     event_type: int,
     sop_class_uid: str = PUSH_MODEL,
     sop_instance_uid: str = WELL_KNOWN_INSTANCE,
 ) -> int:
-    data = encode_dataset(report, context.transfer_syntax)
+    data = None if report is None else encode_dataset(report, context.transfer_syntax)
     message_id = assoc.next_message_id()
-    command = event_report_request(sop_class_uid, sop_instance_uid, event_type, message_id)
+    command = event_report_request(
+        sop_class_uid, sop_instance_uid, event_type, message_id, has_data_set=data is not None
+    )
     reply, _data = await assoc.send_request(context.context_id, command, message_id, data)
     return reply.status if reply.status is not None else 0xFFFF

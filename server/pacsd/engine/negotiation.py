@@ -18,7 +18,13 @@ from dataclasses import dataclass, field, replace
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsd.dicom.qr_models import MODELS, PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
-from pacsd.dicom.sop_classes import DICOM_ROOT, is_storage, operation_of, sop_class_keyword
+from pacsd.dicom.sop_classes import (
+    DICOM_ROOT,
+    is_site,
+    is_storage,
+    operation_of,
+    sop_class_keyword,
+)
 from pacsd.dimse.messages import NO_EXTENDED_OPTIONS, AcceptedContext, ExtendedOptions
 from pacsd.engine.pdu import (
     APPLICATION_CONTEXT_NAME,
@@ -83,10 +89,15 @@ _QR_MODELS = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)  # the C.6 models C.
 
 
 def is_served(sop_class_uid: str) -> bool:
-    """True when pacsd has a service for the SOP class."""
+    """True when pacsd has a service for the SOP class: built in, or a site service's
+    (pacsd/extensions.py)."""
     if sop_class_uid in _NOT_SERVED:
         return False
-    return operation_of(sop_class_uid) in SERVED_OPERATIONS or sop_class_uid in MODELS
+    return (
+        operation_of(sop_class_uid) in SERVED_OPERATIONS
+        or sop_class_uid in MODELS
+        or is_site(sop_class_uid)
+    )
 
 
 @dataclass(frozen=True)

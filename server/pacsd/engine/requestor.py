@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pacsd import metrics
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsd.dimse.commands import Command
 from pacsd.dimse.messages import AcceptedContext
@@ -151,6 +152,8 @@ class Requestor(Association):
     def ended(self, previous_state: str) -> None:
         if self.handle.state == "established":
             self.handle.state = "aborted"
+        counters = self.handle.counters
+        metrics.connection_ended(False, counters.bytes_received, counters.bytes_sent)
         self._refused(f"connection closed ({previous_state})")
 
     async def release(self) -> None:

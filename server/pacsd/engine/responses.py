@@ -91,15 +91,20 @@ def store_request(
 
 
 def event_report_request(
-    sop_class_uid: str, sop_instance_uid: str, event_type: int, message_id: int
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    event_type: int,
+    message_id: int,
+    has_data_set: bool = True,
 ) -> bytes:
-    """An N-EVENT-REPORT-RQ command set with an Event Information data set (PS3.7 10.3.1)."""
+    """An N-EVENT-REPORT-RQ command set, with an Event Information data set unless
+    `has_data_set` is False (PS3.7 10.3.1: Event Information is a user option)."""
     return encode_command(
         [
             (c.AFFECTED_SOP_CLASS_UID, sop_class_uid),
             (c.COMMAND_FIELD, c.N_EVENT_REPORT_RQ),
             (c.MESSAGE_ID, message_id),
-            (c.COMMAND_DATA_SET_TYPE, c.DATA_SET_PRESENT),
+            (c.COMMAND_DATA_SET_TYPE, c.DATA_SET_PRESENT if has_data_set else c.NO_DATA_SET),
             (c.AFFECTED_SOP_INSTANCE_UID, sop_instance_uid),
             (c.EVENT_TYPE_ID, event_type),
         ]

@@ -24,6 +24,8 @@ from pacsd.index.models import CommitmentRequest, Instance
 
 PENDING = "pending"
 DELIVERED = "delivered"
+GIVEN_UP = "given-up"  # commitment.report_lifetime or max_attempts reached
+CANCELLED = "cancelled"  # by `pacsd commitment cancel`
 # PS3.4 J.3.3.1.1 (Failure Reason, 0008,1197)
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 PROCESSING_FAILURE = 0x0110
@@ -40,6 +42,23 @@ class Pending:
     references: list[tuple[str, str]]
     result: dict[str, Any] | None
     attempts: int
+    requested_at: datetime
+    pk: int = 0
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A request as `pacsd commitment list` shows it."""
+
+    id: int
+    transaction_uid: str
+    calling_ae_title: str
+    state: str
+    requested_at: str
+    next_attempt_at: str
+    attempts: int
+    instances: int
+    last_error: str
 
 
 def add_request(
@@ -85,9 +104,66 @@ def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:
                 [(str(pair[0]), str(pair[1])) for pair in row.references],
                 row.result,
                 row.attempts,
+                _aware(row.requested_at),
+                row.pk,
             )
             for row in session.scalars(statement)
         ]
+
+
+def list_requests(database: IndexDatabase, everything: bool = False) -> list[Queued]:
+    """The requests whose report is waiting (with `everything`, also the delivered, given up
+    and cancelled ones), oldest first."""
+    statement = select(CommitmentRequest).order_by(CommitmentRequest.pk)
+    if not everything:
+        statement = statement.where(CommitmentRequest.state == PENDING)
+    with database.reading() as session:
+        return [
+            Queued(
+                row.pk,
+                row.transaction_uid,
+                row.calling_ae_title,
+                row.state,
+                _aware(row.requested_at).isoformat(timespec="seconds"),
+                _aware(row.next_attempt_at).isoformat(timespec="seconds")
+                if row.state == PENDING
+                else "",
+                row.attempts,
+                len(row.references),
+                row.last_error,
+            )
+            for row in session.scalars(statement)
+        ]
+
+
+def end_requests(
+    database: IndexDatabase, ids: Sequence[int | str] | None, state: str, reason: str
+) -> list[Pending]:
+    """Move pending requests (by ID or Transaction UID; None: all of them) to `state`
+    (GIVEN_UP, CANCELLED), noting `reason`; the requests that were pending."""
+    statement = select(CommitmentRequest).where(CommitmentRequest.state == PENDING)
+    if ids is not None:
+        numbers = [item for item in ids if isinstance(item, int)]
+        uids = [item for item in ids if isinstance(item, str)]
+        statement = statement.where(
+            CommitmentRequest.pk.in_(numbers) | CommitmentRequest.transaction_uid.in_(uids)
+        )
+    with database.writing() as session:
+        ended = []
+        for row in session.scalars(statement.with_for_update()):
+            row.state, row.last_error = state, reason[:256]
+            ended.append(
+                Pending(
+                    row.transaction_uid,
+                    row.calling_ae_title,
+                    [(str(pair[0]), str(pair[1])) for pair in row.references],
+                    row.result,
+                    row.attempts,
+                    _aware(row.requested_at),
+                    row.pk,
+                )
+            )
+        return ended
 
 
 def next_due(database: IndexDatabase) -> datetime | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from pacsd import metrics
 from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestResult, InstanceRecord, record_instance
 from pacsd.logs import get_logger
@@ -90,6 +91,7 @@ class IndexWriter:
                 job.result = result
             self.commits += 1
             self.records += len(batch)
+            metrics.index_batch_written(len(batch))
         finally:
             for job in batch:
                 job.done = True

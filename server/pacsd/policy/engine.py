@@ -249,6 +249,14 @@ def _decide(request: AssociationRequest, policy: Policy, usage: Usage) -> Decisi
     trace: list[str] = []
     for rule in policy.rules:
         why_not = rule.mismatch(request)
+        failed = _failed_identity(rule, request) if why_not is not None else None
+        if failed is not None:
+            # A rule that would match but for a user identity that failed verification decides:
+            # the identity is refused (PS3.7 D.3.3.7), not the calling AE title, and no later
+            # rule gets to accept the peer without it.
+            trace.append(f"rule {rule.name!r} matches on username; the identity sent failed")
+            problem = f"user identity not verified: {failed}"
+            return Decision.reject(REJECT_USER_IDENTITY, problem, rule.name, request, tuple(trace))
         if why_not is not None:
             trace.append(f"rule {rule.name!r} does not match: {why_not}")
             continue
@@ -271,6 +279,18 @@ def _decide(request: AssociationRequest, policy: Policy, usage: Usage) -> Decisi
     return Decision.reject(
         REJECT_CALLING_AE_NOT_RECOGNISED, "no policy rule matches", None, request, tuple(trace)
     )
+
+
+def _failed_identity(rule: CompiledRule, request: AssociationRequest) -> str | None:
+    """Why the user identity sent failed verification (a wrong password, an unknown user, a
+    bad token), when `rule` matches on `username` and would fit `request` but for it."""
+    match, identity = rule.source.match, request.identity
+    if match.username is None or rule.source.user_identity == "not-accepted":
+        return None
+    if identity is None or identity.outcome is not Outcome.FAILED:
+        return None
+    others_fit = _mismatch(match.model_copy(update={"username": None}), request) is None
+    return identity.reason if others_fit else None
 
 
 def _identity_refused(requirement: str, request: AssociationRequest) -> str | None:

@@ -7,6 +7,7 @@ reasons) is checked here, so a mistake stops start-up or a reload with one line 
 from __future__ import annotations
 
 import ipaddress
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -15,6 +16,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pacsd.dicom import sop_classes, transfer_syntaxes
 
 CALLING_AE = "$calling"  # in move_destinations: the calling AE title itself
+# True while settings.load_settings validates a configuration whose `extensions` are not loaded
+# yet (its first pass): `site:` groups and operations are taken on trust then, and checked by
+# the second pass, once the extensions registered theirs (dicom/sop_classes.py).
+SITE_NAMES_PENDING: ContextVar[bool] = ContextVar("site_names_pending", default=False)
 
 
 def _listify(value: object) -> object:
@@ -39,8 +44,22 @@ def _check_network(value: str) -> str:
         raise ValueError(f"not an IP address or CIDR network: {exc}") from None
 
 
+def _site_name_pending(value: str) -> bool:
+    return value.startswith(sop_classes.SITE_PREFIX) and SITE_NAMES_PENDING.get()
+
+
 def _check_sop_class(value: str) -> str:
-    sop_classes.resolve(value)
+    if not _site_name_pending(value):
+        sop_classes.resolve(value)
+    return value
+
+
+def _check_operation(value: str) -> str:
+    if value not in sop_classes.operations() and not _site_name_pending(value):
+        raise ValueError(
+            f"{value!r} is not an operation ({', '.join(sop_classes.operations())}, "
+            "or a site service's site:...)"
+        )
     return value
 
 
@@ -80,9 +99,8 @@ TransferSyntaxes = Annotated[
     BeforeValidator(_listify),
     Field(min_length=1),
 ]
-Operation = Literal[
-    "echo", "store", "find", "get", "move", "worklist", "commit", "mpps", "print", "ups"
-]
+# sop_classes.OPERATIONS, and the operations of the site services loaded (pacsd.extensions).
+Operation = Annotated[str, AfterValidator(_check_operation)]
 # How C-FIND and worklist keys of VR PN match when the peer negotiated nothing (PS3.4
 # C.2.2.2.1.1): exactly, ignoring case, or as pacsd's fuzzy semantic matching does.
 PersonNameMatching = Literal["exact", "case-insensitive", "fuzzy"]

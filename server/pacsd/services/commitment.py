@@ -9,19 +9,22 @@ send the N-EVENT-REPORT (event 1: all committed; event 2: with the Failed SOP Se
 - otherwise on a new association to the requester's address from the AE table, proposing the
   SCP role for the Storage Commitment Push Model SOP class (PS3.4 J.3.3, PS3.7 D.3.3.4).
 A failed delivery is retried with exponential back-off; pending requests are in the database,
-so a restarted pacsd delivers them.
+so a restarted pacsd delivers them. A report still undelivered `commitment.report_lifetime`
+after its request, or after `commitment.max_attempts` failed deliveries, is given up (logged
+and audited), as UPS event reports are after `ups.report_lifetime` (services/ups.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from pacsd import audit
 from pacsd.dimse.commands import ACTION_TYPE_ID
 from pacsd.dimse.messages import Request
 from pacsd.errors import (
@@ -33,9 +36,12 @@ from pacsd.errors import (
 )
 from pacsd.handle import ClientHandle
 from pacsd.index.commitment import (
+    GIVEN_UP,
+    Pending,
     add_request,
     due_now,
     due_requests,
+    end_requests,
     mark_delivered,
     next_due,
     reschedule,
@@ -181,6 +187,11 @@ class CommitmentWorker:
         for pending in due_requests(self.index):
             if self._stopping.is_set():
                 return
+            lifetime = timedelta(seconds=self.settings.report_lifetime)
+            if datetime.now(UTC) - pending.requested_at > lifetime:
+                lived = f"undelivered after {self.settings.report_lifetime:g} s"
+                self._give_up(pending, pending.attempts, lived)
+                continue
             result = pending.result
             if result is None:
                 result = verify(self.index, self.files.absolute, pending.references)
@@ -194,6 +205,10 @@ class CommitmentWorker:
             try:
                 how = self._deliver(pending.transaction_uid, pending.calling_ae_title, result)
             except DeliveryFailed as exc:
+                limit = self.settings.max_attempts
+                if limit is not None and pending.attempts + 1 >= limit:
+                    self._give_up(pending, limit, f"{limit} attempts failed, the last: {exc}")
+                    continue
                 delay = self._backoff(pending.attempts)
                 reschedule(self.index, pending.transaction_uid, delay, str(exc))
                 log.warning(
@@ -211,6 +226,22 @@ class CommitmentWorker:
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.settings.retry_max, self.settings.retry_initial * 2**attempts))
+
+    def _give_up(self, pending: Pending, attempts: int, reason: str) -> None:
+        """No more attempts: the request leaves the queue (kept as given up), logged, audited."""
+        if not end_requests(self.index, [pending.transaction_uid], GIVEN_UP, reason):
+            return  # cancelled meanwhile
+        with self._lock:
+            self._associations.pop(pending.transaction_uid, None)
+        log.warning(
+            "commitment report given up",
+            transaction_uid=pending.transaction_uid,
+            calling_ae_title=pending.calling_ae_title,
+            attempts=attempts,
+            reason=reason,
+        )
+        transaction = (pending.transaction_uid, len(pending.references))
+        audit.commitment_report_ended(pending.calling_ae_title, transaction, f"given up: {reason}")
 
     def _deliver(self, transaction_uid: str, calling: str, result: Mapping[str, Any]) -> str:
         report = report_dataset(transaction_uid, result, self.ae_title)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pacsd import audit
+from pacsd import audit, metrics
 from pacsd.dicom.sop_classes import in_context, sop_class_keyword
 from pacsd.dimse.messages import Request
 from pacsd.errors import DicomStatusError, NotAuthorized
@@ -181,13 +181,16 @@ def finish(
     subject: tuple[str, str] | None = None,
     **fields: Any,
 ) -> None:
-    """Count a finished DIMSE operation on its handle, audit it, write its one log line.
+    """Count a finished DIMSE operation on its handle and in the metrics, audit it, write its
+    one log line.
 
     Success, warnings (0xBxxx) and a cancel (0xFE00) are not failures.
     """
     name = request.name
+    seconds = time.perf_counter() - started
     failed = status not in (0x0000, 0xFE00) and not 0xB000 <= status <= 0xBFFF
     handle.operation_finished(name, failed, stored=stored, size=size)
+    metrics.operation_finished(name, status, seconds)
     audit.operation_finished(handle, request, name, status, fields, subject)
     log = handle.log.warning if failed else handle.log.info
     log(
@@ -196,6 +199,6 @@ def finish(
         sop_class=sop_class_keyword(request.sop_class_uid),
         status=f"0x{status:04X}",
         **fields,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        duration_ms=round(seconds * 1000, 2),
         **({"error_comment": error_comment(comment)} if comment else {}),
     )

@@ -2,16 +2,26 @@
 
 Served on the Basic Grayscale and Basic Color Print Management Meta SOP Classes' contexts:
 Basic Film Session (N-CREATE, N-SET, N-ACTION, N-DELETE), Basic Film Box (N-CREATE, N-SET,
-N-ACTION, N-DELETE), Basic Grayscale / Color Image Box (N-SET) and Printer (N-GET); on their own
-contexts, Presentation LUT (N-CREATE, N-DELETE) and Printer Configuration Retrieval (N-GET). A
-request a SOP class does not define answers 0x0211 (H.4: each class's DIMSE Service Group).
+N-ACTION, N-DELETE), Basic Grayscale / Color Image Box (N-SET) and Printer (N-GET, and the
+N-EVENT-REPORT of its status below); on their own contexts, Presentation LUT (N-CREATE,
+N-DELETE) and Printer Configuration Retrieval (N-GET). A request a SOP class does not define
+answers 0x0211 (H.4: each class's DIMSE Service Group).
 pacsd creates no Print Job and no Annotation Box instance, so their requests name no instance
 (0x0112).
 
 The objects of an association live in memory (dicom/print_session.PrintState) and end with it;
 printing writes PNG and PDF files and a job record under the print folder (dicom/print_output).
-The Printer is always NORMAL: the SCP reports each change of the printer's status with an
-N-EVENT-REPORT (H.4.6.2.1), and a file printer's never changes, so pacsd sends none.
+
+The Printer's status comes from the print folder (dicom/print_status: NORMAL, WARNING SUPPLY
+LOW, FAILURE SUPPLY EMPTY or PRINTER DOWN); its N-GET answers it as it is now. The SCP reports
+each change of it with an N-EVENT-REPORT to the SCUs whose associations use the printer
+(H.4.6.2.1.2). pacsd looks when a film session or film box prints: each association that has
+sent a print request here was last told NORMAL (at its start) or what its last report said, and
+hears of the new status when it differs. The report goes through `PrinterEvents`, which the
+engine implements: on the association's Print Management Meta SOP Class context, where pacsd is
+the SCP, the side that sends N-EVENT-REPORT (no role selection), and on the printing
+association only after the N-ACTION's response. A peer that does not acknowledge it is logged;
+nothing is retried, and the print's answer does not depend on it.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -49,6 +60,7 @@ from pacsd.dicom.print_attributes import (
 from pacsd.dicom.print_jobs import print_folder
 from pacsd.dicom.print_output import FilmPrinter, PrintOutput, job_header
 from pacsd.dicom.print_session import FilmBox, FilmSession, PrintState
+from pacsd.dicom.print_status import NORMAL, READY, PrinterStatus
 from pacsd.dicom.sop_classes import BASIC_COLOR_PRINT_META, BASIC_GRAYSCALE_PRINT_META
 from pacsd.dimse.commands import (
     ACTION_TYPE_ID,
@@ -90,14 +102,44 @@ def _attributes(request: Request) -> Dataset:
     return dataset
 
 
+class PrinterEvents(Protocol):
+    """How the engine sends a Printer N-EVENT-REPORT to an SCU (PS3.4 H.4.6.2.1)."""
+
+    def report(
+        self,
+        association_id: str,
+        event_type: int,
+        information: Dataset | None,
+        after_message_id: int | None,
+    ) -> None:
+        """Send it on that (acceptor) association, once the response to its request
+        `after_message_id` (None: no request to wait for) is on the wire. Returns at once: the
+        engine sends, waits for the N-EVENT-REPORT-RSP and logs what went wrong."""
+        ...
+
+
+def event_information(printer: PrinterStatus, printer_name: str) -> Dataset | None:
+    """PS3.4 H.4.6.2.1.1: Warning and Failure carry Printer Status Info (and, type 3, Printer
+    Name); Normal carries nothing."""
+    if printer.status == NORMAL:
+        return None
+    ds = Dataset()
+    ds.PrinterStatusInfo = printer.info
+    ds.PrinterName = printer_name
+    return ds
+
+
 class PrintService:
     """The Print Management SCP's N-services; one `PrintState` per association."""
 
     def __init__(self, profile: PrinterProfile, output: PrintOutput) -> None:
         self.profile = profile
+        self.output = output
         self.printer = FilmPrinter(profile, output)
+        self.events: PrinterEvents | None = None  # the engine's, set before it serves
         self._states: dict[str, PrintState] = {}
         self._handles: dict[str, weakref.ref[ClientHandle]] = {}
+        self._told: dict[str, PrinterStatus] = {}  # the printer status each association knows
         self._lock = threading.Lock()
 
     @classmethod
@@ -120,7 +162,13 @@ class PrintService:
             pdf=section.pdf,
         )
         folder = print_folder(section.folder, settings.storage.root)
-        return cls(profile, PrintOutput(folder, int(settings.storage.min_free_space)))
+        warning = section.warning_free_space
+        output = PrintOutput(
+            folder,
+            int(settings.storage.min_free_space),
+            None if warning is None else int(warning),
+        )
+        return cls(profile, output)
 
     def routes(self) -> dict[tuple[int, str], Operation]:
         """The engine's routes to this service (Services.simple)."""
@@ -142,6 +190,7 @@ class PrintService:
                 state = PrintState(self.profile, UID_ROOT)
                 self._states[handle.association_id] = state
                 self._handles[handle.association_id] = weakref.ref(handle)
+                self._told[handle.association_id] = READY  # PS3.4 H.4.6.2.1: changes are told
                 weakref.finalize(handle, self._discard, handle.association_id)
         with state.lock:
             state.little_endian = bool(UID(request.context.transfer_syntax).is_little_endian)
@@ -150,8 +199,9 @@ class PrintService:
     def _discard(self, association_id: str) -> None:
         """The handle is gone (garbage collected): so are its objects. No lock: this may run
         in any thread, even one holding `_lock`; dict.pop is atomic."""
-        self._states.pop(association_id, None)
         self._handles.pop(association_id, None)
+        self._told.pop(association_id, None)
+        _ended(association_id, self._states.pop(association_id, None))
 
     def _forget_ended(self) -> None:
         """Drop the objects of associations that ended (PS3.4 H.4.1: with the association)."""
@@ -160,14 +210,8 @@ class PrintService:
             if handle is not None and handle.state not in _ENDED:
                 continue
             self._handles.pop(association_id, None)
-            state = self._states.pop(association_id, None)
-            if state is not None and state.session is not None:
-                log.info(
-                    "film session ended with its association",
-                    association_id=association_id,
-                    film_session_uid=state.session.uid,
-                    film_boxes=len(state.session.film_boxes),
-                )
+            self._told.pop(association_id, None)
+            _ended(association_id, self._states.pop(association_id, None))
 
     def on_n_create(self, request: Request, handle: ClientHandle) -> OperationResult:
         """N-CREATE of a Film Session, a Film Box or a Presentation LUT."""
@@ -219,20 +263,23 @@ class PrintService:
         action = request.command.number(ACTION_TYPE_ID)
         if action != PRINT_ACTION:
             raise PrintRefused(NO_SUCH_ACTION, f"action type {action} (only 1: print)")
-        with self._state(request, handle) as state:
-            films: list[FilmBox]
-            if sop_class == FILM_SESSION:
-                session = state.film_session(uid)
-                films = list(session.film_boxes.values())
-                if not films:
-                    raise PrintRefused(NO_FILM_BOX, "the film session has no film box")
-            else:
-                films = [state.film_box(uid)]
-                assert state.session is not None
-                session = state.session
-            printed = self.printer.print_films(
-                session, films, sop_class == FILM_SESSION, self._origin(session, handle)
-            )
+        try:
+            with self._state(request, handle) as state:
+                films: list[FilmBox]
+                if sop_class == FILM_SESSION:
+                    session = state.film_session(uid)
+                    films = list(session.film_boxes.values())
+                    if not films:
+                        raise PrintRefused(NO_FILM_BOX, "the film session has no film box")
+                else:
+                    films = [state.film_box(uid)]
+                    assert state.session is not None
+                    session = state.session
+                printed = self.printer.print_films(
+                    session, films, sop_class == FILM_SESSION, self._origin(session, handle)
+                )
+        finally:
+            self._tell_status(request, handle)  # printed or not: the printer was used
         handle.log.info(
             "films printed",
             film_session_uid=session.uid,
@@ -241,6 +288,32 @@ class PrintService:
             copies=session.attributes.number_of_copies,
         )
         return OperationResult(printed.status, outcome=f"{len(printed.files)} film(s) printed")
+
+    def _tell_status(self, request: Request, handle: ClientHandle) -> None:
+        """PS3.4 H.4.6.2.1.2: tell each association using the printer of a change of its status;
+        on `handle`'s own, after the response to `request`."""
+        now = self.output.status()
+        with self._lock:
+            self._forget_ended()
+            told = [aid for aid, known in list(self._told.items()) if known != now]
+            for association_id in told:
+                self._told[association_id] = now
+        if not told:
+            return
+        handle.log.info(
+            "printer status changed",
+            printer_status=now.status,
+            printer_status_info=now.info,
+            detail=now.detail,
+            associations=len(told),
+        )
+        events = self.events
+        if events is None:
+            return
+        information = event_information(now, self.profile.name)
+        for association_id in told:
+            after = request.message_id if association_id == handle.association_id else None
+            events.report(association_id, now.event_type, information, after)
 
     @staticmethod
     def _origin(session: FilmSession, handle: ClientHandle) -> dict[str, str]:
@@ -271,17 +344,17 @@ class PrintService:
         with self._state(request, handle) as state:
             state.check_instance(uid, sop_class)
         if uid == PRINTER_INSTANCE:
-            everything = self._printer_dataset()
+            everything = self._printer_dataset(self.output.status())
         else:
             everything = self._configuration_dataset()
         wanted = request.command.tags(ATTRIBUTE_IDENTIFIER_LIST)
         return OperationResult(0x0000, dataset=_selected(everything, wanted))
 
-    def _printer_dataset(self) -> Dataset:
-        """PS3.4 H.4.6.2.2 (Printer N-GET); a file printer has no calibration."""
+    def _printer_dataset(self, printer: PrinterStatus) -> Dataset:
+        """PS3.4 H.4.6.2.2 (Printer N-GET): the status now; a file printer has no calibration."""
         ds = Dataset()
-        ds.PrinterStatus = "NORMAL"
-        ds.PrinterStatusInfo = "NORMAL"
+        ds.PrinterStatus = printer.status
+        ds.PrinterStatusInfo = printer.info
         ds.PrinterName = self.profile.name
         ds.Manufacturer = "pacsd"
         ds.ManufacturerModelName = "pacsd file printer"
@@ -321,6 +394,17 @@ class PrintService:
         ds = Dataset()
         ds.PrinterConfigurationSequence = Sequence(items)
         return ds
+
+
+def _ended(association_id: str, state: PrintState | None) -> None:
+    """Log the end of an association's film session (whoever dropped its objects first)."""
+    if state is not None and state.session is not None:
+        log.info(
+            "film session ended with its association",
+            association_id=association_id,
+            film_session_uid=state.session.uid,
+            film_boxes=len(state.session.film_boxes),
+        )
 
 
 def _selected(everything: Dataset, wanted: tuple[int, ...]) -> Dataset:

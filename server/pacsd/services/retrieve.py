@@ -57,7 +57,7 @@ from pacsd.errors import DicomStatusError, OutOfResources
 from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
 from pacsd.index.retrieve import Selection, StoredInstance, select_instances, stored_instances
-from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport
+from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport, error_comment
 from pacsd.services.ports import (
     OperationPort,
     Outgoing,
@@ -74,6 +74,12 @@ MAX_SUBOPERATIONS = 65535
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 EXTRACTED_UID_ROOT = f"{IMPLEMENTATION_CLASS_UID}.4."  # new instances of FRAME level retrieves
+# Why a sub-operation has no context at all (not a transfer syntax problem). PS3.4 C.4.3.1:
+# C-GET's C-STOREs go on the requester's own association, which needs a context of the SOP
+# class where the requester took the SCP role (SCP/SCU Role Selection, PS3.7 D.3.3.4) and the
+# policy rule granted it (`peer_scp_role`).
+NO_SCP_ROLE = "requester has no SCP role for {sop_class} (PS3.7 D.3.3.4)"
+NO_DESTINATION_CONTEXT = "destination accepted no context for {sop_class}"
 
 
 class MoveDestinationUnknown(DicomStatusError):
@@ -293,7 +299,7 @@ class RetrieveService:
     ) -> None:
         """Send each selected instance on the requester's own association."""
         plan = self._plan(request, report)
-        self._send(request, plan, report, port, port.same_association)
+        self._send(request, plan, report, port, port.same_association, NO_SCP_ROLE)
 
     def on_c_move(
         self, request: Request, handle: ClientHandle, report: StreamReport, port: OperationPort
@@ -309,7 +315,7 @@ class RetrieveService:
             report.sub_operations = SubOperations(0).counts()
             return
         with port.sub_association(peer, move_contexts(plan.selection.presentations)) as sender:
-            self._send(request, plan, report, port, sender)
+            self._send(request, plan, report, port, sender, NO_DESTINATION_CONTEXT)
 
     def _send(
         self,
@@ -318,6 +324,7 @@ class RetrieveService:
         report: StreamReport,
         port: OperationPort,
         sender: StoreSender,
+        no_context: str,
     ) -> None:
         tally = SubOperations(plan.selection.count)
         try:
@@ -325,10 +332,17 @@ class RetrieveService:
                 if request.cancelled:
                     report.status = CANCELLED
                     return
-                self._sub_operation(instance, plan.outgoing, tally, sender)
+                if not sender.accepted_syntaxes(instance.sop_class_uid):
+                    name = UID(instance.sop_class_uid).keyword or instance.sop_class_uid
+                    tally.fail(instance, no_context.format(sop_class=name))
+                else:
+                    self._sub_operation(instance, plan.outgoing, tally, sender)
                 report.sub_operations = tally.counts()
                 port.pending(PENDING, counts=tally.counts())
             report.status = tally.final_status()
+            if tally.reasons:  # the Error Comment of a Warning or Failure: the commonest cause
+                commonest = max(tally.reasons.items(), key=lambda item: item[1])[0]
+                report.comment = error_comment(commonest)
         finally:
             report.sub_operations = tally.counts()
             report.failed_uids = tally.failed_uids
