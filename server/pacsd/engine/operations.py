@@ -199,7 +199,7 @@ class Operations:
             port = ThreadPort(assoc, request, loop)
             stream = functools.partial(run_stream, group, self._streams[(command.field, group)])
             report = await loop.run_in_executor(self.work, stream, request, assoc.handle, port)
-            assoc.write_all(final_pdus(assoc, request, report))
+            assoc.write_all(port.take_held() + final_pdus(assoc, request, report))
 
     def _store(self, group: str, request: Request, handle: ClientHandle) -> Response:
         """C-STORE in the I/O executor; a received file that was not kept is gone before the

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 OUTBOX_HIGH_WATER = 1024 * 1024  # bytes handed to the loop and not yet written
 WAIT_SLICE_S = 0.5  # a blocked thread looks again at least this often (association gone?)
 CONNECT_MARGIN_S = 5.0
+# Held pending responses go to the loop at the latest after this many, or this many bytes.
+HOLD_RESPONSES = 16
+HOLD_BYTES = 64 * 1024
 
 
 class Outbox:
@@ -105,29 +108,57 @@ class AssociationSender(StoreSender):
 
 
 class ThreadPort:
-    """services.ports.OperationPort for one streaming operation of an acceptor."""
+    """services.ports.OperationPort for one streaming operation of an acceptor.
+
+    Held pending responses (C-FIND matches produced back to back) go to the loop in one
+    hand-off per HOLD_RESPONSES or HOLD_BYTES, or with the final response: a thread-to-loop
+    hand-off (a wake-up of the loop, a write) cost more than encoding a small response.
+    """
 
     def __init__(self, assoc: Acceptor, request: Request, loop: asyncio.AbstractEventLoop) -> None:
         self.assoc = assoc
         self.request = request
         self.loop = loop
+        self._held: list[bytes] = []
+        self._held_responses = 0
+        self._held_size = 0
 
     def pending(
         self,
         status: int,
         identifier: Dataset | None = None,
         counts: SubOperationCounts | None = None,
+        hold: bool = False,
     ) -> None:
         request = self.request
         data = encode_dataset(identifier, request.context.transfer_syntax) if identifier else None
         command = response(request.command, status, has_data_set=data is not None, counts=counts)
         context_id = request.context.context_id
-        self.assoc.outbox.post(
-            list(message_pdus(context_id, command, data, self.assoc.peer_max_pdu))
-        )
+        pdus = list(message_pdus(context_id, command, data, self.assoc.peer_max_pdu))
+        if not hold:
+            self.flush()
+            self.assoc.outbox.post(pdus)
+            return
+        self._held += pdus
+        self._held_responses += 1
+        self._held_size += sum(len(pdu) for pdu in pdus)
+        if self._held_responses >= HOLD_RESPONSES or self._held_size >= HOLD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self._held_responses = self._held_size = 0
+            self.assoc.outbox.post(held)
+
+    def take_held(self) -> list[bytes]:
+        """On the loop, once the operation's thread returned: the responses still held."""
+        held, self._held = self._held, []
+        return held
 
     @property
     def same_association(self) -> StoreSender:
+        self.flush()
         return AssociationSender(self.assoc, self.loop)
 
     @contextmanager

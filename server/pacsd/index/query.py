@@ -5,30 +5,28 @@ LIKE ignores ASCII case, for instance); every candidate is then checked by the m
 dicom/matching.py on its representative header, which is what makes a key without a column
 still correct. Rows are read by keyset pagination (`pk > last ORDER BY pk LIMIT n`), one short
 read transaction per batch: a query never holds the whole result, nor a transaction across the
-time the peer takes to read the responses.
+time the peer takes to read the responses. A batch is one statement (candidates, representative
+headers, counts), built once per shape of the keys' conditions (index/conditions.py) and run
+again with their values bound.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, bindparam, exists, func, null, select
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from pacsd.dicom.matching import (
-    DateTimeRangeMatcher,
-    JsonRecord,
-    Key,
-    RangeMatcher,
-    Record,
-    ValueMatcher,
-    ZonedRecord,
-)
+from pacsd.dicom.matching import JsonRecord, Key, Record, ZonedRecord
 from pacsd.dicom.qr_models import Level
+from pacsd.index.conditions import Plan, Shape, build, plan_condition
+from pacsd.index.conditions import column_condition as column_condition
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import Instance, Patient, Series, Study
 
@@ -87,7 +85,7 @@ _PKS: Mapping[Level, InstrumentedAttribute[int]] = {
 }
 AnySelect = Select[*tuple[Any, ...]]
 _Select = TypeVar("_Select", bound=AnySelect)
-_LIKE_ESCAPE = "!"
+_COUNT_KEYWORDS = {tag: str(keyword_for_tag(tag)) for tag in COUNTS}
 # Timezone query adjustment (dicom/matching.ZonedRecord) moves a stored date by at most the
 # distance between two offsets (-12:00 .. +14:00): date columns are narrowed this much wider.
 ZONE_MARGIN_DAYS = 2
@@ -104,11 +102,9 @@ class Match:
 @dataclass(frozen=True)
 class _Row:
     pk: int
-    patient_pk: int
     study_pk: int | None
-    series_pk: int | None
-    modalities_in_study: str | None
-    header: Mapping[str, Any] | None  # IMAGE level: the instance's own header
+    header: Mapping[str, Any] | None  # the representative header (the instance's own at IMAGE)
+    computed: dict[int, list[str]]
 
 
 def usable_keys(keys: Sequence[Key], level: Level) -> tuple[list[Key], list[Key]]:
@@ -138,30 +134,86 @@ def find(
     carries their attributes; their columns are joined). With `zone` (minutes east of UTC),
     stored dates and times are matched in that timezone (timezone query adjustment).
     """
+    for matches, _more in find_batches(database, level, keys, batch_size, zone):
+        yield from matches
+
+
+def find_batches(
+    database: IndexDatabase,
+    level: Level,
+    keys: Sequence[Key],
+    batch_size: int = 200,
+    zone: int | None = None,
+) -> Iterator[tuple[list[Match], bool]]:
+    """`find`'s matches batch by batch, each with whether another batch is read after it.
+
+    One statement per batch, built once per shape (`_statement`): the candidates, each with
+    its representative header and the counts the keys ask for.
+    """
     matched = [key for key in keys if key.matcher is not None]
-    statement = _statement(level, matched, ZONE_MARGIN_DAYS if zone is not None else 0)
+    wanted = {key.tag for key in keys}
+    plans = _plans(matched, ZONE_MARGIN_DAYS if zone is not None else 0)
+    counts = tuple(sorted(t for t in wanted if t in COUNTS and COUNTS[t] <= level))
+    shapes = tuple((tag, plan.shape) for tag, plan in plans)
+    statement = _statement(level, shapes, counts, batch_size)
+    values = (value for _tag, plan in plans for value in plan.values)
+    parameters: dict[str, Any] = {f"v{n}": value for n, value in enumerate(values)}
     after = 0
     while True:
-        with database.reading_connection() as session:
-            rows = _rows(session, statement, level, after, batch_size)
-            matches = _matches(session, level, rows, matched, keys, zone) if rows else []
-        yield from matches
-        if len(rows) < batch_size:
+        with database.reading_connection() as connection:
+            rows = _rows(connection, statement, {**parameters, "after": after}, counts)
+            matches = _matches(connection, level, rows, matched, wanted, zone) if rows else []
+        more = len(rows) == batch_size
+        yield matches, more
+        if not more:
             return
         after = rows[-1].pk
 
 
-def _statement(level: Level, keys: Sequence[Key], widen_days: int = 0) -> AnySelect:
-    statement: AnySelect = select(_PKS[level], Patient.pk)
-    if level >= Level.STUDY:
-        statement = statement.add_columns(Study.pk, Study.modalities_in_study)
-    if level >= Level.SERIES:
-        statement = statement.add_columns(Series.pk)
-    if level is Level.IMAGE:
-        statement = statement.add_columns(Instance.header)
-    statement = _joined(statement, level)
-    conditions = [clause for key in keys if (clause := _condition(key, widen_days)) is not None]
-    return statement.where(*conditions)
+def _plans(keys: Sequence[Key], widen_days: int) -> list[tuple[int, Plan]]:
+    """The SQL condition plan of each key that has one (see `_condition`)."""
+    plans = []
+    for key in keys:
+        if key.tag == MODALITIES_IN_STUDY:
+            plan = plan_condition(Series.modality, key)
+        elif key.tag == SOP_CLASSES_IN_STUDY:
+            plan = plan_condition(Instance.sop_class_uid, key)
+        elif (mapped := COLUMNS.get(key.tag)) is not None:
+            plan = plan_condition(mapped[1], key, widen_days)
+        else:
+            plan = None
+        if plan is not None:
+            plans.append((key.tag, plan))
+    return plans
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(
+    level: Level,
+    conditions: tuple[tuple[int, Shape], ...],
+    counts: tuple[int, ...],
+    batch_size: int,
+) -> AnySelect:
+    """The batch query of one shape (built once): the candidates after `:after`, each with
+    its representative header and the requested counts; values bind as :v0, :v1, ...
+
+    Columns: pk, patient pk, study pk, Modalities in Study, series pk, header, counts.
+    """
+    pk = _PKS[level]
+    above = level >= Level.STUDY
+    statement: AnySelect = select(
+        pk,
+        Patient.pk,
+        Study.pk if above else null(),
+        Study.modalities_in_study if above else null(),
+        Series.pk if level >= Level.SERIES else null(),
+        Instance.header if level is Level.IMAGE else _representative_header(level),
+        *(_count(tag) for tag in counts),
+    )
+    names = (f"v{number}" for number in itertools.count())
+    clauses = [_condition(tag, shape, names) for tag, shape in conditions]
+    statement = _joined(statement, level).where(*clauses, pk > bindparam("after"))
+    return statement.order_by(pk).limit(batch_size)
 
 
 def _joined(statement: _Select, level: Level) -> _Select:
@@ -176,252 +228,102 @@ def _joined(statement: _Select, level: Level) -> _Select:
 
 
 def _rows(
-    session: Connection, statement: AnySelect, level: Level, after: int, limit: int
+    connection: Connection,
+    statement: AnySelect,
+    parameters: dict[str, Any],
+    counts: tuple[int, ...],
 ) -> list[_Row]:
-    pk = _PKS[level]
-    result = session.execute(statement.where(pk > after).order_by(pk).limit(limit))
     rows = []
-    for values in result:
-        study_pk, modalities = (values[2], values[3]) if level >= Level.STUDY else (None, None)
-        series_pk = values[4] if level >= Level.SERIES else None
-        header = values[5] if level is Level.IMAGE else None
-        rows.append(_Row(values[0], values[1], study_pk, series_pk, modalities, header))
+    for values in connection.execute(statement, parameters):
+        computed: dict[int, list[str]] = {}
+        if values[3] is not None:
+            computed[MODALITIES_IN_STUDY] = [m for m in values[3].split("\\") if m]
+        for tag, count in zip(counts, values[6:], strict=True):
+            computed[tag] = [str(count)]
+        rows.append(_Row(values[0], values[2], values[5], computed))
     return rows
 
 
-def _condition(key: Key, widen_days: int = 0) -> ColumnElement[bool] | None:
-    """A SQL condition selecting a superset of the key's matches, or None (no narrowing).
+def _condition(tag: int, shape: Shape, names: Iterator[str]) -> ColumnElement[bool]:
+    """The SQL condition of a planned key, its values bound to the next `names`.
 
     The study's series and instances are reached through aliases correlated to the outer
     Study only: at SERIES and IMAGE level the outer query joins Series (and Instance) too,
     which would otherwise be correlated away (or narrow to the row's own series).
     """
-    if key.tag == MODALITIES_IN_STUDY:
+    values = itertools.repeat(None)
+    if tag == MODALITIES_IN_STUDY:
         series = aliased(Series)
-        clause = column_condition(series.modality, key)
-        if clause is None:
-            return None
+        clause = build(shape, series.modality, values, names)
         in_study = select(series.pk).where(series.study_fk == Study.pk, clause)
         return exists(in_study.correlate(Study))
-    if key.tag == SOP_CLASSES_IN_STUDY:
+    if tag == SOP_CLASSES_IN_STUDY:
         instance, series = aliased(Instance), aliased(Series)
-        clause = column_condition(instance.sop_class_uid, key)
-        if clause is None:
-            return None
+        clause = build(shape, instance.sop_class_uid, values, names)
         in_study = select(instance.pk).join(series, instance.series_fk == series.pk)
         return exists(in_study.where(series.study_fk == Study.pk, clause).correlate(Study))
-    mapped = COLUMNS.get(key.tag)
-    return column_condition(mapped[1], key, widen_days) if mapped is not None else None
+    return build(shape, COLUMNS[tag][1], values, names)
 
 
-def column_condition(
-    column: InstrumentedAttribute[Any], key: Key, widen_days: int = 0
-) -> ColumnElement[bool] | None:
-    """A SQL condition on `column` selecting a superset of the key's matches, or None;
-    `widen_days` widens date conditions by that many days on each side."""
-    matcher = key.matcher
-    if isinstance(matcher, ValueMatcher):
-        if matcher.vr == "DA" and widen_days:
-            dates = sorted(matcher.literals)
-            return (
-                _date_range(column, *_widened(dates[0], dates[-1], widen_days)) if dates else None
-            )
-        return _value_condition(column, matcher)
-    if isinstance(matcher, RangeMatcher) and matcher.vr == "DA":
-        return _date_range(column, *_widened(matcher.low, matcher.high, widen_days))
-    if isinstance(matcher, DateTimeRangeMatcher):
-        return _date_range(column, *_widened(matcher.low[:8], matcher.high[:8], widen_days))
-    return None  # TM and DT ranges, sequences, fuzzy names: checked on the header only
+def _instances_under(level: Level) -> tuple[Any, Any, AnySelect]:
+    """(instance alias, series alias, a select of the instances under the outer query's
+    entity of `level`, correlated to it); add the columns to it."""
+    instance, series, study = aliased(Instance), aliased(Series), aliased(Study)
+    statement = select().select_from(instance)
+    if level is Level.SERIES:
+        return instance, series, statement.where(instance.series_fk == Series.pk).correlate(Series)
+    statement = statement.join(series, instance.series_fk == series.pk)
+    if level is Level.STUDY:
+        return instance, series, statement.where(series.study_fk == Study.pk).correlate(Study)
+    statement = statement.join(study, series.study_fk == study.pk)
+    return instance, series, statement.where(study.patient_fk == Patient.pk).correlate(Patient)
 
 
-def _widened(low: str, high: str, days: int) -> tuple[str, str]:
-    """Date bounds `days` wider; a bound that is no calendar date is dropped (open end)."""
-    if not days:
-        return low, high
-    return _moved_date(low, -days, ""), _moved_date(high, days, "~")
+def _representative_header(level: Level) -> Any:
+    """The header of the entity's first instance (lowest pk), or NULL without instances."""
+    instance, _series, under = _instances_under(level)
+    first = under.add_columns(func.min(instance.pk)).scalar_subquery()
+    header = aliased(Instance)
+    return select(header.header).where(header.pk == first).scalar_subquery()
 
 
-def _moved_date(date: str, days: int, open_end: str) -> str:
-    if date in ("", "~", "99999999"):
-        return date
-    try:
-        return (datetime.strptime(date, "%Y%m%d") + timedelta(days=days)).strftime("%Y%m%d")
-    except ValueError:
-        return open_end
-
-
-def _date_range(column: InstrumentedAttribute[Any], low: str, high: str) -> ColumnElement[bool]:
-    conditions = [column != "", column >= low]
-    if high not in ("~", "99999999"):
-        conditions.append(column <= high)
-    return and_(*conditions)
-
-
-def _value_condition(
-    column: InstrumentedAttribute[Any], matcher: ValueMatcher
-) -> ColumnElement[bool] | None:
-    if column.type.python_type is int:
-        numbers = [_integer(value) for value in matcher.literals]
-        if matcher.patterns or None in numbers:
-            return None
-        return column.in_(numbers)
-    alternatives: list[ColumnElement[bool]] = []
-    plain = not matcher.case_insensitive and matcher.vr != "PN"
-    if plain and matcher.literals:
-        # One IN, not an OR per value: SQLite refuses an expression tree deeper than 1000,
-        # and a C-MOVE may list thousands of UIDs.
-        alternatives.append(column.in_(matcher.literals))
-    for value in matcher.patterns if plain else matcher.literals + matcher.patterns:
-        clause = _like(column, matcher, value)
-        if clause is None:
-            return None
-        alternatives.append(clause)
-    return or_(*alternatives) if alternatives else false()
-
-
-def _like(
-    column: InstrumentedAttribute[Any], matcher: ValueMatcher, value: str
-) -> ColumnElement[bool] | None:
-    wildcard = "*" in value or "?" in value
-    pattern = _like_pattern(value) if wildcard else None
-    clause: ColumnElement[bool]
-    if matcher.case_insensitive:
-        if not value.isascii():
-            return None  # SQLite's lower() only folds ASCII: leave this key to the matcher
-        pattern = pattern or _like_pattern(value)
-        clause = column.ilike(pattern, escape=_LIKE_ESCAPE)
-    elif pattern is not None:
-        clause = column.like(pattern, escape=_LIKE_ESCAPE)
+def _count(tag: int) -> Any:
+    """PS3.4 C.6.1.1.4, C.6.2.1.2: a Number of ... Related ... key, counted over the
+    instances under the entity of its level."""
+    instance, series, under = _instances_under(COUNTS[tag])
+    keyword = _COUNT_KEYWORDS[tag]
+    if keyword.endswith("Instances"):
+        counted = func.count(instance.pk)
+    elif keyword.endswith("Series"):
+        counted = func.count(instance.series_fk.distinct())
     else:
-        clause = column == value
-    if matcher.vr == "PN":  # the alphabetic group alone may match (dicom/matching.py)
-        group = (pattern or _like_pattern(value)) + "=%"
-        alt = column.ilike if matcher.case_insensitive else column.like
-        clause = or_(clause, alt(group, escape=_LIKE_ESCAPE))
-    return clause
-
-
-def _like_pattern(value: str) -> str:
-    escaped = "".join(f"{_LIKE_ESCAPE}{c}" if c in "%_!" else c for c in value)
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def _integer(value: str) -> int | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return int(number) if number.is_integer() else None
+        counted = func.count(series.study_fk.distinct())
+    return under.add_columns(counted).scalar_subquery()
 
 
 def _matches(
-    session: Connection,
+    connection: Connection,
     level: Level,
     rows: list[_Row],
     matched: Sequence[Key],
-    keys: Sequence[Key],
+    wanted: set[int],
     zone: int | None = None,
 ) -> list[Match]:
-    wanted = {key.tag for key in keys}
-    computed = _computed_values(session, level, rows, wanted)
-    headers = _headers(session, level, rows)
+    if SOP_CLASSES_IN_STUDY in wanted and level >= Level.STUDY:
+        _add_sop_classes(connection, rows)
     matches = []
     for row in rows:
-        header = headers.get(row.pk)
-        if header is None:
+        if row.header is None:
             continue  # an entity without instances has nothing to return
-        stored = JsonRecord(header, computed.get(row.pk, {}))
+        stored = JsonRecord(row.header, row.computed)
         record: Record = stored if zone is None else ZonedRecord.of(stored, zone)
         if all(key.matcher is not None and key.matcher.matches(record) for key in matched):
-            matches.append(Match(header, stored.computed))
+            matches.append(Match(row.header, stored.computed))
     return matches
 
 
-def _headers(session: Connection, level: Level, rows: list[_Row]) -> dict[int, Mapping[str, Any]]:
-    """Each row's representative header: its first instance's (the instance's own at IMAGE)."""
-    if level is Level.IMAGE:
-        return {row.pk: row.header for row in rows if row.header is not None}
-    first = _first_instances(session, level, [row.pk for row in rows])
-    statement = select(Instance.pk, Instance.header).where(Instance.pk.in_(first.values()))
-    loaded = {pk: header for pk, header in session.execute(statement)}
-    return {pk: loaded[instance] for pk, instance in first.items() if instance in loaded}
-
-
-def _instances_under(level: Level) -> tuple[InstrumentedAttribute[Any], AnySelect]:
-    """The column holding the `level` key of an instance, and a select joined to reach it."""
-    if level is Level.SERIES:
-        return Instance.series_fk, select().select_from(Instance)
-    joined = select().select_from(Instance).join(Series, Instance.series_fk == Series.pk)
-    if level is Level.STUDY:
-        return Series.study_fk, joined
-    return Study.patient_fk, joined.join(Study, Series.study_fk == Study.pk)
-
-
-def _first_instances(session: Connection, level: Level, pks: list[int]) -> dict[int, int]:
-    owner, statement = _instances_under(level)
-    statement = statement.add_columns(owner, func.min(Instance.pk))
-    grouped = statement.where(owner.in_(pks)).group_by(owner)
-    return {owner_pk: first for owner_pk, first in session.execute(grouped)}
-
-
-def _computed_values(
-    session: Connection, level: Level, rows: list[_Row], wanted: set[int]
-) -> dict[int, dict[int, list[str]]]:
-    """ModalitiesInStudy, SOPClassesInStudy and the Number of ... Related keys, per row."""
-    computed: dict[int, dict[int, list[str]]] = {row.pk: {} for row in rows}
-    for row in rows:
-        if row.modalities_in_study is not None:
-            modalities = [m for m in row.modalities_in_study.split("\\") if m]
-            computed[row.pk][MODALITIES_IN_STUDY] = modalities
-    for count_level in {COUNTS[tag] for tag in wanted if tag in COUNTS}:
-        if count_level <= level:
-            _add_counts(session, count_level, rows, computed)
-    if SOP_CLASSES_IN_STUDY in wanted and level >= Level.STUDY:
-        _add_sop_classes(session, rows, computed)
-    return computed
-
-
-def _owner_pk(row: _Row, level: Level) -> int | None:
-    return {Level.PATIENT: row.patient_pk, Level.STUDY: row.study_pk, Level.SERIES: row.series_pk}[
-        level
-    ]
-
-
-def _add_counts(
-    session: Connection, level: Level, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
-) -> None:
-    owner, statement = _instances_under(level)
-    statement = statement.add_columns(
-        owner,
-        func.count(Instance.pk),
-        func.count(Instance.series_fk.distinct()),
-        func.count(Series.study_fk.distinct()) if level is Level.PATIENT else func.count(),
-    )
-    owners = {pk for row in rows if (pk := _owner_pk(row, level)) is not None}
-    counts = {
-        values[0]: values[1:]
-        for values in session.execute(statement.where(owner.in_(owners)).group_by(owner))
-    }
-    for row in rows:
-        instances, series, studies = counts.get(_owner_pk(row, level), (0, 0, 0))
-        computed[row.pk].update(_count_values(level, instances, series, studies))
-
-
-def _count_values(level: Level, instances: int, series: int, studies: int) -> dict[int, list[str]]:
-    if level is Level.PATIENT:
-        names = {"Studies": studies, "Series": series, "Instances": instances}
-        return {_tag(f"NumberOfPatientRelated{n}"): [str(v)] for n, v in names.items()}
-    if level is Level.STUDY:
-        return {
-            _tag("NumberOfStudyRelatedSeries"): [str(series)],
-            _tag("NumberOfStudyRelatedInstances"): [str(instances)],
-        }
-    return {_tag("NumberOfSeriesRelatedInstances"): [str(instances)]}
-
-
-def _add_sop_classes(
-    session: Connection, rows: list[_Row], computed: dict[int, dict[int, list[str]]]
-) -> None:
+def _add_sop_classes(connection: Connection, rows: list[_Row]) -> None:
+    """SOP Classes in Study of each row's study (PS3.4 C.6.1.1.5)."""
     studies = {row.study_pk for row in rows if row.study_pk is not None}
     statement = (
         select(Series.study_fk, Instance.sop_class_uid)
@@ -430,8 +332,8 @@ def _add_sop_classes(
         .distinct()
     )
     classes: dict[int, list[str]] = {}
-    for study_pk, sop_class in session.execute(statement):
+    for study_pk, sop_class in connection.execute(statement):
         classes.setdefault(study_pk, []).append(sop_class)
     for row in rows:
         if row.study_pk is not None:
-            computed[row.pk][SOP_CLASSES_IN_STUDY] = sorted(classes.get(row.study_pk, []))
+            row.computed[SOP_CLASSES_IN_STUDY] = sorted(classes.get(row.study_pk, []))

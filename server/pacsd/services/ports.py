@@ -66,8 +66,19 @@ class OperationPort(Protocol):
         status: int,
         identifier: Dataset | None = None,
         counts: SubOperationCounts | None = None,
+        hold: bool = False,
     ) -> None:
-        """Send a pending response (PS3.7 9.1.2.1.6)."""
+        """Send a pending response (PS3.7 9.1.2.1.6).
+
+        With `hold`, the engine may keep it and hand it to the wire with the next ones: at
+        the latest on `flush()`, with a response that is not held, or with the final response
+        (in one write). A caller holds only while it produces responses back to back, and
+        flushes before anything slow (reading the next batch of matches).
+        """
+        ...
+
+    def flush(self) -> None:
+        """Hand the held pending responses to the wire now."""
         ...
 
     @property

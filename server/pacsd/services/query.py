@@ -12,7 +12,7 @@ with 0xA700.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from pacsd.dicom.find_response import response_dataset, response_json
 from pacsd.dicom.matching import (
     TIMEZONE_OFFSET_FROM_UTC,
+    Key,
     MatchOptions,
     element_values,
     parse_identifier,
@@ -41,7 +42,7 @@ from pacsd.dimse.messages import Request
 from pacsd.errors import CannotUnderstand, OutOfResources
 from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
-from pacsd.index.query import find, usable_keys
+from pacsd.index.query import Match, find_batches, usable_keys
 from pacsd.services.guard import StreamReport
 from pacsd.services.ports import OperationPort
 from pacsd.settings import QuerySettings
@@ -187,11 +188,28 @@ class QueryService:
             report.fields["matching"] = matching
         if refused:
             report.fields["unsupported_keys"] = [key.keyword for key in refused]
-        documents = (
-            self._filled(response_json(keys, match.header, match.computed), level)
-            for match in find(self.index, level, usable, zone=zone)
-        )
+        batches = find_batches(self.index, level, usable, zone=zone)
+        documents = self._documents(batches, keys, level, port)
+        # Each response is handed over as it is made (no `hold`): sent together with the final
+        # response, a small answer's messages reach a pynetdicom 3.0 requester at once, and its
+        # reactor thread can then take the final response away from send_c_find, which waits
+        # until its DIMSE timeout (seen in tests/interop/test_benchmarks.py; dicom-notes.md).
         stream_matches(request, report, port, documents, pending, charset, self.settings)
+
+    def _documents(
+        self,
+        batches: Iterable[tuple[list[Match], bool]],
+        keys: list[Key],
+        level: Level,
+        port: OperationPort,
+    ) -> Iterator[dict[str, Any]]:
+        """The response identifier of each match; the responses held so far are flushed
+        before the next batch is read."""
+        for matches, more in batches:
+            for match in matches:
+                yield self._filled(response_json(keys, match.header, match.computed), level)
+            if more:
+                port.flush()
 
     def _filled(self, document: dict[str, Any], level: Level) -> dict[str, Any]:
         """Query/Retrieve Level, and Retrieve AE Title / Instance Availability when asked."""
@@ -211,9 +229,11 @@ def stream_matches(
     pending: int,
     charset: list[str],
     settings: QuerySettings,
+    hold: bool = False,
 ) -> None:
     """One pending response per matching document; C-CANCEL and the `max_results` cap end
-    the stream (0xFE00, 0xA700)."""
+    the stream (0xFE00, 0xA700). With `hold`, responses may be held (OperationPort.pending):
+    `documents` then flushes the port before any slow step."""
     syntax = UID(request.context.transfer_syntax)
     implicit_vr, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     for count, document in enumerate(documents, start=1):
@@ -223,7 +243,8 @@ def stream_matches(
         if count > settings.max_results:
             raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
         report.fields["matches"] = count
-        port.pending(pending, response_dataset(document, charset, implicit_vr, little_endian))
+        identifier = response_dataset(document, charset, implicit_vr, little_endian)
+        port.pending(pending, identifier, hold=hold)
     if request.cancelled:
         report.status = CANCELLED
 
