@@ -27,7 +27,7 @@ from pacsd.dimse.messages import AcceptedContext, encode_dataset
 from pacsd.engine.association import Association
 from pacsd.engine.core import Engine
 from pacsd.engine.pdu import RoleSelection
-from pacsd.engine.requestor import AssociationRefused
+from pacsd.engine.requestor import AssociationRefused, Requestor
 from pacsd.engine.responses import event_report_request
 from pacsd.services.commitment import PUSH_MODEL, WELL_KNOWN_INSTANCE, DeliveryFailed
 from pacsd.services.ups import EventReport
@@ -74,16 +74,8 @@ class EngineDelivery:
             return False
 
     async def _new(self, peer: Peer, report: Dataset, event_type: int) -> None:
-        syntaxes = [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
-        role = RoleSelection(PUSH_MODEL, scu_role=False, scp_role=True)
+        requestor, context = await _open_as_scp(self.engine, peer, PUSH_MODEL, "commitment")
         try:
-            requestor = await self.engine.connect(peer, [(PUSH_MODEL, syntaxes)], [role])
-        except AssociationRefused as exc:
-            raise DeliveryFailed(f"no association with {peer.ae_title}: {exc}") from None
-        try:
-            context = _reporting_context(requestor, PUSH_MODEL)
-            if context is None:
-                raise DeliveryFailed(f"{peer.ae_title} did not accept pacsd as commitment SCP")
             try:
                 status = await _send(requestor, context, report, event_type)
             except (TimeoutError, ConnectionError):
@@ -214,19 +206,30 @@ class UpsEventDelivery:
         return await _send_all(acceptor, context, reports, ae_title)
 
     async def _new(self, peer: Peer, reports: Sequence[EventReport]) -> tuple[int, str]:
-        syntaxes = [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
-        role = RoleSelection(UPS_EVENT, scu_role=False, scp_role=True)
+        requestor, context = await _open_as_scp(self.engine, peer, UPS_EVENT, "UPS Event")
         try:
-            requestor = await self.engine.connect(peer, [(UPS_EVENT, syntaxes)], [role])
-        except AssociationRefused as exc:
-            raise DeliveryFailed(f"no association with {peer.ae_title}: {exc}") from None
-        try:
-            context = _reporting_context(requestor, UPS_EVENT)
-            if context is None:
-                raise DeliveryFailed(f"{peer.ae_title} did not accept pacsd as UPS Event SCP")
             return await _send_all(requestor, context, reports, peer.ae_title)
         finally:
             await requestor.release()
+
+
+async def _open_as_scp(
+    engine: Engine, peer: Peer, sop_class: str, name: str
+) -> tuple[Requestor, AcceptedContext]:
+    """A new association to `peer` proposing `sop_class` with pacsd in the SCP role alone
+    (PS3.7 D.3.3.4: the side that sends the N-EVENT-REPORTs), and its accepted context;
+    DeliveryFailed when refused, or when the peer does not take pacsd as SCP (then released)."""
+    syntaxes = [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+    role = RoleSelection(sop_class, scu_role=False, scp_role=True)
+    try:
+        requestor = await engine.connect(peer, [(sop_class, syntaxes)], [role])
+    except AssociationRefused as exc:
+        raise DeliveryFailed(f"no association with {peer.ae_title}: {exc}") from None
+    context = _reporting_context(requestor, sop_class)
+    if context is None:
+        await requestor.release()
+        raise DeliveryFailed(f"{peer.ae_title} did not accept pacsd as {name} SCP")
+    return requestor, context
 
 
 async def _send_all(
