@@ -142,6 +142,20 @@ class OrthancServer:
         return terminate(self.process)
 
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_settings() -> dict[str, Any]:
+    """Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb), serving /dicom-web/ on the
+    REST port; an empty dict when the plugin is not installed."""
+    if not DICOMWEB_PLUGIN.exists():
+        return {}
+    return {
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+    }
+
+
 def query_retrieve_settings(
     destinations: Mapping[str, int], case_sensitive_pn: bool = True
 ) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class PacsdProcess:
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
     _listening: threading.Event = field(default_factory=threading.Event)
+    _index_ready: threading.Event = field(default_factory=threading.Event)
     _reader: threading.Thread | None = None
 
     @classmethod
@@ -99,6 +100,9 @@ class PacsdProcess:
                 raise RuntimeError(f"pacsd did not start:\n{self.output()}")
             if ready_by_echo:
                 wait_for_echo(self.host, self.port, timeout)
+                # Logged before the port opens: a missing line means start-up went wrong.
+                if not self._index_ready.wait(timeout):
+                    raise RuntimeError(f"pacsd's index was not ready:\n{self.output()}")
         except BaseException:
             self.kill()
             raise
@@ -117,6 +121,8 @@ class PacsdProcess:
             if line.get("event") == "http interface listening":
                 self.http_url = str(line["url"])
                 self.status_url = f"{self.http_url}/associations"
+            if line.get("event") == "index database ready":
+                self._index_ready.set()
             if line.get("event") == "listening":
                 self.host, self.port = line["host"], int(line["port"])
                 self.tls_port = int(line.get("tls_port") or 0)
@@ -143,6 +149,22 @@ class PacsdProcess:
                 raise AssertionError(f"no {count} {event!r} lines in {timeout} s:\n{self.output()}")
             time.sleep(0.05)
         return lines
+
+    def accepted_associations(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The lines of accepted associations that ended (at INFO pacsd logs one per association,
+        "association closed", with the rule and contexts), once there are `count` of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [
+                line
+                for line in self.events("association closed")
+                if line.get("state") in ("released", "aborted")
+            ]
+            if len(lines) >= count:
+                return lines
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} accepted associations in {timeout} s")
+            time.sleep(0.05)
 
     def send_signal(self, signum: int) -> None:
         """Signal the server process (by its own pid)."""

@@ -30,7 +30,8 @@ from pacsd.index.ingest import IngestOutcome, InstanceRecord
 from pacsd.index.writer import IndexWriter
 from pacsd.settings import DuplicatePolicy
 from pacsd.settings_security import LimitsSettings
-from pacsd.storage.filesystem import FilesystemStore, StoredFile, instance_directory, uid_hash
+from pacsd.storage.base import InstanceStore, StoredFile
+from pacsd.storage.filesystem import instance_directory, uid_hash
 from pacsd.storage.incoming import IncomingFile
 
 # A received file up to this size is parsed from memory (bigger ones: from the file, whose
@@ -74,7 +75,7 @@ class Archive:
 
     def __init__(
         self,
-        files: FilesystemStore,
+        files: InstanceStore,
         index: IndexDatabase,
         duplicate_policy: DuplicatePolicy,
         limits: LimitsSettings | None = None,

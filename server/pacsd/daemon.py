@@ -21,7 +21,9 @@ import uvloop
 from pydicom import config as pydicom_config
 
 from pacsd import __version__, audit, extensions, metrics
+from pacsd.admin.retention import RetentionWorker
 from pacsd.archive import Archive
+from pacsd.cluster import NodeHeartbeat, start_heartbeat
 from pacsd.engine.core import Engine
 from pacsd.engine.delivery import EngineDelivery, PrinterEventDelivery, UpsEventDelivery
 from pacsd.engine.listeners import ListenError, Listeners, open_listeners
@@ -37,8 +39,9 @@ from pacsd.http.launch import (
     open_socket,
     single_process,
 )
+from pacsd.index.cluster import Claim
 from pacsd.index.database import IndexDatabase, create_index_engine
-from pacsd.index.schema import ensure_schema
+from pacsd.index.schema import HEAD_REVISION, check_schema, upgrade
 from pacsd.logs import bind_process, get_logger
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
@@ -54,7 +57,7 @@ from pacsd.settings import Settings
 from pacsd.settings_paths import resolve_sqlite_url
 from pacsd.settings_secrets import mask_url
 from pacsd.signals import LoopSignals
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.base import InstanceStore, open_store
 from pacsd.workers import stop_with_supervisor, supervise
 
 log = get_logger("pacsd.daemon")
@@ -77,8 +80,18 @@ def _warn_about_insecure_settings(settings: Settings) -> None:
             host=host,
             rules=open_rules,
         )
-    if settings.http.enabled and not _is_loopback(settings.http.host):
-        log.warning("the HTTP interface listens beyond loopback", host=settings.http.host)
+    http = settings.http
+    if http.enabled and not _is_loopback(http.host):
+        anyone = [r.name for r in http.rules if r.users is None and r.address is None]
+        log.warning(
+            "the HTTP interface listens beyond loopback",
+            host=http.host,
+            rules_for_anyone=anyone,
+        )
+        if not http.tls and any(r.users is not None for r in http.rules):
+            log.warning(
+                "insecure: HTTP passwords and tokens cross the network in clear text; set http.tls"
+            )
     if settings.status is not None:
         log.warning("the `status` section is the old name of `http`: rename it")
     by_username = [r.name for r in settings.policies if r.match.username is not None]
@@ -156,15 +169,13 @@ def serve(settings: Settings, config_source: Path | None) -> int:
     trail = audit.configure(settings)  # the audit trail: a stream apart from this log
     audit.application_started()
     try:
-        status = ensure_schema(index.engine)
-        log.info(
-            "index database ready",
-            backend=index.backend,
-            revision=",".join(status.current),
-            database=mask_url(resolve_sqlite_url(settings.database.url, Path.cwd())),
-            storage_root=os.path.abspath(settings.storage.root),
-        )
-        files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
+        # An out-of-date schema refuses start-up here; an empty database's is created here,
+        # before the port opens, so that whoever waits for the port (a script, an admin
+        # command, a health check) finds it. At the newest revision this is one SELECT.
+        current = check_schema(index.engine)
+        revision = (HEAD_REVISION,) if current else tuple(upgrade(index.engine).current)
+        _index_ready(settings, index, revision)
+        files = open_store(settings.storage)
         removed = files.prepare()
         if removed:
             log.info("removed leftovers of an interrupted run", files=removed)
@@ -180,7 +191,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
             listeners.close()
             return _refuse_start(str(exc))
         if http_socket is not None:
-            log.info("http interface listening", url=base_url(http_socket))
+            log.info("http interface listening", url=base_url(http_socket, settings.http.tls))
         if settings.network.workers > 1:
             index.dispose()  # no connection crosses the fork: each worker opens its own
             try:
@@ -232,7 +243,7 @@ def _worker(
     trail = audit.configure(settings)  # its own file handle and aggregates
     index = IndexDatabase(create_index_engine(settings.database.url, settings.database.pool_size))
     try:
-        files = FilesystemStore(settings.storage.root, int(settings.storage.min_free_space))
+        files = open_store(settings.storage)
         runtime = RuntimeConfig(settings, config_source)
         if trail is not None:
             trail.peers = runtime.peers
@@ -249,7 +260,7 @@ def _serve_associations(
     settings: Settings,
     runtime: RuntimeConfig,
     index: IndexDatabase,
-    files: FilesystemStore,
+    files: InstanceStore,
     worker: int | None,
     tls_context: ssl.SSLContext | None,
     listeners: Listeners,
@@ -265,6 +276,8 @@ def _serve_associations(
         index, files, runtime.peers, settings.commitment, settings.ae_title
     )
     ups_events = UpsEventWorker(index, runtime.peers, settings.ups)
+    # Cluster mode (pacsd.cluster): queued reports are claimed by node, every process alike.
+    commitment.claim = ups_events.claim = Claim.for_settings(settings.cluster)
     ups = UpsService(index, ups_events, settings.ups, settings.query, settings.ae_title)
     # Site services (pacsd/extensions.py), loaded with the configuration before the fork.
     site_simple, site_streams = extensions.routes()
@@ -292,20 +305,40 @@ def _serve_associations(
     if http_socket is not None:
         metrics.use(metrics.EarlySink())  # until the Prometheus sink is imported (HttpSide)
         served = http_socket if leading else None
-        http_side = HttpSide(settings.http, served, index, files, metrics_dir)
-    return uvloop.run(
-        _run(
-            settings,
-            runtime,
-            services,
-            (commitment, ups_events, printing),
-            listeners,
-            shared,
-            tls_context,
-            leading,
-            http_side,
+        http_side = HttpSide(settings, served, archive, runtime, metrics_dir)
+    # Retention (pacsd.admin.retention): a thread of the leading process, off the loop.
+    retention = RetentionWorker(index, files, settings.retention)
+    heartbeats: list[NodeHeartbeat | None] = []
+
+    if leading and settings.retention.enabled:
+        retention.start()
+    if leading:  # cluster mode: this node's row in cluster_node and its claims kept fresh
+        url = base_url(http_socket, settings.http.tls) if http_socket is not None else ""
+        dicom = (listeners.host, _dicom_port(listeners))
+        heartbeats.append(start_heartbeat(settings, index, dicom, url))
+    try:
+        return uvloop.run(
+            _run(
+                settings,
+                runtime,
+                services,
+                (commitment, ups_events, printing),
+                listeners,
+                shared,
+                tls_context,
+                leading,
+                http_side,
+            )
         )
-    )
+    finally:
+        retention.stop()
+        for heartbeat in heartbeats:
+            if heartbeat is not None:
+                heartbeat.stop()  # after the report workers (stopped in _run): claims go back
+
+
+def _dicom_port(listeners: Listeners) -> int | None:
+    return listeners.port if listeners.port is not None else listeners.tls_port
 
 
 async def _run(
@@ -323,17 +356,12 @@ async def _run(
     engine = Engine(settings, services, runtime.policy, runtime.peers, tls_context=tls_context)
     signals = LoopSignals()
     signals.install(loop)
+    audit.use_loop(loop)  # the quiet associations' Login/Logout aggregates: no timer thread
     commitment, ups_events, printing = report_workers
     commitment.delivery = EngineDelivery(engine, loop)
     ups_events.delivery = UpsEventDelivery(engine, loop)
     printing.events = PrinterEventDelivery(engine, loop)  # Printer status reports (PS3.4 H.4.6)
     await engine.start(listeners, shared)
-    if leading:
-        commitment.start()  # reports still pending from an earlier run go out now
-        ups_events.start()  # and UPS event reports, after an SCP Status Change (CC.2.4.3)
-    # Everything made so far (modules, configuration, the composed services) lives until exit:
-    # out of the collector's sight, a full collection costs microseconds instead of ~60 ms.
-    gc.freeze()
     http: RunningHttp | None = None
     try:
         # `port` is the plain listener's, or the TLS one's when there is no plain listener.
@@ -345,6 +373,12 @@ async def _run(
             plain=listeners.port is not None,
             ae_title=settings.ae_title,
         )
+        if leading:
+            commitment.start()  # reports still pending from an earlier run go out now
+            ups_events.start()  # and UPS event reports, after an SCP Status Change (CC.2.4.3)
+        # Everything made so far (modules, configuration, the composed services) lives until
+        # exit: out of the collector's sight, a full collection costs microseconds, not ~60 ms.
+        gc.freeze()
         if http_side is not None:  # imported and started now that the DICOM port answers
             http = await http_side.start(engine.status_snapshot, engine.accepting)
         await _wait_for_stop(signals, runtime)
@@ -362,7 +396,18 @@ async def _run(
             loop.run_in_executor(None, ups_events.stop),
         )
         await loop.run_in_executor(None, engine.close)
+        audit.use_loop(None)
     return 0
+
+
+def _index_ready(settings: Settings, index: IndexDatabase, revision: tuple[str, ...]) -> None:
+    log.info(
+        "index database ready",
+        backend=index.backend,
+        revision=",".join(revision),
+        database=mask_url(resolve_sqlite_url(settings.database.url, Path.cwd())),
+        storage_root=os.path.abspath(settings.storage.root),
+    )
 
 
 async def _wait_for_stop(signals: LoopSignals, runtime: RuntimeConfig) -> None:
@@ -382,7 +427,11 @@ async def _wait_for_stop(signals: LoopSignals, runtime: RuntimeConfig) -> None:
                 f"rules in force: {rules}",
             )
         if signals.stop.is_set():
-            if signals.force.is_set():
-                log.warning("second signal: stopping now")
-            log.info("stopping: no new associations, draining")
+            _stopping(signals)
             return
+
+
+def _stopping(signals: LoopSignals) -> None:
+    if signals.force.is_set():
+        log.warning("second signal: stopping now")
+    log.info("stopping: no new associations, draining")

@@ -6,6 +6,7 @@ opened or bound until the daemon composes the server from the returned `Settings
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +24,13 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from pacsd.policy.rules import SITE_NAMES_PENDING, PolicyRule, default_policies
+from pacsd.policy.rules import (
+    SITE_NAMES_PENDING,
+    Networks,
+    PolicyRule,
+    TextPatterns,
+    default_policies,
+)
 from pacsd.settings_base import AETitle, Seconds, StrictModel
 from pacsd.settings_paths import resolve_relative_paths
 from pacsd.settings_secrets import is_secret_location, masked_value
@@ -37,6 +44,37 @@ from pacsd.settings_security import (
 ENV_PREFIX = "PACSD_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV_VAR = "PACSD_CONFIG"
+
+
+class ProxyProtocolSettings(StrictModel):
+    """PROXY protocol headers (v1 or v2) from TCP balancers in front of a listener
+    (engine/proxy_protocol.py): off while `trusted` is empty."""
+
+    # The balancers' addresses (CIDR networks). A connection from one of them must start with
+    # a PROXY header, whose client address then stands for the connection's everywhere; a
+    # header from any other address is refused.
+    trusted: list[str] = Field(default_factory=list)
+    # True: connections from other addresses (not through a balancer) are refused.
+    required: bool = False
+
+    @field_validator("trusted", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("trusted")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(ipaddress.ip_network(network.strip(), strict=True)) for network in value]
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or CIDR network: {exc}") from None
+
+    @model_validator(mode="after")
+    def _required_needs_trusted(self) -> ProxyProtocolSettings:
+        if self.required and not self.trusted:
+            raise ValueError("required: true needs trusted balancer addresses")
+        return self
 
 
 class NetworkSettings(StrictModel):
@@ -66,6 +104,8 @@ class NetworkSettings(StrictModel):
     connection_timeout: Seconds = 10.0
     # Processes accepting associations on the port (SO_REUSEPORT); 1 = this process alone.
     workers: int = Field(default=1, ge=1, le=64)
+    # Behind a TCP balancer: PROXY protocol headers from its addresses (plain and TLS ports).
+    proxy_protocol: ProxyProtocolSettings = ProxyProtocolSettings()
 
     @model_validator(mode="after")
     def _some_listener(self) -> NetworkSettings:
@@ -114,12 +154,62 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"
 
 
+class S3Settings(StrictModel):
+    """An S3-compatible object store holding the instance files (storage/s3.py)."""
+
+    # None: AWS's own endpoint for `region`; anything else names the service (SeaweedFS,
+    # MinIO, Ceph RGW, ...): http(s)://host:port.
+    endpoint_url: str | None = None
+    bucket: str = ""
+    # Prepended to each object key (the same relative path as under a filesystem root).
+    prefix: str = ""
+    region: str | None = None
+    # Names of environment variables holding the credentials: the secrets are never in the file.
+    # Both None: boto3's default chain (instance role, ~/.aws, AWS_* variables).
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    multipart_threshold: ByteSize = ByteSize(16 * 1024**2)
+    multipart_chunk_size: ByteSize = ByteSize(8 * 1024**2)
+    verify_tls: bool = True
+
+    @field_validator("multipart_chunk_size")
+    @classmethod
+    def _part_size(cls, value: ByteSize) -> ByteSize:
+        if value < 5 * 1024**2:  # the S3 API refuses smaller parts but the last
+            raise ValueError("must be at least 5MiB (the smallest part S3 accepts)")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative key prefix without '..'")
+        return value
+
+
 class StorageSettings(StrictModel):
     """Where instance files live."""
 
     root: Path = Path("./var/storage")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     min_free_space: ByteSize = ByteSize(1_000_000_000)
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> StorageSettings:
+        if self.backend == "s3":
+            if not self.s3.bucket:
+                raise ValueError("storage.backend s3 needs storage.s3.bucket")
+            if self.s3.endpoint_url is None and self.s3.region is None:
+                raise ValueError(
+                    "storage.backend s3 needs storage.s3.endpoint_url (or region, for AWS)"
+                )
+            if (self.s3.access_key_id_env is None) != (self.s3.secret_access_key_env is None):
+                raise ValueError(
+                    "storage.s3 needs both access_key_id_env and secret_access_key_env, or neither"
+                )
+        return self
 
 
 class LoggingSettings(StrictModel):
@@ -238,6 +328,52 @@ class DaemonSettings(StrictModel):
     shutdown_grace_period: Annotated[float, Field(ge=0)] = 30.0
 
 
+class RetentionSettings(StrictModel):
+    """Automatic deletion of studies (pacsd.admin.retention); off by default. A study's age is
+    the time since its last instance arrived. Each deletion is audited (Study Deleted)."""
+
+    enabled: bool = False  # run the rules every `interval` in the server (worker 0)
+    max_age_days: int | None = Field(default=None, ge=1)  # delete studies older than this
+    # Delete the oldest studies while the storage root has less free space than this.
+    min_free_space: ByteSize | None = None
+    interval: Seconds = 3600.0
+    dry_run: bool = False  # log (and list) what would go; delete nothing
+    max_studies_per_run: int = Field(default=1000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> RetentionSettings:
+        if self.enabled and self.max_age_days is None and self.min_free_space is None:
+            raise ValueError("enabled needs max_age_days or min_free_space")
+        return self
+
+
+class ClusterSettings(StrictModel):
+    """Several pacsd nodes on one PostgreSQL database and one storage root (pacsd.cluster);
+    off by default. Queued work (storage commitment and UPS event reports) is claimed per
+    node with a lease; a node that stops renewing its leases (it died) leaves its work to the
+    others within `lease` seconds."""
+
+    enabled: bool = False
+    # This node's name in the registry (`pacsd nodes`) and on its claims; "" = the hostname.
+    # Unique per node: two nodes with one name would share their claims.
+    node_name: str = Field(default="", max_length=64)
+    lease: Seconds = 30.0  # how long a claim on a queued item lasts without renewal
+    heartbeat: Seconds = 5.0  # seconds between two heartbeats (and lease renewals)
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> ClusterSettings:
+        if self.lease < 2 * self.heartbeat:
+            raise ValueError("lease must be at least twice heartbeat (claims are renewed then)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The node's name: node_name, else the hostname."""
+        import socket  # here: settings stay cheap to import
+
+        return self.node_name or socket.gethostname()
+
+
 class Peer(StrictModel):
     """A remote AE pacsd knows by title (the AE table)."""
 
@@ -250,18 +386,70 @@ class Peer(StrictModel):
     tls_server_name: str | None = None  # checked against the peer's certificate; default host
 
 
+HttpPermission = Literal["read", "upload", "delete", "admin"]
+
+
+class HttpRule(StrictModel):
+    """Who may do what over HTTP (pacsd.http.access). A rule matches a request when every key
+    given fits; the request is allowed when any matching rule allows its permission."""
+
+    name: str = Field(min_length=1, max_length=64)
+    # Usernames (patterns with * and ?) verified by HTTP basic (identity.users) or a bearer JWT
+    # (identity.jwt); "*": any authenticated user. Absent: anyone, anonymous requests included.
+    users: TextPatterns | None = None
+    address: Networks | None = None  # the client's address, in one of these networks
+    allow: list[HttpPermission] = Field(min_length=1)
+
+
+def default_http_rules() -> list[HttpRule]:
+    """The embedded default: clients on this host (loopback) may read, upload and see the
+    admin views; nobody may delete, and other hosts get nothing, until rules say so."""
+    return [
+        HttpRule(
+            name="this-host",
+            address=["127.0.0.0/8", "::1/128"],
+            allow=["read", "upload", "admin"],
+        )
+    ]
+
+
+class CorsSettings(StrictModel):
+    """Cross-origin requests (a browser viewer served from another origin); none by default."""
+
+    allow_origins: list[str] = Field(default_factory=list)  # e.g. https://viewer.example.org
+    allow_credentials: bool = False  # browsers send cookies/authorization cross-origin
+    max_age: int = Field(default=600, ge=0, le=86400)  # seconds a preflight answer is kept
+
+
 class HttpSettings(StrictModel):
-    """The HTTP interface: /associations, /healthz, /readyz, /metrics (pacsd.http)."""
+    """The HTTP interface: DICOMweb, the admin API, the web page, /associations, /healthz,
+    /readyz, /metrics (pacsd.http)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=11113, ge=0, le=65535)
+    # HTTPS with the certificate and key of network.tls (the same files as DICOM TLS).
+    tls: bool = False
+    rules: list[HttpRule] = Field(default_factory=default_http_rules)
+    cors: CorsSettings = CorsSettings()
     # uvicorn's access log, through pacsd's log (one line per HTTP request); off by default.
     access_log: bool = False
+    # Behind a TCP balancer: PROXY protocol headers from its addresses (not with `tls`).
+    proxy_protocol: ProxyProtocolSettings = ProxyProtocolSettings()
     # With network.workers > 1: where the workers keep their metric files (prometheus_client's
     # multiprocess mode); for them only, emptied at start. None: a new folder under the
     # system's temporary directory, removed at exit.
     metrics_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _proxy_protocol_without_tls(self) -> HttpSettings:
+        # The header comes before the TLS handshake, which uvicorn's server makes at accept.
+        if self.tls and self.proxy_protocol.trusted:
+            raise ValueError(
+                "proxy_protocol with tls is not supported: let the balancer terminate HTTPS, "
+                "or forward plain HTTP to pacsd"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -292,6 +480,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
+    retention: RetentionSettings = RetentionSettings()
+    cluster: ClusterSettings = ClusterSettings()
     peers: list[Peer] = Field(default_factory=list)
     policies: list[PolicyRule] = Field(default_factory=default_policies)
     # Site services to load: names of entry points in the group pacsd.services
@@ -320,6 +510,21 @@ class Settings(BaseSettings):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"policies: rule name used twice: {', '.join(repeated)}")
+        http_names = [rule.name for rule in self.http.rules]
+        repeated = sorted({name for name in http_names if http_names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"http.rules: rule name used twice: {', '.join(repeated)}")
+        if self.cluster.enabled and self.database.url.startswith("sqlite:"):
+            raise ValueError(
+                "cluster.enabled needs a PostgreSQL database (database.url); "
+                "SQLite serves one node only"
+            )
+        tls = self.network.tls
+        if self.http.tls and (tls.certificate_file is None or tls.key_file is None):
+            raise ValueError(
+                "http.tls needs network.tls.certificate_file and network.tls.key_file "
+                "(HTTPS uses the DICOM TLS certificate)"
+            )
         return self
 
     @classmethod

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,10 +42,10 @@ def check_url(url: str) -> str:
     return url
 
 
-def http_url(host: str, port: int) -> str:
+def http_url(host: str, port: int, tls: bool = False) -> str:
     """The base URL of an HTTP interface on `host`:`port` (IPv6 in brackets)."""
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def associations_url(url: str) -> str:
@@ -55,11 +58,26 @@ def associations_url(url: str) -> str:
     return urlunsplit(parts._replace(path=f"{path}/associations"))
 
 
-def fetch_status(url: str, timeout: float) -> StatusDocument:
-    """GET `url` (an http(s) URL, see check_url) and parse it; StatusUnavailable on any failure."""
+def fetch_status(
+    url: str,
+    timeout: float,
+    ca_file: Path | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> StatusDocument:
+    """GET `url` (an http(s) URL, see check_url) and parse it; StatusUnavailable on any failure.
+    https: the server's certificate is verified against `ca_file` (else the system's CAs);
+    `credentials` (user, password) go as HTTP basic authentication."""
+    headers = {}
+    if credentials is not None:
+        token = base64.b64encode(":".join(credentials).encode("utf-8")).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+    context = None
+    if urlsplit(url).scheme == "https":
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     try:
         # check_url restricts the scheme to http(s), so no file: or custom opener is reachable.
-        with urllib.request.urlopen(check_url(url), timeout=timeout) as response:  # noqa: S310
+        request = urllib.request.Request(check_url(url), headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             text = response.read().decode("utf-8")
     except urllib.error.HTTPError as exc:
         raise StatusUnavailable(f"{url} answered HTTP {exc.code}: {_error_text(exc)}") from None
@@ -164,3 +182,48 @@ def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
         "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
         for row in rows
     ]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One cluster node's answer for `pacsd associations --all-nodes` (or why there is none)."""
+
+    node: str
+    url: str
+    content: dict[str, Any] | None
+    error: str = ""
+
+
+def fetch_nodes(
+    nodes: Sequence[tuple[str, str]],
+    timeout: float,
+    ca_file: Path | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> list[NodeStatus]:
+    """GET /associations of each (node name, HTTP base URL), one after the other."""
+    answers = []
+    for name, base in nodes:
+        url = associations_url(base)
+        try:
+            content = fetch_status(url, timeout, ca_file, credentials).content
+        except StatusUnavailable as exc:
+            answers.append(NodeStatus(name, url, None, str(exc)))
+            continue
+        answers.append(NodeStatus(name, url, content))
+    return answers
+
+
+def format_nodes(answers: Sequence[NodeStatus]) -> list[str]:
+    """Each node's summary and association table under a line naming the node."""
+    lines: list[str] = []
+    total = 0
+    for answer in answers:
+        lines.append(f"node {answer.node} ({answer.url}):")
+        if answer.content is None:
+            lines.append(f"  unreachable: {answer.error}")
+            continue
+        total += len(answer.content["associations"])
+        lines.extend(f"  {line}" for line in format_status(answer.content))
+    reached = sum(1 for answer in answers if answer.content is not None)
+    lines.append(f"{total} association(s) open on {reached} of {len(answers)} live node(s)")
+    return lines

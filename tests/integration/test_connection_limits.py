@@ -43,6 +43,20 @@ def resources(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_resources(pid: int, quiet_s: float = 0.5) -> tuple[int, int]:
+    """`resources` once start-up has settled: unchanged for `quiet_s` (the report workers
+    open their index connections once a new database's schema exists, after the port
+    answers C-ECHO)."""
+    deadline = time.monotonic() + WAIT_S
+    last, since = resources(pid), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = resources(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def back_to_baseline(pid: int, baseline: tuple[int, int]) -> None:
     """Wait until the process has no more threads and descriptors than at `baseline`."""
 
@@ -72,7 +86,7 @@ def test_pending_cap_per_address_refuses_at_once_until_artim_closes_the_idle_one
     server = pacsd_server(network={"max_pending_per_address": 4, "acse_timeout": 3})
     assert server.process is not None
     pid = server.process.pid
-    baseline = resources(pid)
+    baseline = settled_resources(pid)
     idle = [socket.create_connection((server.host, server.port)) for _ in range(4)]
     try:
         eventually(lambda: status(server)["pending_connections"] == 4, "4 pending")
@@ -140,6 +154,24 @@ def test_socket_options_on_a_real_socket() -> None:
             SocketOptions(False, False).apply(accepted)
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
             assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
+def test_accepted_connections_inherit_the_listeners_options() -> None:
+    """What `apply_listening` sets before listen() holds on each accepted connection (Linux),
+    which is why the engine does not set it again per connection."""
+    with socket.socket() as listening:
+        options = SocketOptions(True, True, 262_144, 131_072)
+        options.apply_listening(listening)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        client = socket.create_connection(listening.getsockname())
+        accepted, _ = listening.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 262_144
+    assert not options.per_connection
+    assert SocketOptions(tcp_nodelay=False).per_connection
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/ss"), reason="needs ss (iproute2)")

@@ -145,11 +145,15 @@ def run_crash_loop(
     seed: int,
     per_sender: int = INSTANCES_PER_SENDER,
     log: Callable[[str], None] = print,
+    storage: dict[str, Any] | None = None,
+    read_stored: Callable[[str], bytes | None] | None = None,
 ) -> CrashLoopResult:
-    """Store, SIGKILL at a random moment, restart, `rounds` times; then check the archive."""
+    """Store, SIGKILL at a random moment, restart, `rounds` times; then check the archive.
+    `storage`: more storage settings (an object store); `read_stored`: a stored file's bytes
+    by its relative path (None: missing), when they are not under the storage root."""
     chooser = random.Random(seed)
     result = CrashLoopResult(seed=seed)
-    config = base_config(folder, database_url, storage={"min_free_space": "1MB"})
+    config = base_config(folder, database_url, storage={"min_free_space": "1MB", **(storage or {})})
     server = PacsdProcess.from_config(folder, config)
     sources = _Sources(folder / "sources")
     with chunked_send():
@@ -173,12 +177,28 @@ def run_crash_loop(
         _check_work_folders_empty(server.storage_root, result)
         if server.stop() != 0:
             result.problems.append("pacsd did not stop cleanly after the loop")
-    _check_archive(server, database_url or f"sqlite:///{folder / 'index.sqlite'}", result)
+    url = database_url or f"sqlite:///{folder / 'index.sqlite'}"
+    _check_archive(server, url, result, read_stored)
     return result
 
 
-def _check_archive(server: PacsdProcess, database_url: str, result: CrashLoopResult) -> None:
+def _from_root(server: PacsdProcess) -> Callable[[str], bytes | None]:
+    def read(relative: str) -> bytes | None:
+        stored = server.storage_root / relative
+        return stored.read_bytes() if stored.is_file() else None
+
+    return read
+
+
+def _check_archive(
+    server: PacsdProcess,
+    database_url: str,
+    result: CrashLoopResult,
+    read_stored: Callable[[str], bytes | None] | None = None,
+) -> None:
     """Every acknowledged instance indexed once, file intact; fsck finds only orphans."""
+    read = read_stored or _from_root(server)
+    scratch = server.config_path.parent / "stored.dcm"
     rows = index_rows(database_url)
     by_uid: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -188,12 +208,12 @@ def _check_archive(server: PacsdProcess, database_url: str, result: CrashLoopRes
         if len(found) != 1:
             result.problems.append(f"acknowledged {uid} indexed {len(found)} times")
             continue
-        stored = server.storage_root / found[0]["file_path"]
-        if not stored.is_file():
+        data = read(found[0]["file_path"])
+        if data is None:
             result.problems.append(f"acknowledged {uid}: file missing")
-        elif hashlib.sha256(stored.read_bytes()).hexdigest() != found[0]["file_sha256"]:
+        elif hashlib.sha256(data).hexdigest() != found[0]["file_sha256"]:
             result.problems.append(f"acknowledged {uid}: file differs from its checksum")
-        elif dataset_bytes(stored) != dataset_bytes(source):
+        elif scratch.write_bytes(data) and dataset_bytes(scratch) != dataset_bytes(source):
             result.problems.append(f"acknowledged {uid}: stored data set differs from sent")
     _check_with_fsck(server, result)
 

@@ -149,17 +149,13 @@ def test_unknown_command_field_aborts_with_one_warning_and_no_traceback(
     assert any(k == 0x07 for k, _ in peer.others), f"no A-ABORT: {peer.summary()}"
     assert echo(server.host, server.port), "C-ECHO failed after the abort"
 
-    accepted = [
-        line
-        for line in server.wait_for("association accepted")
-        if line.get("calling_ae_title") == calling
-    ]
-    assert len(accepted) == 1, accepted
-    association_id = accepted[0]["association_id"]
     deadline = time.monotonic() + 15.0
-    while not _association_closed(server, association_id):
+    while not (accepted := _closed_lines(server, calling)):
         assert time.monotonic() < deadline, f"no 'association closed':\n{server.output()}"
         time.sleep(0.05)
+    assert len(accepted) == 1, accepted
+    assert accepted[0]["state"] == "aborted"
+    association_id = accepted[0]["association_id"]
     lines = [line for line in server.lines if line.get("association_id") == association_id]
     warnings = [line for line in lines if line.get("level") == "warning"]
     print("log lines of the association:", *lines, sep="\n  ")
@@ -169,12 +165,6 @@ def test_unknown_command_field_aborts_with_one_warning_and_no_traceback(
     ]
     assert with_exception == []
     assert not any("Traceback" in raw for raw in server.raw_lines), server.output()
-
-
-def _association_closed(server: PacsdProcess, association_id: str) -> bool:
-    return any(
-        line.get("association_id") == association_id for line in server.events("association closed")
-    )
 
 
 # 4. One bad request among good ones ---------------------------------------------------------

@@ -262,7 +262,7 @@ def echoes_until_both_workers_served(server: PacsdProcess, workers: int) -> int:
     while workers > 1 and made < MAX_ECHOES:
         assert echo(server.host, server.port)
         made += 1
-        if any(line.get("worker") == 1 for line in server.events("association accepted")):
+        if any(line.get("worker") == 1 for line in server.accepted_associations(0)):
             return made
     assert workers == 1, "worker 1 never accepted an association"
     assert echo(server.host, server.port)

@@ -86,7 +86,7 @@ def test_matchers_select_the_rule(pacsd_server: ServerFactory) -> None:
             pass
     assert rejection_of(request(server, calling="CT12")) == (1, 1, 3)
     assert rejection_of(request(server, calling="CT1", called="OTHER")) == (1, 1, 3)
-    accepted = [line["rule"] for line in server.events("association accepted")]
+    accepted = [line["rule"] for line in server.accepted_associations(3)]
     assert accepted == ["by-user", "modalities", "modalities"]
 
 

@@ -54,7 +54,9 @@ def test_c_echo_succeeds_and_logs_the_association(server: PacsdProcess) -> None:
         assert line["association_id"] == dimse[0]["association_id"]
         assert line["called_ae_title"] == "PACSD"
         assert line["peer"].startswith("127.0.0.1:")
-    assert {line["event"] for line in lines} >= {"association accepted", "association closed"}
+    (closed,) = [line for line in lines if line["event"] == "association closed"]
+    assert (closed["state"], closed["operations"]) == ("released", 1)
+    assert (closed["rule"], closed["accepted_contexts"]) == ("accept-all", 1)
 
 
 def test_association_log_lines_carry_their_context(

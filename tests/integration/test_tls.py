@@ -25,7 +25,7 @@ from tests import datagen
 from tests.conftest import ServerFactory
 from tests.harness import PacsdProcess, base_config, echo, pacsd_command
 from tests.inspect_archive import index_rows
-from tests.integration.test_connection_limits import back_to_baseline, resources
+from tests.integration.test_connection_limits import back_to_baseline, settled_resources
 from tests.integration.test_handles import wait_for_associations
 from tests.scu import chunked_send, store_files
 from tests.tls_certs import (
@@ -180,7 +180,7 @@ def test_required_client_certificate_and_policy_on_its_subject(
 
     assert tls_echo(server.tls_port, client_context(pki, ct1)) == ("accepted", 0x0000)
     assert tls_echo(server.tls_port, client_context(pki, mr1)) == ("rejected", None)
-    accepted = server.wait_for("association accepted")
+    accepted = server.accepted_associations()
     assert accepted[-1]["rule"] == "ct1-by-certificate"
     rejected = server.wait_for("association rejected")
     assert rejected[-1]["rule"] == "no-mr1"
@@ -201,7 +201,7 @@ def test_optional_client_certificate(pacsd_server: ServerFactory, pki: Pki) -> N
     foreign = client_context(pki, pki.foreign_client("ct1"))
     assert tls_echo(server.tls_port, foreign)[0] == "failed"
     # The first accepted association is the harness's plain C-ECHO (readiness).
-    rules_used = [line["rule"] for line in server.wait_for("association accepted", 3)]
+    rules_used = [line["rule"] for line in server.accepted_associations(3)]
     assert rules_used[1:] == ["anyone", "ct1-by-certificate"]
 
 
@@ -286,7 +286,7 @@ def test_silent_tls_clients_do_not_stall_others(pacsd_server: ServerFactory, pki
     server = tls_server(pacsd_server, pki, {"handshake_timeout": 2})
     assert server.process is not None
     pid = server.process.pid
-    baseline = resources(pid)
+    baseline = settled_resources(pid)
     silent = [socket.create_connection(("127.0.0.1", server.tls_port)) for _ in range(4)]
     try:
         started = time.monotonic()
@@ -324,7 +324,7 @@ def test_c_move_to_a_tls_destination(pacsd_server: ServerFactory, pki: Pki, tmp_
     assert store_files(source.host, source.port, [path]) == [(0x0000, "")]
 
     assert c_move(source, "DEST", str(dataset.StudyInstanceUID))[-1] == 0x0000
-    accepted = destination.wait_for("association accepted")
+    accepted = destination.accepted_associations()
     assert accepted[-1]["calling_ae_title"] == "PACSD"
     rows = index_rows(f"sqlite:///{destination.config_path.parent / 'index.sqlite'}")
     assert [row["sop_instance_uid"] for row in rows] == [str(dataset.SOPInstanceUID)]
@@ -360,7 +360,7 @@ def test_workers_share_the_tls_port(pacsd_server: ServerFactory, pki: Pki) -> No
     wait_for_tls_echo(server.tls_port, context)
     for _ in range(16):  # all on one worker by chance: 2 in 2**16
         assert tls_echo(server.tls_port, context) == ("accepted", 0x0000)
-    accepted_by = {line.get("worker") for line in server.wait_for("association accepted", 17)}
+    accepted_by = {line.get("worker") for line in server.accepted_associations(17)}
     assert accepted_by == {0, 1}, "the kernel spread the TLS connections over both workers"
 
 

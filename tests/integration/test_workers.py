@@ -90,7 +90,7 @@ def test_workers_share_the_port_and_index_every_instance_once(
 
     rows = assert_index_matches_files(database_url, workers.storage_root)
     assert len(rows) == ASSOCIATIONS * PER_ASSOCIATION
-    accepted_by = {line.get("worker") for line in workers.events("association accepted")}
+    accepted_by = {line.get("worker") for line in workers.accepted_associations(0)}
     assert set(range(WORKERS)) <= accepted_by  # the kernel spread them (2 x 2^-16 it did not)
 
 

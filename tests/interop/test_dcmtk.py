@@ -62,7 +62,7 @@ def test_storescu_folder_over_one_association(
     assert sorted(row["sop_instance_uid"] for row in rows) == sorted(sop_instance_uids(files))
     assert {row["calling_ae_title"] for row in rows} == {"DCMTKSCU"}
     server.stop()
-    accepted = server.events("association accepted")
+    accepted = server.accepted_associations(0)
     assert [line["calling_ae_title"] for line in accepted].count("DCMTKSCU") == 1
 
 

@@ -93,7 +93,7 @@ def test_echoscu_over_tls(tls_only: PacsdProcess, pki: Pki) -> None:
     result = run(tls_client(pki, "echoscu", tls_only, "-v"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Received Echo Response (Success)" in result.stdout + result.stderr
-    accepted = tls_only.wait_for("association accepted")
+    accepted = tls_only.accepted_associations()
     assert accepted[-1]["rule"] == "dcmtk-by-certificate"
     anonymous = ["echoscu", "+tla", "+cf", str(pki.ca_file), "127.0.0.1", str(tls_only.tls_port)]
     assert run(anonymous).returncode != 0

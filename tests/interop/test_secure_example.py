@@ -117,7 +117,7 @@ def test_secure_example(secure: tuple[PacsdProcess, Pki], tmp_path: Path) -> Non
         dcmtk(pki, "echoscu", "mr1.example.org", "MR1", server.port)
     assert "Association Rejected" in str(stranger.value)
 
-    rules = [line["rule"] for line in server.wait_for("association accepted", 2)]
+    rules = [line["rule"] for line in server.accepted_associations(2)]
     assert rules == ["ct-scanner", "ris"]
     server.wait_for("association rejected", 2)
     audit = [json.loads(line) for line in (server.config_path.parent / "audit.jsonl").open()]

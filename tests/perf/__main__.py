@@ -34,11 +34,13 @@ from benchmarks.ingest import (
     association_counts,
     work_folder,
 )
-from tests.perf import associations, idle, ingest, latency, machine, memory, retrieval
+from tests.perf import associations, dicomweb, idle, ingest, latency, machine, memory, retrieval
 from tests.perf.goals import GoalRow
 
 WORKERS_ENV = "PACSD_NETWORK__WORKERS"
-SECTIONS = ("ingest", "associations", "start-up", "idle", "memory", "small-find", "retrieval")
+SECTIONS = (
+    "ingest", "associations", "start-up", "idle", "memory", "small-find", "retrieval", "dicomweb",
+)  # fmt: skip
 PEER_ORDER = ("storescp", "orthanc")
 Section = Callable[[Path], tuple[list[GoalRow], list[str]]]
 
@@ -232,6 +234,12 @@ def sections(settings: Settings, notes: list[str]) -> dict[str, Section]:
     else:
         retrieve = retrieval_options(settings)
         chosen["retrieval"] = lambda work: retrieval.retrieval_goals(work, retrieve)
+    # Issue 18: QIDO-RS and WADO-RS beside Orthanc's DICOMweb plugin, on the first
+    # --find-instances archive (10,000 instances by default).
+    web = retrieval_options(settings)
+    chosen["dicomweb"] = lambda work: dicomweb.dicomweb_goals(
+        work, web, 3 if settings.smoke else 20
+    )
     return chosen
 
 

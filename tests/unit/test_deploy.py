@@ -453,3 +453,114 @@ def test_compose_publishes_the_dicom_tls_port_too() -> None:
         for port in compose_service("pacsd")["ports"]
     }
     assert str(TlsSettings().port) in published
+
+
+# --- compose, two nodes behind HAProxy (compose.cluster.yaml) -----------------------------------
+
+CLUSTER_COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.cluster.yaml"
+CLUSTER_NODES = ("pacsd1", "pacsd2")
+STORAGE_ROOT = f"{DATA_DIR}/storage"
+
+
+def cluster_compose() -> dict[str, Any]:
+    """deploy/compose.cluster.yaml as data (YAML merge keys resolved)."""
+    document = yaml.safe_load(CLUSTER_COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def cluster_node_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a node of the cluster compose file runs with (password filled in)."""
+    required = re.compile(r"\$\{PACSD_DB_PASSWORD:\?[^}]+\}")
+    environment = compose_environment(cluster_compose()["services"][name])
+    assert required.search(environment["PACSD_DATABASE__URL"]), "a hard-coded password"
+    resolved = {key: required.sub("s3cret", value) for key, value in environment.items()}
+    return settings_from(resolved, monkeypatch)
+
+
+def balancer_address() -> str:
+    """The fixed address of the haproxy service."""
+    address = cluster_compose()["services"]["haproxy"]["networks"]["pacsd"]["ipv4_address"]
+    return str(address)
+
+
+def test_cluster_compose_runs_two_named_nodes_on_one_database_and_one_storage_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pacsd1 and pacsd2: built from the repository's Dockerfile, cluster mode on, each its
+    own node name and state volume, the same PostgreSQL URL and the same named volume at the
+    same storage root; the second starts once the first is healthy (schema creation)."""
+    services = cluster_compose()["services"]
+    declared = set(cluster_compose().get("volumes") or {})
+    settings = {name: cluster_node_settings(name, monkeypatch) for name in CLUSTER_NODES}
+    assert all(each.cluster.enabled for each in settings.values())
+    assert [each.cluster.name for each in settings.values()] == list(CLUSTER_NODES)
+    assert len({each.database.url for each in settings.values()}) == 1
+    assert settings["pacsd1"].database.url.startswith("postgresql+psycopg://pacsd:s3cret@db:")
+    assert {str(each.storage.root) for each in settings.values()} == {STORAGE_ROOT}
+    storage = {named_volume_at(services[name], STORAGE_ROOT) for name in CLUSTER_NODES}
+    state = [named_volume_at(services[name], DATA_DIR) for name in CLUSTER_NODES]
+    assert len(storage) == 1
+    assert storage <= declared
+    assert len(set(state)) == 2
+    assert set(state) <= declared
+    for name in CLUSTER_NODES:
+        build = services[name]["build"]
+        assert (CLUSTER_COMPOSE_FILE.parent / build["context"]).resolve() == REPO_ROOT
+        assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
+        assert seconds(services[name]["stop_grace_period"]) > DEFAULT_GRACE_PERIOD
+        assert "ports" not in services[name], "a node bypassing the balancer"
+    assert services["pacsd2"]["depends_on"]["pacsd1"]["condition"] == "service_healthy"
+
+
+def test_cluster_compose_nodes_trust_only_the_balancers_fixed_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The haproxy service has a fixed address in the compose network's subnet; the nodes
+    trust PROXY headers from that address alone, on DICOM and on HTTP, and serve HTTP on
+    every interface (the health checks come from the balancer)."""
+    address = ipaddress.ip_address(balancer_address())
+    [subnet] = cluster_compose()["networks"]["pacsd"]["ipam"]["config"]
+    assert address in ipaddress.ip_network(subnet["subnet"])
+    for name in CLUSTER_NODES:
+        settings = cluster_node_settings(name, monkeypatch)
+        assert settings.network.proxy_protocol.trusted == [f"{address}/32"]
+        assert settings.http.proxy_protocol.trusted == [f"{address}/32"]
+        assert ipaddress.ip_address(settings.http.host) == ipaddress.IPv4Address(0)
+        # The image's health check (`pacsd echo`, no PROXY header) must still be served.
+        assert not settings.network.proxy_protocol.required
+
+
+def test_cluster_compose_haproxy_sends_proxy_v2_to_every_node_and_checks_readyz() -> None:
+    """The balancer's mounted configuration exists, sends a PROXY v2 header to each node's
+    DICOM and HTTP ports and checks /readyz; `haproxy -c` accepts it where HAProxy is
+    installed. DICOM and HTTP are published on the balancer."""
+    haproxy = cluster_compose()["services"]["haproxy"]
+    [mount] = [volume for volume in haproxy["volumes"] if "haproxy" in volume.split(":")[1]]
+    source = (CLUSTER_COMPOSE_FILE.parent / mount.split(":")[0]).resolve()
+    assert source.is_file(), source
+    text = source.read_text(encoding="utf-8")
+    for name in CLUSTER_NODES:
+        assert f"server {name} {name}:{DICOM_PORT}" in text
+        assert f"server {name} {name}:11113" in text
+    assert text.count("default-server send-proxy-v2 check check-send-proxy") == 2
+    assert "http-check send meth GET uri /readyz" in text
+    published = {str(port).split(":")[-1] for port in haproxy["ports"]}
+    assert {str(DICOM_PORT), "8080"} <= published
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if binary is None:
+        return
+    checked = subprocess.run(
+        [binary, "-c", "-f", str(source)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_cluster_compose_s3_placeholder_is_seaweedfs_and_off_by_default() -> None:
+    """The object storage placeholder: SeaweedFS with its S3 API, in a profile (not started by
+    `up` until pacsd's S3 backend exists), its data in a declared volume."""
+    s3 = cluster_compose()["services"]["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs")
+    assert s3["command"][:2] == ["server", "-s3"]
+    assert s3["profiles"] == ["s3"]
+    assert named_volume_at(s3, "/data") in set(cluster_compose()["volumes"])

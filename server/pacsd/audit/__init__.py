@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pacsd.audit import events, transfers
+from pacsd.audit import events, sessions, transfers
 from pacsd.audit.messages import MINOR_FAILURE, SUCCESS, AuditMessage, AuditSource
 from pacsd.audit.sinks import FailureReport, FileSink, SyslogSink
 from pacsd.dimse.messages import Request
@@ -44,10 +44,12 @@ __all__ = [
     "configuration_reloaded",
     "configure",
     "current",
+    "data_imported",
     "operation_finished",
     "reopen",
     "shutdown",
     "study_deleted",
+    "use_loop",
 ]
 
 
@@ -64,10 +66,12 @@ class AuditTrail:
         self.syslog = SyslogSink(settings.syslog, hostname) if settings.syslog else None
         self.peers = peers
         self.stores = transfers.StoreAggregates()
+        self.sessions = sessions.SessionAggregates(self.flush_sessions)
         self.errors = FailureReport("events")
         self.emitted = 0
         self._logged_in: set[str] = set()
         self._lock = threading.Lock()
+        self._login_lock = threading.Lock()  # a Login is written before its session's others
 
     def emit(self, message: AuditMessage) -> None:
         """Write one message to every sink."""
@@ -82,8 +86,25 @@ class AuditTrail:
     def flush_stores(self) -> None:
         """Emit the pending C-STORE aggregates of every association (at shutdown)."""
         for handle, studies in self.stores.take_all():
+            self.login_first(handle)
             for message in transfers.stored_messages(self.source, self.ae_title, handle, studies):
                 self.emit(message)
+
+    def flush_sessions(self) -> None:
+        """Emit the Login/Logout aggregates of quiet associations (sessions.py); never raises."""
+        try:
+            for quiet in self.sessions.take_all():
+                for message in events.quiet_sessions(self.source, self.ae_title, quiet):
+                    self.emit(message)
+        except Exception as exc:
+            self.errors.failed(exc)
+
+    def login_first(self, handle: ClientHandle) -> None:
+        """The Login of `handle`'s association, unless written already: before the first other
+        message about it (sessions.py)."""
+        with self._login_lock:
+            if not self.logged_in(handle, remember=True):
+                self.emit(events.login(self.source, self.ae_title, handle, SUCCESS))
 
     def logged_in(self, handle: ClientHandle, remember: bool | None = None) -> bool:
         """Whether a Login was written for `handle`; `remember` sets (True) or clears it."""
@@ -98,6 +119,7 @@ class AuditTrail:
     def close(self) -> None:
         """Flush the aggregates and close the sinks."""
         self.flush_stores()
+        self.flush_sessions()
         if self.file is not None:
             self.file.close()
         if self.syslog is not None:
@@ -114,6 +136,13 @@ def configure(settings: Settings, peers: PeerTable | None = None) -> AuditTrail 
     audit = settings.audit
     _trail = AuditTrail(audit, settings.ae_title, peers) if audit.enabled else None
     return _trail
+
+
+def use_loop(loop: sessions.LoopTimers | None) -> None:
+    """Have `loop` (where associations end) time the flushes of the quiet associations'
+    aggregates instead of a thread of their own (None: back to the thread)."""
+    if _trail is not None:
+        _trail.sessions.call_later = loop.call_later if loop is not None else None
 
 
 def current() -> AuditTrail | None:
@@ -160,6 +189,7 @@ def application_stopped() -> None:
             trail.flush_stores()
         except Exception as exc:
             trail.errors.failed(exc)
+        trail.flush_sessions()
     _emit(lambda t: events.application_activity(t.source, t.ae_title, started=False))
 
 
@@ -172,21 +202,20 @@ def request_not_served(
     handle: ClientHandle, operation: str, sop_class_uid: str, status: int, reason: str
 ) -> None:
     """Security Alert / Use of Restricted Function: a request answered before any service."""
-    _emit(
-        lambda t: events.request_not_served(
-            t.source, t.ae_title, handle, operation, sop_class_uid, status, reason
+
+    def build(trail: AuditTrail) -> AuditMessage:
+        trail.login_first(handle)
+        return events.request_not_served(
+            trail.source, trail.ae_title, handle, operation, sop_class_uid, status, reason
         )
-    )
+
+    _emit(build)
 
 
 def association_accepted(handle: ClientHandle) -> None:
-    """User Authentication / Login of the calling AE (and user), outcome 0."""
-
-    def build(trail: AuditTrail) -> AuditMessage:
-        trail.logged_in(handle, remember=True)
-        return events.login(trail.source, trail.ae_title, handle, SUCCESS)
-
-    _emit(build)
+    """An association was accepted: its User Authentication / Login (outcome 0) is written
+    before the first other message about it, or counted with the peer's quiet associations
+    when it ends without one (sessions.py). Nothing to do now."""
 
 
 def association_rejected(handle: ClientHandle, reason: str, rule: str | None) -> None:
@@ -203,6 +232,11 @@ def association_closed(handle: ClientHandle) -> None:
         return
     try:
         studies = trail.stores.take(handle)
+        if not studies and not trail.logged_in(handle):
+            if handle.state in ("released", "aborted"):  # it was established: a quiet one
+                trail.sessions.add(handle)
+            return
+        trail.login_first(handle)
         for message in transfers.stored_messages(trail.source, trail.ae_title, handle, studies):
             trail.emit(message)
     except Exception as exc:
@@ -244,14 +278,17 @@ def _operation(
     source, ae_title = trail.source, trail.ae_title
     if status == NOT_AUTHORIZED:
         sop_class = request.sop_class_uid
+        trail.login_first(handle)
         trail.emit(events.operation_refused(source, ae_title, handle, operation, sop_class))
     elif operation == "C-STORE":
         key = transfers.store_key(request, status, str(fields.get("outcome", "")), subject)
         trail.stores.add(handle, key, request.sop_class_uid, status)
     elif operation == "C-FIND":
+        trail.login_first(handle)
         trail.emit(transfers.query_message(source, ae_title, handle, request, status, fields))
     elif operation in ("C-GET", "C-MOVE"):
         address = _peer_address(trail, str(fields.get("destination", "") or ""))
+        trail.login_first(handle)
         trail.emit(
             transfers.retrieve_message(
                 source, ae_title, handle, request, operation, status, fields, address
@@ -281,6 +318,23 @@ def commitment_report_ended(
             user,
         )
     )
+
+
+def data_imported(
+    media: Sequence[Path], user: str, studies: Mapping[transfers.StudyKey, transfers.StudyTally]
+) -> None:
+    """Data Import: what `pacsd import` of `media` (files, folders), run by `user`, stored (or
+    refused), one message per study, action and outcome."""
+    trail = _trail
+    if trail is None:
+        return
+    try:
+        for message in transfers.imported_messages(
+            trail.source, trail.ae_title, media, user, studies
+        ):
+            trail.emit(message)
+    except Exception as exc:
+        trail.errors.failed(exc)
 
 
 def study_deleted(

@@ -4,7 +4,9 @@
   AE (and the negotiated username, PS3.7 D.3.3.7) as requestor. ATNA has no "association"
   event; a DICOM node opening a session with pacsd is a login of that node, and its end (release
   or abort) a Logout (110123). "Network Entry" (110108) is for machines joining a network, not
-  sessions, so it is not used.
+  sessions, so it is not used. A session's Login is written before its first other message;
+  quiet associations (nothing else audited) are counted per peer instead, one Login and one
+  Logout per peer and interval (sessions.py).
 - Association rejected: Security Alert (110113) / Node Authentication (110126), outcome 4 (the
   refusal worked: PS3.15 A.5.3.11 "minor failure: mitigation was effective"), with the reason
   and the deciding rule; when a user identity was sent and failed verification, also User
@@ -25,6 +27,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 from pacsd.audit.messages import (
@@ -62,6 +65,7 @@ from pacsd.audit.messages import (
     study_object,
     uri_object,
 )
+from pacsd.audit.sessions import QuietSessions
 from pacsd.handle import ClientHandle
 
 
@@ -99,6 +103,31 @@ def logout(source: AuditSource, ae_title: str, handle: ClientHandle) -> AuditMes
     return _authentication(source, ae_title, handle, SUCCESS, LOGOUT, description)
 
 
+def quiet_sessions(
+    source: AuditSource, ae_title: str, quiet: QuietSessions
+) -> tuple[AuditMessage, AuditMessage]:
+    """User Authentication / Login and Logout of `quiet.count` associations of one peer that
+    had nothing else audited (sessions.py), dated at the last one."""
+    handle = quiet.handle
+    first, last = (
+        moment.isoformat(timespec="milliseconds") for moment in (quiet.first, quiet.last)
+    )
+    what = f"{quiet.count} associations without audited operations, {first} to {last}"
+    what = what.replace("+00:00", "Z")
+    login_text = what
+    if handle.user_identity_type is not None:
+        verified = {True: "verified", False: "failed", None: "not checked"}[handle.user_verified]
+        login_text += f"; user identity type {handle.user_identity_type} {verified}"
+    if handle.tls_version:
+        login_text += f"; {handle.tls_version} {handle.tls_subject or ''}".rstrip()
+    return (
+        _authentication(source, ae_title, handle, SUCCESS, LOGIN, login_text, quiet.last),
+        _authentication(
+            source, ae_title, handle, SUCCESS, LOGOUT, f"{what}, {handle.state}", quiet.last
+        ),
+    )
+
+
 def _authentication(
     source: AuditSource,
     ae_title: str,
@@ -106,6 +135,7 @@ def _authentication(
     outcome: int,
     event_type: Coded,
     description: str,
+    when: datetime | None = None,
 ) -> AuditMessage:
     """User Authentication (110114) between the peer and pacsd, Login or Logout."""
     return audit_message(
@@ -116,6 +146,7 @@ def _authentication(
         [requestor(handle), pacsd_participant(handle.called_ae_title or ae_title)],
         event_types=[event_type],
         description=description,
+        when=when,
     )
 
 

@@ -31,6 +31,7 @@ def _dcm(code: str, text: str) -> Coded:
 APPLICATION_ACTIVITY = _dcm("110100", "Application Activity")
 INSTANCES_TRANSFERRED = _dcm("110104", "DICOM Instances Transferred")
 STUDY_DELETED = _dcm("110105", "DICOM Study Deleted")
+DATA_IMPORT = _dcm("110107", "Import")
 QUERY = _dcm("110112", "Query")
 SECURITY_ALERT = _dcm("110113", "Security Alert")
 USER_AUTHENTICATION = _dcm("110114", "User Authentication")
@@ -47,6 +48,9 @@ ROLE_APPLICATION = _dcm("110150", "Application")
 ROLE_APPLICATION_LAUNCHER = _dcm("110151", "Application Launcher")
 ROLE_DESTINATION = _dcm("110152", "Destination Role ID")
 ROLE_SOURCE = _dcm("110153", "Source Role ID")
+ROLE_SOURCE_MEDIA = _dcm("110155", "Source Media")
+# PS3.16 CID 405 Media Type Code.
+MEDIA_URI = _dcm("110037", "URI")
 # PS3.16 CID 404 Audit Participant Object ID Type Code, and the RFC 3881 codes it extends.
 ID_STUDY_INSTANCE_UID = _dcm("110180", "Study Instance UID")
 ID_SOP_CLASS_UID = _dcm("110181", "SOP Class UID")
@@ -92,6 +96,7 @@ class Participant:
     user_name: str | None = None
     address: str | None = None  # NetworkAccessPointID: an IP address (type code 2)
     role: Coded | None = None
+    media_type: Coded | None = None  # MediaIdentifier/MediaType (a Source Media, A.5.3.7)
 
     def render(self) -> dict[str, Any]:
         """The ActiveParticipant element."""
@@ -106,6 +111,8 @@ class Participant:
             element["NetworkAccessPointTypeCode"] = "2"  # IP address
         if self.role is not None:
             element["RoleIDCode"] = [self.role]
+        if self.media_type is not None:
+            element["MediaIdentifier"] = {"MediaType": self.media_type}
         return element
 
 

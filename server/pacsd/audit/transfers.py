@@ -7,14 +7,16 @@ names the study, the patient, each SOP class and its instance count. The EventAc
 what pacsd did (A.5.3.4): C, the instance was new; R, already held and kept (duplicate_policy
 keep-first); U, held and replaced (overwrite). A failed C-STORE counts under outcome 4 or 8.
 C-FIND is one Query message per request, with the identifier as sent; C-GET and C-MOVE are one
-DICOM Instances Transferred (R) message per request, naming the destination.
+DICOM Instances Transferred (R) message per request, naming the destination. `pacsd import` is
+aggregated the same way, one Data Import message (A.5.3.7) per run, study, action and outcome:
+the files' folders as Source Media (URIs), pacsd and the OS user who ran it as importers.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,15 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pacsd.audit.events import requestor
 from pacsd.audit.messages import (
     CREATE,
+    DATA_IMPORT,
     EXECUTE,
     INSTANCES_TRANSFERRED,
+    MEDIA_URI,
     QUERY,
     READ,
     ROLE_DESTINATION,
     ROLE_SOURCE,
+    ROLE_SOURCE_MEDIA,
     UPDATE,
     AuditMessage,
     AuditSource,
@@ -122,6 +127,49 @@ def stored_messages(
             key.outcome,
             source,
             [sender, receiver],
+            objects=objects,
+            description=description,
+        )
+
+
+def imported_key(outcome: str, status: int, subject: tuple[str, str]) -> StudyKey:
+    """The study, patient and action of one imported file (`outcome` as the importer's:
+    stored, duplicate, replaced, refused)."""
+    action = {"duplicate": READ, "replaced": UPDATE}.get(outcome, CREATE)
+    return StudyKey(subject[0], subject[1], action, outcome_of_status(status))
+
+
+def imported_messages(
+    source: AuditSource,
+    ae_title: str,
+    media: Sequence[Path],
+    user: str,
+    studies: Mapping[StudyKey, StudyTally],
+) -> Iterator[AuditMessage]:
+    """Data Import (PS3.15 A.5.3.7): one message per study, action and outcome of an import run;
+    each path imported is a Source Media participant (media type URI, CID 405)."""
+    importers = [
+        application_entity(ae_title, False, user_name="pacsd import", role=ROLE_DESTINATION),
+        Participant(user, True),
+    ]
+    sources = [
+        Participant(path.resolve().as_uri(), False, role=ROLE_SOURCE_MEDIA, media_type=MEDIA_URI)
+        for path in media
+    ]
+    for key, tally in studies.items():
+        objects = [study_object(key.study_instance_uid or "unknown", tally.sop_classes)]
+        if key.patient_id:
+            objects.append(patient_object(key.patient_id))
+        description = f"{sum(tally.sop_classes.values())} instances imported by {user}"
+        if tally.statuses:
+            codes = ", ".join(f"0x{code:04X} x{n}" for code, n in sorted(tally.statuses.items()))
+            description += f"; refused: {codes}"
+        yield audit_message(
+            DATA_IMPORT,
+            key.action,
+            key.outcome,
+            source,
+            [*importers, *sources],
             objects=objects,
             description=description,
         )

@@ -31,12 +31,19 @@ if TYPE_CHECKING:
 REJECT_PROTOCOL_VERSION = Rejection(1, 2, 2)
 # Requests queued beyond the window before pacsd stops reading the connection (back-pressure).
 QUEUE_SLACK = 4
+# What the framer says of a PROXY protocol header ("PROXY ..." or "\r\n\r\n..."): no PDU.
+PROXY_HEADER_ERRORS = frozenset({"unknown PDU type 0x50", "unknown PDU type 0x0D"})
 
 
 class Acceptor(Association):
     """The engine's side of one accepted connection (see the module docstring)."""
 
-    def __init__(self, engine: Engine, admitted: tuple[str, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        admitted: tuple[str, int, int] | None = None,
+        peer: tuple[str, int] | None = None,
+    ) -> None:
         super().__init__(ClientHandle.connect("unknown", 0), engine.limits, engine.timeouts)
         self.engine = engine
         self.window = 1
@@ -44,6 +51,8 @@ class Acceptor(Association):
         self.queued: deque[Request] = deque()
         # A DICOM TLS connection counted as pending since its accept (engine/core.py).
         self._pending_key: tuple[str, int, int] | None = admitted
+        # The client's address when a balancer's PROXY header named it (engine/proxied.py).
+        self._peer = peer
         self._reading_paused = False
 
     # -- connection ----------------------------------------------------------------------
@@ -51,7 +60,7 @@ class Acceptor(Association):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         super().connection_made(base)
         transport = cast(asyncio.Transport, base)
-        address, port = peer_of(transport)
+        address, port = self._peer or peer_of(transport)
         self.handle = ClientHandle.connect(address, port)
         if self._pending_key is None:
             sockname = transport.get_extra_info("sockname") or ("", 0)
@@ -62,7 +71,8 @@ class Acceptor(Association):
                 return
             self._pending_key = key
         self.engine.register(self)
-        self.engine.options.apply(transport.get_extra_info("socket"))
+        if self.engine.options.per_connection:  # else inherited from the listener
+            self.engine.options.apply(transport.get_extra_info("socket"))
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:  # PS3.15 B.1: the handshake is done, the peer verified
             self.handle.tls_version = ssl_object.version()
@@ -81,6 +91,18 @@ class Acceptor(Association):
         if self.state == "awaiting-request" and self.framer.idle:
             self.start_artim(min(self.timeouts.acse, self.engine.request_body_timeout))
         super().buffer_updated(nbytes)
+
+    def protocol_error(self, what: str, reason: int) -> None:
+        if self.state == "awaiting-request" and what in PROXY_HEADER_ERRORS:
+            # Not a PDU: a balancer's PROXY header, from an address not trusted to send one.
+            self.handle.log.warning(
+                "PROXY header from an untrusted address; connection closed",
+                setting="network.proxy_protocol.trusted",
+            )
+            self.stop_artim()
+            self.close_transport()
+            return
+        super().protocol_error(what, reason)
 
     # -- PDUs ----------------------------------------------------------------------------
 
@@ -156,15 +178,8 @@ class Acceptor(Association):
         self._release_pending()
         self.start_idle_timer()
         metrics.association_established()
-        handle.log.info(
-            "association accepted",
-            rule=handle.decision.rule if handle.decision else None,
-            accepted_contexts=len(handle.accepted_contexts),
-            rejected_contexts=len(handle.contexts) - len(handle.accepted_contexts),
-            peer_max_pdu=handle.peer_max_pdu_size,
-            max_pdu=handle.local_max_pdu_size,
-            peer_implementation=handle.peer_implementation_version_name,
-        )
+        if TRACE.enabled:  # at INFO, the "association closed" line says all of this
+            handle.log.debug("association accepted", **_negotiated(handle))
         audit.association_accepted(handle)
 
     def _reject(self, decision: Decision) -> None:
@@ -279,9 +294,12 @@ class Acceptor(Association):
         # Released or aborted: it was established (the states set above and in abort()).
         established = handle.state in ("released", "aborted")
         metrics.connection_ended(established, counters.bytes_received, counters.bytes_sent)
+        # One line per association at INFO (its dimse lines aside): what was negotiated, how it
+        # ended and what it did. A rejected one has its "association rejected" line too.
         handle.log.info(
             "association closed",
             state=handle.state,
+            **(_negotiated(handle) if established else {}),
             duration_s=round(handle.duration_s, 3),
             operations=counters.operations,
             failures=counters.failures,
@@ -295,3 +313,16 @@ class Acceptor(Association):
         key = self._pending_key
         if key is not None:
             self.engine.pending.release(key)
+
+
+def _negotiated(handle: ClientHandle) -> dict[str, object]:
+    """What an accepted association's log lines say of its negotiation."""
+    accepted = len(handle.accepted_contexts)
+    return {
+        "rule": handle.decision.rule if handle.decision else None,
+        "accepted_contexts": accepted,
+        "rejected_contexts": len(handle.contexts) - accepted,
+        "peer_max_pdu": handle.peer_max_pdu_size,
+        "max_pdu": handle.local_max_pdu_size,
+        "peer_implementation": handle.peer_implementation_version_name,
+    }

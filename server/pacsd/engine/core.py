@@ -29,6 +29,8 @@ from pacsd.engine.listeners import LISTEN_BACKLOG, Listeners
 from pacsd.engine.negotiation import Negotiator, PolicyProvider
 from pacsd.engine.operations import Operations, Services
 from pacsd.engine.pending import PendingConnections
+from pacsd.engine.proxied import ProxyTrust, Route, failure_reason, read_proxy_header
+from pacsd.engine.proxy_protocol import ProxyHeaderError
 from pacsd.engine.requestor import Proposal, Requestor, associate
 from pacsd.engine.sockets import SocketOptions
 from pacsd.engine.tls import handshake_failure, tls_args_for
@@ -69,6 +71,9 @@ class Engine:
         self.connect_timeout = float(network.connection_timeout)
         self.tls_handshake_timeout = float(network.tls.handshake_timeout)
         self.request_body_timeout = REQUEST_BODY_TIMEOUT_S
+        # Behind a TCP balancer (engine/proxied.py); off while no balancer is trusted.
+        self.proxy = ProxyTrust(network.proxy_protocol, "network.proxy_protocol")
+        self.awaiting_header = 0  # connections whose PROXY header is being read
         self.max_pdu_size = network.max_pdu_size
         self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-io")
         self.sync = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-sync")
@@ -91,8 +96,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._listeners = listeners
         if listeners.plain is not None:
-            if shared:
-                loop.add_reader(listeners.plain.fileno(), self._accept_plain, listeners.plain)
+            if shared or self.proxy.enabled:
+                batch = 1 if shared else LISTEN_BACKLOG
+                loop.add_reader(
+                    listeners.plain.fileno(), self._accept_plain, listeners.plain, batch
+                )
             else:
                 server = await loop.create_server(lambda: Acceptor(self), sock=listeners.plain)
                 self._servers.append(server)
@@ -102,20 +110,73 @@ class Engine:
                 listeners.tls.fileno(), self._accept_tls, listeners.tls, self.tls_context, batch
             )
 
-    def _accept_plain(self, listening: socket.socket) -> None:
-        """One connection from the shared queue; the uvloop transport is made for it."""
-        try:
-            connection, _address = listening.accept()
-        except (BlockingIOError, InterruptedError):
-            return  # another worker took it
-        except OSError as exc:
-            log.warning("accept failed", error=str(exc))
-            return
-        connection.setblocking(False)
-        made = asyncio.get_running_loop().connect_accepted_socket(
-            lambda: Acceptor(self), connection
+    def _accept_plain(self, listening: socket.socket, batch: int) -> None:
+        """Connections from the shared queue (one per readiness event) or, behind a balancer,
+        from this process's own; the uvloop transport is made for each."""
+        for _ in range(batch):
+            try:
+                connection, address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # another worker took it
+            except OSError as exc:
+                log.warning("accept failed", error=str(exc))
+                return
+            connection.setblocking(False)
+            if self.proxy.enabled and self._proxied(connection, address, None):
+                continue
+            made = asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Acceptor(self), connection
+            )
+            self.track(asyncio.ensure_future(made))
+
+    def _proxied(
+        self, connection: socket.socket, address: Any, context: ssl.SSLContext | None
+    ) -> bool:
+        """network.proxy_protocol: False for a connection to serve as it is; else it is
+        refused here, or its PROXY header read (a task) before it becomes an Acceptor."""
+        route = self.proxy.route(str(address[0]))
+        if route is Route.DIRECT:
+            return False
+        if route is Route.REFUSE or self.awaiting_header >= self.pending.max_total:
+            connection.close()
+            return True
+        self.awaiting_header += 1
+        balancer = (str(address[0]), int(address[1]))
+        task = asyncio.get_running_loop().create_task(
+            self._behind_balancer(connection, balancer, context)
         )
-        self.track(asyncio.ensure_future(made))
+        self.track(task)
+        return True
+
+    async def _behind_balancer(
+        self, connection: socket.socket, balancer: tuple[str, int], context: ssl.SSLContext | None
+    ) -> None:
+        """The PROXY header first (within acse_timeout); its client address is the peer's
+        from then on. With TLS, the handshake follows the header (engine/proxied.py)."""
+        timeout = self.timeouts.acse
+        try:
+            header = await read_proxy_header(connection, timeout)
+        except (ProxyHeaderError, TimeoutError, OSError) as exc:
+            connection.close()
+            self.proxy.header_failed(balancer, failure_reason(exc, timeout))
+            return
+        finally:
+            self.awaiting_header -= 1
+        peer = header.source or balancer  # LOCAL, UNKNOWN: the connection's own address
+        if context is not None:
+            key = (peer[0], peer[1], int(connection.getsockname()[1]))
+            if not self.pending.admit(key):
+                connection.close()
+                return
+            await self._tls_handshake(connection, key, context)
+            return
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Acceptor(self, peer=peer), connection
+            )
+        except OSError as exc:
+            connection.close()
+            log.warning("connection lost after its PROXY header", error=str(exc))
 
     def _accept_tls(self, listening: socket.socket, context: ssl.SSLContext, batch: int) -> None:
         """DICOM TLS connections: accepted here and counted as pending from now on, so that a
@@ -130,11 +191,13 @@ class Engine:
             except OSError as exc:
                 log.warning("accept failed on the TLS listener", error=str(exc))
                 return
+            connection.setblocking(False)
+            if self.proxy.enabled and self._proxied(connection, address, context):
+                continue
             key = (str(address[0]), int(address[1]), port)
             if not self.pending.admit(key):
                 connection.close()
                 continue
-            connection.setblocking(False)
             task = asyncio.get_running_loop().create_task(
                 self._tls_handshake(connection, key, context)
             )
@@ -148,7 +211,7 @@ class Engine:
         timeout = self.tls_handshake_timeout
         try:
             await loop.connect_accepted_socket(
-                lambda: Acceptor(self, admitted=key),
+                lambda: Acceptor(self, admitted=key, peer=(key[0], key[1])),
                 connection,
                 ssl=context,
                 ssl_handshake_timeout=timeout,

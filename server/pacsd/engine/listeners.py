@@ -71,7 +71,7 @@ def _listening_socket(host: str, port: int, options: SocketOptions, kind: str) -
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        options.apply_buffers(sock)  # before listen: accepted sockets inherit them
+        options.apply_listening(sock)  # before listen: accepted sockets inherit them
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)

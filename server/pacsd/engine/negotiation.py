@@ -100,6 +100,13 @@ def is_served(sop_class_uid: str) -> bool:
     )
 
 
+def accepted_syntaxes(grant: Grant, sop_class_uid: str) -> tuple[str, ...] | None:
+    """The transfer syntaxes a context proposing `sop_class_uid` may be accepted with under
+    `grant`, pacsd's preferred first; None: refused (abstract syntax not supported). The
+    conformance statement (pacsd/conformance.py) lists what this answers."""
+    return grant.syntaxes_for(sop_class_uid) if is_served(sop_class_uid) else None
+
+
 @dataclass(frozen=True)
 class Accepted:
     """What an accepted association was given."""
@@ -325,7 +332,7 @@ def _negotiate_context(
     proposed: ProposedContext, grant: Grant, roles: Mapping[str, RoleSelection]
 ) -> tuple[int, AcceptedContext, RoleSelection | None]:
     uid = proposed.abstract_syntax
-    syntaxes = grant.syntaxes_for(uid) if is_served(uid) else None
+    syntaxes = accepted_syntaxes(grant, uid)
     first = proposed.transfer_syntaxes[0]
     if syntaxes is None:
         return ABSTRACT_SYNTAX_NOT_SUPPORTED, AcceptedContext(proposed.context_id, uid, first), None

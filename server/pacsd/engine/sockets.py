@@ -42,6 +42,20 @@ class SocketOptions:
         if self.receive_buffer_size is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer_size)
 
+    def apply_listening(self, sock: Any) -> None:
+        """Every option on a listening socket, before listen(): Linux gives accepted
+        connections the listener's TCP_NODELAY, SO_KEEPALIVE and buffer sizes, so that an
+        accepted connection needs `apply` only when `per_connection` says so."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.tcp_keepalive))
+        self.apply_buffers(sock)
+
+    @property
+    def per_connection(self) -> bool:
+        """Whether an accepted connection must be set again: uvloop turns TCP_NODELAY on for
+        every TCP transport it makes, whatever the listener had."""
+        return not self.tcp_nodelay
+
     def apply(self, sock: Any) -> None:
         """Every configured option on a connected TCP socket (None: not a socket, skipped)."""
         if sock is None:

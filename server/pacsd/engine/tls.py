@@ -14,13 +14,10 @@ password never appears in a message or a log line.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import ssl
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from pacsd.settings import Peer
 from pacsd.settings_security import ClientCertificates, TlsSettings
@@ -48,6 +45,9 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     context.verify_mode = VERIFY_MODES[tls.client_certificates]
     if tls.client_certificates != ClientCertificates.NONE and tls.ca_file is not None:
         _load_ca(context, tls.ca_file)
+    # peer_subject's parser, loaded here (before the fork, shared by the workers) rather than
+    # by the first TLS association, on the event loop.
+    importlib.import_module("cryptography.x509")
     return context
 
 
@@ -121,6 +121,10 @@ def _check_key(tls: TlsSettings, key: Path, password: bytes | None) -> None:
     if encrypted and password is None:
         problem = f"{key} is encrypted: set key_password_file or key_password_env"
         raise TlsSetupError("key_file", problem)
+    # cryptography (~30 ms of imports) only where TLS is configured, not before every start.
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_private_key(pem, password if encrypted else None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -169,6 +173,8 @@ def peer_subject(sock: ssl.SSLSocket | ssl.SSLObject) -> str | None:
     der = sock.getpeercert(binary_form=True)
     if not der:
         return None
+    from cryptography import x509  # imported by server_context, before the loop runs
+
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 

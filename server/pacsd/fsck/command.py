@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -19,10 +20,11 @@ from sqlalchemy.exc import OperationalError
 from pacsd import audit
 from pacsd.fsck.repair import repair
 from pacsd.fsck.scan import FsckReport, scan
+from pacsd.index.cluster import ArchiveBusy, archive_lock
 from pacsd.index.database import IndexDatabase, create_index_engine
 from pacsd.index.schema import schema_status
 from pacsd.settings import Settings
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.base import StorageUnavailable, open_store
 
 # Files younger than this (seconds, at the start of the check) are not judged: on a running
 # server a C-STORE's file is in place a moment before its index row commits.
@@ -48,16 +50,26 @@ def run_fsck(settings: Settings, repairing: bool, as_json: bool, min_age: float)
         raise FsckUnavailable(f"storage.root {root} is not a directory", EXIT_CONFIG)
     database = _open_index(settings.database.url)
     try:
-        files = FilesystemStore(root, 0)
-        report = scan(database, files, min_age, _Progress())
-        if repairing and report.problems:
-            audit.configure(settings)  # rows removed are audited (DICOM Study Deleted)
-            try:
-                repair(database, files, report)
-            finally:
-                audit.shutdown()
+        # One repair per archive at a time, whichever node runs it (PostgreSQL advisory lock;
+        # a no-op on SQLite). A check alone changes nothing and needs no lock.
+        with archive_lock(database, "fsck-repair") if repairing else nullcontext():
+            files = open_store(settings.storage, min_free_space=0)
+            report = scan(database, files, min_age, _Progress())
+            if repairing and report.problems:
+                audit.configure(settings)  # rows removed are audited (DICOM Study Deleted)
+                try:
+                    repair(database, files, report)
+                finally:
+                    audit.shutdown()
+    except ArchiveBusy:
+        raise FsckUnavailable(
+            "another `pacsd fsck --repair` is running on this archive; try again after it",
+            EXIT_PROBLEMS,
+        ) from None
     except OperationalError as exc:
         raise FsckUnavailable(_unreachable(exc), EXIT_PROBLEMS) from exc
+    except StorageUnavailable as exc:
+        raise FsckUnavailable(f"storage unreachable: {exc}", EXIT_PROBLEMS) from exc
     finally:
         database.dispose()
     if as_json:

@@ -12,7 +12,10 @@
   who wants it can send it again (e.g. `storescu`) from the quarantine folder.
 
 The quarantine folder is `<root>/.quarantine/<UTC time of the run>/`, holding each file at its
-path relative to the root and `manifest.jsonl`, one JSON line per file saying why.
+path relative to the root and `manifest.jsonl`, one JSON line per file saying why. With an
+object store (storage.backend s3) the file is an object: it is copied to the key
+`quarantine/<UTC time of the run>/<path>` under the prefix and the original deleted;
+`manifest.jsonl` is still written to the local folder above.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from pacsd.fsck.scan import QUARANTINE_DIR, FsckReport, Problem, ProblemKind
 from pacsd.index.database import IndexDatabase
 from pacsd.index.ingest import refresh_modalities_in_study
 from pacsd.index.models import Instance, Patient, Series, Study
-from pacsd.storage.filesystem import FilesystemStore, fsync_directory
+from pacsd.storage.base import QUARANTINE_PREFIX, InstanceStore, ObjectQuarantine
+from pacsd.storage.filesystem import fsync_directory
 
 # Refuse to remove rows when more than this share of the index lost its files: that looks
 # like storage that is not mounted, not like files that went missing.
@@ -39,7 +43,7 @@ MAX_MISSING_SHARE = 0.5
 MIN_ROWS_FOR_GUARD = 10
 
 
-def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) -> None:
+def repair(database: IndexDatabase, files: InstanceStore, report: FsckReport) -> None:
     """Fix each problem of `report` in place; sets `problem.repair` for each one fixed."""
     missing = [p for p in report.problems if p.kind is ProblemKind.MISSING_FILE]
     if len(missing) >= MIN_ROWS_FOR_GUARD and len(missing) > report.instances * MAX_MISSING_SHARE:
@@ -48,7 +52,7 @@ def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) 
             "root mounted? refusing to remove index rows"
         )
         return
-    quarantine = Quarantine(files.root)
+    quarantine = Quarantine(files)
     removed: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for problem in report.problems:
         if problem.instance_pk is not None:
@@ -66,7 +70,7 @@ def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) 
                 problem.repair = None
                 continue
             problem.repair = ", ".join(filter(None, (problem.repair, f"file moved to {kept}")))
-    report.quarantine = quarantine.folder if quarantine.used else None
+    report.quarantine = quarantine.location() if quarantine.used else None
     for (study_uid, patient_id), sop_classes in removed.items():
         audit.study_deleted(
             study_uid, patient_id or None, sop_classes, "fsck --repair", user=getpass.getuser()
@@ -74,28 +78,44 @@ def repair(database: IndexDatabase, files: FilesystemStore, report: FsckReport) 
 
 
 class Quarantine:
-    """A folder of this run under `<root>/.quarantine/`, created on first use."""
+    """A folder of this run under `<root>/.quarantine/`, created on first use (with an object
+    store, the folder keeps the manifest and the objects move below `quarantine/`)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, files: InstanceStore) -> None:
+        self.files = files
+        self.root = files.root
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.folder = root / QUARANTINE_DIR / stamp
+        self.folder = self.root / QUARANTINE_DIR / stamp
         self.used = False
+
+    def location(self) -> Path | str:
+        """The folder (filesystem) or the object key prefix (object store) of this run."""
+        if isinstance(self.files, ObjectQuarantine):
+            return self.files.key(f"{QUARANTINE_PREFIX}{self.folder.name}/")
+        return self.folder
 
     def keep(self, problem: Problem) -> str:
         """Move the problem's file into the quarantine; returns its new path (root-relative)."""
         if not self.used:
             self._create()
+        if isinstance(self.files, ObjectQuarantine):
+            moved = f"{QUARANTINE_PREFIX}{self.folder.name}/{problem.file_path}"
+            self.files.quarantine(problem.file_path, moved)
+            self._note(problem)
+            return moved
         target = self.folder / problem.file_path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.root / problem.file_path, target)
         fsync_directory(target.parent)
         fsync_directory((self.root / problem.file_path).parent)
+        self._note(problem)
+        return target.relative_to(self.root).as_posix()
+
+    def _note(self, problem: Problem) -> None:
         with (self.folder / "manifest.jsonl").open("a", encoding="utf-8") as manifest:
             manifest.write(json.dumps(problem.as_json()) + "\n")
             manifest.flush()
             os.fsync(manifest.fileno())
-        return target.relative_to(self.root).as_posix()
 
     def _create(self) -> None:
         base = self.folder

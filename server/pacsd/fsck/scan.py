@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,14 +26,12 @@ from sqlalchemy import select
 
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import Instance
-from pacsd.storage.filesystem import PRINT_DIR, SPOOL_DIR, TMP_DIR, FilesystemStore
+from pacsd.storage.base import InstanceStore, StorageUnavailable
+from pacsd.storage.filesystem import NOT_INSTANCES, QUARANTINE_DIR
 
 PAGE_SIZE = 500
 READ_CHUNK = 1 << 20
-QUARANTINE_DIR = ".quarantine"
-# Top-level entries of the storage root that hold no instance files (instance folders are two
-# hexadecimal digits: storage/filesystem.instance_directory).
-NOT_INSTANCES = frozenset({TMP_DIR, SPOOL_DIR, QUARANTINE_DIR, PRINT_DIR, "lost+found"})
+__all__ = ["NOT_INSTANCES", "QUARANTINE_DIR", "FsckReport", "Problem", "ProblemKind", "scan"]
 
 
 class ProblemKind(enum.StrEnum):
@@ -77,7 +74,7 @@ class FsckReport:
     bytes_read: int = 0
     young_files_skipped: int = 0
     problems: list[Problem] = field(default_factory=list)
-    quarantine: Path | None = None
+    quarantine: Path | str | None = None  # a folder, or an object store's key prefix
     refusal: str | None = None  # why --repair did not touch the index, if it did not
 
     @property
@@ -100,11 +97,12 @@ Progress = Callable[[FsckReport], None]
 
 def scan(
     database: IndexDatabase,
-    files: FilesystemStore,
+    files: InstanceStore,
     min_age: float,
     progress: Progress | None = None,
 ) -> FsckReport:
-    """Check every index row against its file, then look for files without a row."""
+    """Check every index row against its file, then look for files without a row (the
+    files under the root, or the objects under the bucket's prefix)."""
     started = time.time()
     report = FsckReport()
     indexed: set[str] = set()
@@ -116,7 +114,8 @@ def scan(
             report.problems.append(problem)
         if progress is not None:
             progress(report)
-    for relative, modified in _instance_files(files.root):
+    for stored in files.stored_objects():
+        relative, modified = stored.relative_path, stored.modified
         report.files += 1
         if relative in indexed:
             continue
@@ -156,23 +155,26 @@ def _still_indexed(database: IndexDatabase, row: _Row) -> bool:
     return current == row.file_path
 
 
-def _check_row(files: FilesystemStore, row: _Row, report: FsckReport) -> Problem | None:
+def _check_row(files: InstanceStore, row: _Row, report: FsckReport) -> Problem | None:
     """The problem with this row's file, if any (size first, then the SHA-256 of its bytes)."""
 
     def problem(kind: ProblemKind, detail: str) -> Problem:
         return Problem(kind, row.file_path, row.pk, row.sop_instance_uid, detail)
 
     try:
-        path = files.absolute(row.file_path)
-        size = path.stat().st_size
+        size = files.size(row.file_path)
     except ValueError:
         return problem(ProblemKind.MISSING_FILE, "path outside the storage root")
+    except StorageUnavailable:
+        raise  # the check stops: an unreachable store would look like every file missing
     except OSError as exc:
         return problem(ProblemKind.MISSING_FILE, exc.strerror or repr(exc))
     if size != row.file_size:
         return problem(ProblemKind.SIZE_MISMATCH, f"{size} bytes, index says {row.file_size}")
     try:
-        digest = _sha256(path)
+        digest = _sha256(files, row.file_path)
+    except StorageUnavailable:
+        raise
     except OSError as exc:
         return problem(ProblemKind.CHECKSUM_MISMATCH, f"unreadable: {exc.strerror or exc!r}")
     report.bytes_read += size
@@ -181,27 +183,10 @@ def _check_row(files: FilesystemStore, row: _Row, report: FsckReport) -> Problem
     return None
 
 
-def _sha256(path: Path) -> str:
+def _sha256(files: InstanceStore, relative_path: str) -> str:
     """The SHA-256 of a file, read in chunks (bounded memory whatever the file's size)."""
     hasher = hashlib.sha256()
-    with path.open("rb") as stream:
+    with files.open(relative_path) as stream:
         while chunk := stream.read(READ_CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
-
-
-def _instance_files(root: Path) -> Iterator[tuple[str, float]]:
-    """(path relative to the root, modification time) of each regular file outside work folders."""
-    with os.scandir(root) as entries:
-        top = sorted(entry.name for entry in entries if entry.name not in NOT_INSTANCES)
-    pending = [root / name for name in reversed(top)]
-    while pending:
-        current = pending.pop()
-        if current.is_symlink():
-            continue
-        if current.is_dir():
-            with os.scandir(current) as entries:
-                names = sorted(entry.name for entry in entries)
-            pending.extend(current / name for name in reversed(names))
-        elif current.is_file():
-            yield current.relative_to(root).as_posix(), current.stat().st_mtime

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pacsd.http.metrics import Snapshot
 from pacsd.index import queues
 from pacsd.index.database import IndexDatabase
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.base import InstanceStore
 
 CHECK_TIMEOUT_S = 3.0
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class Health:
     def __init__(
         self,
         index: IndexDatabase,
-        files: FilesystemStore,
+        files: InstanceStore,
         dicom_listening: Callable[[], bool],
         timeout: float = CHECK_TIMEOUT_S,
     ) -> None:
@@ -109,6 +109,11 @@ class Health:
             os.unlink(probe)
         except OSError as exc:
             detail["problem"] = f"storage root not writable: {exc.strerror or exc}"
+            return Check(False, detail)
+        try:
+            files.check_ready()  # an object store: a HEAD on its bucket
+        except OSError as exc:
+            detail["problem"] = f"storage not reachable: {_one_line(exc)}"
             return Check(False, detail)
         return Check(True, detail)
 

@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pacsd import metrics
-from pacsd.index.database import IndexDatabase
+from pacsd.archive import Archive
+from pacsd.engine.proxied import ProxyTrust
+from pacsd.engine.tls import server_context
 from pacsd.logs import get_logger
-from pacsd.settings import HttpSettings
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.runtime import RuntimeConfig
+from pacsd.settings import HttpSettings, Settings
 
 if TYPE_CHECKING:
+    from pacsd.http.access import Access
     from pacsd.http.health import Health
     from pacsd.http.server import HttpServer
 
@@ -56,11 +59,11 @@ def open_socket(settings: HttpSettings) -> socket.socket:
         ) from None
 
 
-def base_url(sock: socket.socket) -> str:
-    """The http:// URL of the bound socket, e.g. http://127.0.0.1:11113."""
+def base_url(sock: socket.socket, tls: bool = False) -> str:
+    """The URL of the bound socket, e.g. http://127.0.0.1:11113 (https:// with `tls`)."""
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in str(host) else str(host)
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 @dataclass
@@ -133,10 +136,10 @@ def _import_stack(serving: bool) -> None:
 class HttpSide:
     """What one process needs to start the HTTP side; `sock` only in the leading process."""
 
-    settings: HttpSettings
+    settings: Settings
     sock: socket.socket | None
-    index: IndexDatabase
-    files: FilesystemStore
+    archive: Archive
+    runtime: RuntimeConfig
     multiprocess_dir: Path | None
 
     async def start(
@@ -150,16 +153,31 @@ class HttpSide:
         metrics.use(sink)
         if self.sock is None:
             return RunningHttp(None, None)
+        from pacsd.http.access import Access
         from pacsd.http.app import HttpContext, create_app
         from pacsd.http.health import Health
         from pacsd.http.server import HttpServer
 
-        health = Health(self.index, self.files, dicom_listening)
-        context = HttpContext(snapshot, health, sink, self.multiprocess_dir)
-        server = HttpServer(create_app(context), self.sock, self.settings.access_log)
+        archive = self.archive
+        health = Health(archive.index, archive.files, dicom_listening)
+        access = Access(self.settings.http.rules, lambda: self.runtime.policy().identity)
+        context = HttpContext(
+            snapshot, health, sink, self.multiprocess_dir, self.settings, archive, self.runtime
+        )
+        http = self.settings.http
+        tls = server_context(self.settings.network.tls) if http.tls else None
+        server = HttpServer(
+            create_app(context, access),
+            self.sock,
+            http.access_log,
+            tls,
+            log_queries=self.settings.logging.log_patient_data,
+            proxy=ProxyTrust(http.proxy_protocol, "http.proxy_protocol"),
+            proxy_header_timeout=self.settings.network.acse_timeout,
+        )
         server.start()
-        log.info("http interface serving", url=base_url(self.sock))
-        return RunningHttp(server, health)
+        log.info("http interface serving", url=base_url(self.sock, tls is not None))
+        return RunningHttp(server, health, access)
 
 
 @dataclass
@@ -168,6 +186,7 @@ class RunningHttp:
 
     server: HttpServer | None
     health: Health | None
+    access: Access | None = None
 
     async def stop(self) -> None:
         """Stop serving (bounded) and release the checks' threads."""
@@ -175,3 +194,5 @@ class RunningHttp:
             await self.server.stop()
         if self.health is not None:
             self.health.close()
+        if self.access is not None:
+            self.access.close()

@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
 from pacsd import __version__
+from pacsd.engine.proxied import ProxyTrust
 from pacsd.logs import get_logger
 
 log = get_logger("pacsd.http")
@@ -43,7 +45,16 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """The HTTP interface of this process, serving `app` on `sock` until stopped."""
 
-    def __init__(self, app: Any, sock: socket.socket, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        access_log: bool,
+        tls: ssl.SSLContext | None = None,
+        log_queries: bool = False,
+        proxy: ProxyTrust | None = None,
+        proxy_header_timeout: float = 30.0,
+    ) -> None:
         config = uvicorn.Config(
             app,
             log_config=None,  # no dictConfig: records propagate to pacsd's handlers
@@ -57,6 +68,25 @@ class HttpServer:
             timeout_graceful_shutdown=GRACEFUL_S,
         )
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server ..."
+        access = logging.getLogger("uvicorn.access")
+        for stale in [f for f in access.filters if isinstance(f, _WithoutQuery)]:
+            access.removeFilter(stale)
+        if not log_queries:
+            access.addFilter(_WithoutQuery())
+        if tls is not None:
+            # HTTPS with pacsd's own context (engine/tls.py: the DICOM TLS certificate, minimum
+            # version and ciphers); uvicorn hands config.ssl to the loop's create_server.
+            config.load()
+            config.ssl = tls
+        if proxy is not None and proxy.enabled:
+            # Behind a TCP balancer: the PROXY header before uvicorn's protocol (http/proxied.py).
+            from pacsd.http.proxied import gated
+
+            if not config.loaded:
+                config.load()
+            config.http_protocol_class = gated(
+                config.http_protocol_class, proxy, proxy_header_timeout
+            )
         self.sock = sock
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +108,17 @@ class HttpServer:
             self.server.force_exit = True
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, STOP_TIMEOUT_S)
+
+
+class _WithoutQuery(logging.Filter):
+    """The access log without query strings: QIDO-RS searches carry patient names and IDs
+    (PatientName=DOE*), which pacsd does not log unless logging.log_patient_data is true."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

@@ -12,13 +12,13 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from pacsd.errors import ProcessingFailure
+from pacsd.index.cluster import Claim
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import CommitmentRequest, Instance
 
@@ -66,9 +66,12 @@ def add_request(
     transaction_uid: str,
     calling_ae_title: str,
     references: Sequence[tuple[str, str]],
+    claim: Claim | None = None,
 ) -> None:
-    """Persist a new request, due at once."""
+    """Persist a new request, due at once; with `claim` (cluster mode), held by this node,
+    which may have the requesting association to report on."""
     now = datetime.now(UTC)
+    held = {"claimed_by": claim.node, "claimed_until": claim.until()} if claim else {}
     request = CommitmentRequest(
         transaction_uid=transaction_uid,
         calling_ae_title=calling_ae_title,
@@ -79,6 +82,7 @@ def add_request(
         last_error="",
         references=[list(pair) for pair in references],
         result=None,
+        **held,
     )
     try:
         with database.writing() as session:
@@ -87,8 +91,12 @@ def add_request(
         raise ProcessingFailure(f"transaction {transaction_uid} was requested before") from None
 
 
-def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:
-    """Pending requests whose next attempt is due, oldest first."""
+def due_requests(
+    database: IndexDatabase, limit: int = 50, claim: Claim | None = None
+) -> list[Pending]:
+    """Pending requests whose next attempt is due, oldest first; with `claim` (cluster mode),
+    those no other node holds, claimed for this one (SKIP LOCKED: nodes never wait on each
+    other's claims)."""
     now = datetime.now(UTC)
     statement = (
         select(CommitmentRequest)
@@ -96,6 +104,8 @@ def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:
         .order_by(CommitmentRequest.next_attempt_at, CommitmentRequest.pk)
         .limit(limit)
     )
+    if claim is not None:
+        return _claim_due(database, statement, claim)
     with database.reading() as session:
         return [
             Pending(
@@ -108,6 +118,32 @@ def due_requests(database: IndexDatabase, limit: int = 50) -> list[Pending]:
                 row.pk,
             )
             for row in session.scalars(statement)
+        ]
+
+
+def _claim_due(database: IndexDatabase, statement: Any, claim: Claim) -> list[Pending]:
+    mine = statement.where(
+        claim.claimable(CommitmentRequest.claimed_by, CommitmentRequest.claimed_until)
+    ).with_for_update(skip_locked=True)
+    with database.writing() as session:
+        rows = list(session.scalars(mine))
+        if rows:
+            session.execute(
+                update(CommitmentRequest)
+                .where(CommitmentRequest.pk.in_([row.pk for row in rows]))
+                .values(claimed_by=claim.node, claimed_until=claim.until())
+            )
+        return [
+            Pending(
+                row.transaction_uid,
+                row.calling_ae_title,
+                [(str(pair[0]), str(pair[1])) for pair in row.references],
+                row.result,
+                row.attempts,
+                _aware(row.requested_at),
+                row.pk,
+            )
+            for row in rows
         ]
 
 
@@ -152,6 +188,7 @@ def end_requests(
         ended = []
         for row in session.scalars(statement.with_for_update()):
             row.state, row.last_error = state, reason[:256]
+            row.claimed_by, row.claimed_until = None, None
             ended.append(
                 Pending(
                     row.transaction_uid,
@@ -166,20 +203,27 @@ def end_requests(
         return ended
 
 
-def next_due(database: IndexDatabase) -> datetime | None:
-    """When the earliest pending request is due, if any."""
+def next_due(database: IndexDatabase, claim: Claim | None = None) -> datetime | None:
+    """When the earliest pending request is due, if any (with `claim`: of those no other node
+    holds)."""
     statement = select(CommitmentRequest.next_attempt_at).where(CommitmentRequest.state == PENDING)
+    if claim is not None:
+        statement = statement.where(
+            claim.claimable(CommitmentRequest.claimed_by, CommitmentRequest.claimed_until)
+        )
     with database.reading() as session:
         found = session.scalar(statement.order_by(CommitmentRequest.next_attempt_at).limit(1))
     return _aware(found) if found is not None else None
 
 
-def due_now(database: IndexDatabase) -> int:
-    """Make every pending request due at once (start-up); how many there are."""
+def due_now(database: IndexDatabase, claim: Claim | None = None) -> int:
+    """Make every pending request due at once (start-up); how many there are. With `claim`
+    (cluster mode), only those this node held when it stopped: the others are other nodes'."""
+    statement = select(CommitmentRequest).where(CommitmentRequest.state == PENDING)
+    if claim is not None:
+        statement = statement.where(CommitmentRequest.claimed_by == claim.node)
     with database.writing() as session:
-        rows = list(
-            session.scalars(select(CommitmentRequest).where(CommitmentRequest.state == PENDING))
-        )
+        rows = list(session.scalars(statement))
         now = datetime.now(UTC)
         for row in rows:
             row.next_attempt_at = now
@@ -199,13 +243,16 @@ def mark_delivered(database: IndexDatabase, transaction_uid: str) -> None:
         row = _row(session, transaction_uid)
         row.state, row.delivered_at, row.last_error = DELIVERED, datetime.now(UTC), ""
         row.attempts += 1
+        row.claimed_by, row.claimed_until = None, None
 
 
 def reschedule(database: IndexDatabase, transaction_uid: str, delay_s: float, error: str) -> None:
-    """Count a failed delivery and set the next attempt `delay_s` from now."""
+    """Count a failed delivery and set the next attempt `delay_s` from now; any node (cluster
+    mode) may make it."""
     with database.writing() as session:
         row = _row(session, transaction_uid)
         row.attempts += 1
+        row.claimed_by, row.claimed_until = None, None
         row.last_error = error[:256]
         row.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay_s)
 
@@ -234,10 +281,11 @@ def _aware(moment: datetime) -> datetime:
 
 def verify(
     database: IndexDatabase,
-    locate: Callable[[str], Path],
+    locate: Callable[[str], BinaryIO],
     references: Sequence[tuple[str, str]],
 ) -> dict[str, Any]:
-    """{"success": [[class, instance]...], "failed": [[class, instance, reason]...]}."""
+    """{"success": [[class, instance]...], "failed": [[class, instance, reason]...]};
+    `locate` opens a stored file by its relative path (InstanceStore.open)."""
     uids = [instance for _class, instance in references]
     with database.reading() as session:
         rows = {
@@ -259,17 +307,17 @@ def verify(
             failed.append([sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE])
         elif stored[0] != sop_class:
             failed.append([sop_class, sop_instance, CLASS_INSTANCE_CONFLICT])
-        elif _sha256(locate(stored[1])) != stored[2]:
+        elif _sha256(locate, stored[1]) != stored[2]:
             failed.append([sop_class, sop_instance, PROCESSING_FAILURE])
         else:
             success.append([sop_class, sop_instance])
     return {"success": success, "failed": failed}
 
 
-def _sha256(path: Path) -> str | None:
+def _sha256(locate: Callable[[str], BinaryIO], relative_path: str) -> str | None:
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as stream:
+        with locate(relative_path) as stream:
             while chunk := stream.read(READ_CHUNK):
                 digest.update(chunk)
     except OSError:

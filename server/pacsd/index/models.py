@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -232,6 +233,10 @@ class CommitmentRequest(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     references: Mapped[list[Any]] = mapped_column(JsonDocument)
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    # Cluster mode (index/cluster.py): the node delivering it, until when (renewed by its
+    # heartbeat); NULL when no node holds it. Unused by a single node.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class UpsWorkitem(Base):
@@ -312,3 +317,24 @@ class UpsEventReport(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(String(256))
+    # As CommitmentRequest's: in cluster mode one node at a time delivers an AE's reports.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ClusterNode(Base):
+    """A pacsd node of a cluster (index/cluster.py): its leading process registers it and
+    updates `last_seen` every `heartbeat` seconds; silent for 3 heartbeats, it is dead."""
+
+    __tablename__ = "cluster_node"
+
+    pk: Mapped[int] = mapped_column(Key, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    http_url: Mapped[str] = mapped_column(String(256))  # "" when it serves no HTTP
+    dicom_address: Mapped[str] = mapped_column(String(256))  # host:port of its listener

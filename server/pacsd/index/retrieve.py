@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
 
 from pacsd.dicom.qr_models import Level
 from pacsd.index.database import IndexDatabase
@@ -102,3 +103,41 @@ def stored_instances(
         for row in rows:
             yield StoredInstance(*row)
         after = rows[-1].pk
+
+
+def select_few_of_patient(
+    database: IndexDatabase, keys: Mapping[Level, Sequence[str]], limit: int
+) -> tuple[Selection, list[StoredInstance], str] | None:
+    """The selection `keys` make, its rows and the patient ID of its first instance ("" when
+    none), in one statement, when it holds at most `limit` instances (a WADO-RS study or
+    series); None when it holds more (use `select_instances`)."""
+    levels = tuple((level, len(values)) for level, values in keys.items())
+    values = {f"k{n}": list(v) for n, v in enumerate(keys.values())}
+    with database.reading_connection() as connection:
+        found = connection.execute(_few_statement(levels, limit), values).all()
+    if len(found) > limit:
+        return None
+    rows = [StoredInstance(*row[:5]) for row in found]
+    presentations = frozenset((row.sop_class_uid, row.transfer_syntax_uid) for row in rows)
+    last_pk = rows[-1].pk if rows else 0
+    patient_id = str(found[0][5] or "") if found else ""
+    return Selection(keys, len(rows), last_pk, presentations), rows, patient_id
+
+
+@lru_cache(maxsize=32)
+def _few_statement(levels: tuple[tuple[Level, int], ...], limit: int) -> Select[*tuple[Any, ...]]:
+    """The statement of `select_few_of_patient` for one shape of keys, its UIDs bound as
+    expanding parameters k0, k1, ...: built and compiled once per shape, not per request."""
+    columns = select(
+        Instance.pk,
+        Instance.sop_class_uid,
+        Instance.sop_instance_uid,
+        Instance.transfer_syntax_uid,
+        Instance.file_path,
+        Patient.patient_id,
+    )
+    conditions = [
+        _KEY_COLUMNS[level].in_(bindparam(f"k{n}", expanding=True))
+        for n, (level, _count) in enumerate(levels)
+    ]
+    return _joined(columns).where(*conditions).order_by(Instance.pk).limit(limit + 1)

@@ -2,7 +2,8 @@
 
 Start-up first reads the database's revision with one SELECT and compares it with HEAD_REVISION,
 the newest migration's (tests/unit/test_schema_head.py keeps the two equal): Alembic, a tenth of
-a second of imports, is loaded only when they differ.
+a second of imports, is loaded only when they differ. An empty database is not refused: its
+schema is created by `upgrade` before the listeners open (daemon.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The revision of the newest migration in migrations/versions.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 class SchemaOutOfDate(Exception):
@@ -89,8 +90,27 @@ def ensure_schema(engine: Engine) -> SchemaStatus:
         return status
     if status.empty:
         return upgrade(engine)
+    raise _out_of_date(status)
+
+
+def check_schema(engine: Engine) -> bool:
+    """Start-up's check, before the listeners open: True when the database is at the newest
+    migration, False when it holds no table yet (then the daemon runs `upgrade`); raises
+    SchemaOutOfDate as `ensure_schema` does."""
+    if _at_head(engine):
+        return True
+    with engine.connect() as connection:
+        if not set(inspect(connection).get_table_names()) - {"alembic_version"}:
+            return False  # empty: Alembic is not even imported before the port answers
+    status = schema_status(engine)
+    if status.up_to_date:
+        return True
+    raise _out_of_date(status)
+
+
+def _out_of_date(status: SchemaStatus) -> SchemaOutOfDate:
     current = ", ".join(status.current) or "none"
-    raise SchemaOutOfDate(
+    return SchemaOutOfDate(
         f"database schema is at revision {current}, this pacsd needs {', '.join(status.head)}: "
         "run `pacsd db upgrade` (back up the database first)"
     )

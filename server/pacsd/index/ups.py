@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -39,6 +39,7 @@ from pacsd.dicom.ups import (
     state_report,
 )
 from pacsd.errors import DuplicateRejected
+from pacsd.index.cluster import Claim, database_now, try_transaction_lock
 from pacsd.index.database import IndexDatabase
 from pacsd.index.models import (
     UpsEventReport,
@@ -270,26 +271,39 @@ def subscriber_ae_titles(database: IndexDatabase) -> set[str]:
         return titles | set(session.scalars(select(UpsSubscription.ae_title).distinct()))
 
 
-def due_ae_titles(database: IndexDatabase) -> list[str]:
-    """AEs whose oldest pending report is due: reports to one AE go in order."""
+def due_ae_titles(database: IndexDatabase, claim: Claim | None = None) -> list[str]:
+    """AEs whose oldest pending report is due: reports to one AE go in order (with `claim`,
+    cluster mode: AEs whose reports no other node is delivering)."""
     now = datetime.now(UTC)
-    return [ae for ae, due in _heads(database) if due <= now]
+    return [ae for ae, due in _heads(database, claim) if due <= now]
 
 
-def next_due(database: IndexDatabase) -> datetime | None:
+def next_due(database: IndexDatabase, claim: Claim | None = None) -> datetime | None:
     """When the next AE's oldest pending report is due, if any."""
-    return min((due for _ae, due in _heads(database)), default=None)
+    return min((due for _ae, due in _heads(database, claim)), default=None)
 
 
-def _heads(database: IndexDatabase) -> list[tuple[str, datetime]]:
+def _heads(database: IndexDatabase, claim: Claim | None = None) -> list[tuple[str, datetime]]:
     oldest = (
         select(func.min(UpsEventReport.pk).label("pk")).group_by(UpsEventReport.ae_title).subquery()
     )
-    statement = select(UpsEventReport.ae_title, UpsEventReport.next_attempt_at).join(
-        oldest, UpsEventReport.pk == oldest.c.pk
-    )
+    statement = select(
+        UpsEventReport.ae_title,
+        UpsEventReport.next_attempt_at,
+        UpsEventReport.claimed_by,
+        UpsEventReport.claimed_until,
+    ).join(oldest, UpsEventReport.pk == oldest.c.pk)
     with database.reading() as session:
-        return [(ae, _aware(due)) for ae, due in session.execute(statement)]
+        heads = list(session.execute(statement))
+        if claim is None:
+            return [(ae, _aware(due)) for ae, due, _by, _until in heads]
+        now = database_now(session)
+    # An AE whose oldest report another node holds is that node's until its claim lapses.
+    return [
+        (ae, _aware(due))
+        for ae, due, by, until in heads
+        if not claim.held_elsewhere(by, _aware(until) if until else None, now)
+    ]
 
 
 def pending_reports(database: IndexDatabase, ae_title: str, limit: int) -> list[PendingReport]:
@@ -315,6 +329,49 @@ def pending_reports(database: IndexDatabase, ae_title: str, limit: int) -> list[
         ]
 
 
+def claim_reports(
+    database: IndexDatabase, ae_title: str, limit: int, claim: Claim
+) -> list[PendingReport]:
+    """Cluster mode: an AE's pending reports, oldest first, claimed for this node; none when
+    another node holds the AE's oldest report (reports to one AE go in order, from one node).
+    A transaction-level advisory lock per AE keeps two nodes from claiming it at once."""
+    statement = (
+        select(UpsEventReport)
+        .where(UpsEventReport.ae_title == ae_title)
+        .order_by(UpsEventReport.pk)
+        .limit(limit)
+        .with_for_update()
+    )
+    with database.writing() as session:
+        if not try_transaction_lock(session, f"ups-events:{ae_title}"):
+            return []
+        now = database_now(session)
+        rows = list(session.scalars(statement))
+        if not rows:
+            return []
+        head = rows[0]
+        until = _aware(head.claimed_until) if head.claimed_until else None
+        if claim.held_elsewhere(head.claimed_by, until, now):
+            return []
+        session.execute(
+            update(UpsEventReport)
+            .where(UpsEventReport.pk.in_([row.pk for row in rows]))
+            .values(claimed_by=claim.node, claimed_until=claim.until())
+        )
+        return [
+            PendingReport(
+                row.pk,
+                row.ae_title,
+                row.sop_instance_uid,
+                row.event_type,
+                row.information,
+                row.attempts,
+                _aware(row.created_at),
+            )
+            for row in rows
+        ]
+
+
 def remove_reports(database: IndexDatabase, pks: Sequence[int]) -> None:
     """Delivered (or given up): gone from the queue."""
     if pks:
@@ -324,7 +381,7 @@ def remove_reports(database: IndexDatabase, pks: Sequence[int]) -> None:
 
 def reschedule(database: IndexDatabase, ae_title: str, delay_s: float, error: str) -> None:
     """A failed delivery to this AE: its oldest report counts an attempt; all its reports wait
-    `delay_s` from now."""
+    `delay_s` from now, claimed by no node."""
     moment = datetime.now(UTC) + timedelta(seconds=delay_s)
     with database.writing() as session:
         rows = list(
@@ -336,15 +393,20 @@ def reschedule(database: IndexDatabase, ae_title: str, delay_s: float, error: st
         )
         for index, row in enumerate(rows):
             row.next_attempt_at = moment
+            row.claimed_by, row.claimed_until = None, None
             if index == 0:
                 row.attempts += 1
                 row.last_error = error[:256]
 
 
-def due_now(database: IndexDatabase) -> int:
-    """Make every pending report due at once (start-up); how many there are."""
+def due_now(database: IndexDatabase, claim: Claim | None = None) -> int:
+    """Make every pending report due at once (start-up); how many there are. With `claim`
+    (cluster mode), only those this node held when it stopped."""
+    statement = select(UpsEventReport)
+    if claim is not None:
+        statement = statement.where(UpsEventReport.claimed_by == claim.node)
     with database.writing() as session:
-        rows = list(session.scalars(select(UpsEventReport)))
+        rows = list(session.scalars(statement))
         now = datetime.now(UTC)
         for row in rows:
             row.next_attempt_at = now

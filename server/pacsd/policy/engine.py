@@ -333,11 +333,11 @@ def _over_limit(
     return None
 
 
-def _fits(value: str | None, patterns: Sequence[str]) -> bool:
+def fits(value: str | None, patterns: Sequence[str]) -> bool:
     return value is not None and any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
-def _address_fits(address: str, networks: Sequence[str]) -> bool:
+def address_fits(address: str, networks: Sequence[str]) -> bool:
     peer = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
     if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
         peer = peer.ipv4_mapped  # ::ffff:10.1.2.3 is 10.1.2.3 on a dual-stack socket
@@ -352,10 +352,10 @@ def _mismatch(match: Match, request: AssociationRequest) -> str | None:
         ("username", request.username, match.username),
     ]
     for what, value, patterns in checks:
-        if patterns is not None and not _fits(value, patterns):
+        if patterns is not None and not fits(value, patterns):
             shown = "none" if value is None else repr(value)
             return f"{what} {shown} is not one of {', '.join(patterns)}"
-    if match.address is not None and not _address_fits(request.peer_address, match.address):
+    if match.address is not None and not address_fits(request.peer_address, match.address):
         return f"address {request.peer_address} is not in {', '.join(match.address)}"
     return None
 

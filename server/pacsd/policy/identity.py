@@ -24,11 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
-import jwt
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 if TYPE_CHECKING:
     from pacsd.settings_security import IdentitySettings, JwtSettings
@@ -141,6 +138,8 @@ class JwtVerifier:
 
     def verify(self, token: bytes) -> tuple[str | None, str]:
         """(username, "") for a valid token, else (None, the cause in words)."""
+        import jwt  # PyJWT and its cryptography (~40 ms): not imported before every start
+
         try:
             text = token.decode("ascii")
             algorithm = str(jwt.get_unverified_header(text).get("alg", ""))
@@ -163,6 +162,8 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: bytes, algorithm: str) -> tuple[str | None, str] | None:
         """The verdict with `key`; None when the signature does not fit this key."""
+        import jwt  # loaded by `verify`
+
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -197,6 +198,9 @@ def load_public_key(path: Path) -> bytes:
         pem = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_public_key(pem)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -255,8 +259,15 @@ class IdentityVerifier:
             if password_hash is not None:
                 return None, "user must send a password (identity type 2)"
             return name, ""
-        # Username and passcode: a hash is verified whatever the user, so timing tells nothing.
-        matches = password_matches(password_hash or _DUMMY_HASH, claim.secondary_field)
+        return self.check_password(name, claim.secondary_field)
+
+    def check_password(self, name: str, password: bytes) -> tuple[str | None, str]:
+        """(name, "") when `password` is the user's (or the account needs none), else (None,
+        why); the HTTP side's basic authentication asks the same question."""
+        known = name in self.users
+        password_hash = self.users.get(name)
+        # A hash is verified whatever the user, so that timing tells nothing.
+        matches = password_matches(password_hash or _DUMMY_HASH, password)
         if not known:
             return None, "unknown user"
         if password_hash is None:

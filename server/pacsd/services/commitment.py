@@ -35,6 +35,7 @@ from pacsd.errors import (
     UnrecognizedOperation,
 )
 from pacsd.handle import ClientHandle
+from pacsd.index.cluster import Claim
 from pacsd.index.commitment import (
     GIVEN_UP,
     Pending,
@@ -52,7 +53,7 @@ from pacsd.index.database import IndexDatabase
 from pacsd.logs import get_logger
 from pacsd.services.guard import OperationResult
 from pacsd.settings import CommitmentSettings, Peer
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.base import InstanceStore
 
 PUSH_MODEL = "1.2.840.10008.1.20.1"
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # PS3.4 J.3.5
@@ -125,7 +126,7 @@ class CommitmentWorker:
     def __init__(
         self,
         index: IndexDatabase,
-        files: FilesystemStore,
+        files: InstanceStore,
         peers: Callable[[], Mapping[str, Peer]],
         settings: CommitmentSettings,
         ae_title: str,
@@ -133,6 +134,8 @@ class CommitmentWorker:
         self.index, self.files, self.peers = index, files, peers
         self.settings, self.ae_title = settings, ae_title
         self.delivery: ReportDelivery | None = None  # the engine's, set before `start`
+        # Cluster mode (index/cluster.py): this node claims the requests it delivers.
+        self.claim: Claim | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -141,7 +144,7 @@ class CommitmentWorker:
 
     def start(self) -> None:
         """Start delivering; requests left pending by an earlier run are retried at once."""
-        pending = due_now(self.index)
+        pending = due_now(self.index, self.claim)
         if pending:
             log.info("commitment reports pending from an earlier run", requests=pending)
         self._thread.start()
@@ -178,13 +181,13 @@ class CommitmentWorker:
             self._wake.clear()
 
     def _seconds_to_next(self) -> float:
-        due = next_due(self.index)
+        due = next_due(self.index, self.claim)
         if due is None:
             return MAX_WAIT_S
         return min(MAX_WAIT_S, max(0.0, (due - datetime.now(UTC)).total_seconds()))
 
     def _deliver_due(self) -> None:
-        for pending in due_requests(self.index):
+        for pending in due_requests(self.index, claim=self.claim):
             if self._stopping.is_set():
                 return
             lifetime = timedelta(seconds=self.settings.report_lifetime)
@@ -194,7 +197,7 @@ class CommitmentWorker:
                 continue
             result = pending.result
             if result is None:
-                result = verify(self.index, self.files.absolute, pending.references)
+                result = verify(self.index, self.files.open, pending.references)
                 save_result(self.index, pending.transaction_uid, result)
             fields = {
                 "transaction_uid": pending.transaction_uid,
@@ -284,7 +287,7 @@ class CommitmentService:
             raise ProcessingFailure(f"action information cannot be decoded: {exc}") from None
         references = requested_references(info)
         transaction = str(info.TransactionUID)
-        add_request(self.index, transaction, handle.calling_ae_title, references)
+        add_request(self.index, transaction, handle.calling_ae_title, references, self.worker.claim)
         self.worker.submit(transaction, handle.association_id)
         handle.log.info(
             "storage commitment requested", transaction_uid=transaction, instances=len(references)

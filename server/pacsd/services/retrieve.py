@@ -17,8 +17,10 @@ Without Bulk Data (Annex Z) sends each instance without its bulk data (Table Z.1
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,7 @@ from pacsd.services.ports import (
 )
 from pacsd.services.query import CANCELLED, PENDING, decoded_identifier
 from pacsd.settings import Peer
-from pacsd.storage.filesystem import FilesystemStore
+from pacsd.storage.base import InstanceStore
 
 # PS3.7 C.4.2.1.5 / C.4.3.1.5: the counts in the responses are US, so at most 65535 per request.
 MAX_SUBOPERATIONS = 65535
@@ -169,15 +171,20 @@ def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[tuple[str, 
 
 
 PeerTable = Callable[[], Mapping[str, Peer]]
-MakeOutgoing = Callable[[StoredInstance, StoreSender], Outgoing]
+# What each selected instance sends, given a local path holding its stored file.
+MakeOutgoing = Callable[[StoredInstance, StoreSender, Path], Outgoing]
+# A local path holding a stored file while the context lasts (InstanceStore.local_copy).
+LocalFile = Callable[[], AbstractContextManager[Path]]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A retrieve's selected instances, and what each one sends."""
+    """A retrieve's selected instances, and what each one sends (`reads_file`: from its
+    stored file, which an object store then fetches into a local file for the send)."""
 
     selection: Selection
     outgoing: MakeOutgoing
+    reads_file: bool = True
 
 
 @dataclass
@@ -186,14 +193,28 @@ class ExtractedInstance:
     sent and never stored: its frames kept compressed as stored when the fragments tell them
     apart, else decoded."""
 
-    path: Path
+    local_file: LocalFile
     extraction: Extraction
     dataset: Dataset
     compressed: bool
 
     @classmethod
-    def make(cls, path: Path, stored: StoredInstance, request: FrameRequest) -> ExtractedInstance:
+    def make(
+        cls, local_file: LocalFile, stored: StoredInstance, request: FrameRequest
+    ) -> ExtractedInstance:
         """Read the source and extract its frames; 0xAA00-0xAA04 when that cannot be done."""
+        try:
+            with local_file() as path:
+                return cls._extract(local_file, path, stored, request)
+        except FileNotFoundError:
+            raise CannotExtractFrames("stored file missing") from None
+        except OSError as exc:
+            raise CannotExtractFrames(f"stored file unreadable: {exc}") from None
+
+    @classmethod
+    def _extract(
+        cls, local_file: LocalFile, path: Path, stored: StoredInstance, request: FrameRequest
+    ) -> ExtractedInstance:
         try:
             source = read_stored(path, stored.transfer_syntax_uid)
         except FileNotFoundError:
@@ -208,14 +229,14 @@ class ExtractedInstance:
             kept = encapsulated_frames(source, frames, extraction.count, syntax)
             if kept is not None:
                 dataset = make_new_instance(source, extraction, encapsulated_pixel_data(kept))
-                return cls(path, extraction, dataset, compressed=True)
+                return cls(local_file, extraction, dataset, compressed=True)
             if not can_decode(syntax):
                 raise CannotExtractFrames(f"frames of {syntax.keyword or syntax} cannot be split")
             try:
                 source = transcoded_dataset(path, ExplicitVRLittleEndian)
             except TranscodeError as exc:
                 raise CannotExtractFrames(str(exc)) from None
-        return cls(path, extraction, _from_native(source, extraction), compressed=False)
+        return cls(local_file, extraction, _from_native(source, extraction), compressed=False)
 
     def fields(self) -> dict[str, Any]:
         """Log fields: which key, how many frames of how many, kept compressed or not."""
@@ -226,14 +247,15 @@ class ExtractedInstance:
             "frames_compressed_as_stored": self.compressed,
         }
 
-    def outgoing(self, stored: StoredInstance, sender: StoreSender) -> Outgoing:
+    def outgoing(self, stored: StoredInstance, sender: StoreSender, _path: Path) -> Outgoing:
         """The new instance in a syntax the receiver accepted: as made when it can, else its
         frames decoded, then uncompressed or losslessly compressed (never stored)."""
         accepted = _accepted(sender, stored.sop_class_uid)
         syntax = str(self.dataset.file_meta.TransferSyntaxUID)
         if syntax not in accepted:
             if self.compressed:
-                native = transcoded_dataset(self.path, ExplicitVRLittleEndian)
+                with self.local_file() as path:
+                    native = transcoded_dataset(path, ExplicitVRLittleEndian)
                 self.dataset, self.compressed = _from_native(native, self.extraction), False
             syntax = _native_target(self.dataset, accepted)
         uids = (stored.sop_class_uid, self.extraction.sop_instance_uid)
@@ -263,7 +285,7 @@ def _native_target(dataset: Dataset, accepted: list[str]) -> str:
 class RetrieveService:
     """C-GET and C-MOVE SCP over the index and the stored files."""
 
-    def __init__(self, index: IndexDatabase, files: FilesystemStore, peers: PeerTable) -> None:
+    def __init__(self, index: IndexDatabase, files: InstanceStore, peers: PeerTable) -> None:
         self.index = index
         self.files = files
         self.peers = peers
@@ -286,10 +308,10 @@ class RetrieveService:
             raise OutOfResources(f"{selection.count} instances: retrieve at a lower level")
         if frames is not None and selection.count:
             stored = next(stored_instances(self.index, selection))
-            path = self.files.absolute(stored.file_path)
-            extracted = ExtractedInstance.make(path, stored, frames)
+            local_file = partial(self.files.local_copy, stored.file_path)
+            extracted = ExtractedInstance.make(local_file, stored, frames)
             report.fields.update(extracted.fields())
-            return Plan(selection, extracted.outgoing)
+            return Plan(selection, extracted.outgoing, reads_file=False)
         if not model.bulk_data:
             return Plan(selection, self._without_bulk_data)
         return Plan(selection, self._outgoing)
@@ -336,7 +358,7 @@ class RetrieveService:
                     name = UID(instance.sop_class_uid).keyword or instance.sop_class_uid
                     tally.fail(instance, no_context.format(sop_class=name))
                 else:
-                    self._sub_operation(instance, plan.outgoing, tally, sender)
+                    self._sub_operation(instance, plan, tally, sender)
                 report.sub_operations = tally.counts()
                 port.pending(PENDING, counts=tally.counts())
             report.status = tally.final_status()
@@ -348,13 +370,20 @@ class RetrieveService:
             report.failed_uids = tally.failed_uids
             report.fields.update(tally.fields())
 
-    @staticmethod
     def _sub_operation(
-        instance: StoredInstance, make: MakeOutgoing, tally: SubOperations, sender: StoreSender
+        self, instance: StoredInstance, plan: Plan, tally: SubOperations, sender: StoreSender
     ) -> None:
+        # The filesystem's file itself (no copy); an object fetched by ranged GETs into the
+        # work folder, kept until the C-STORE-RSP came (send_c_store waits for it).
+        local = (
+            self.files.local_copy(instance.file_path)
+            if plan.reads_file
+            else nullcontext(Path(instance.file_path))
+        )
         try:
-            outgoing = make(instance, sender)
-            status = sender.send_c_store(outgoing)
+            with local as path:
+                outgoing = plan.outgoing(instance, sender, path)
+                status = sender.send_c_store(outgoing)
             if outgoing.transfer_syntax != instance.transfer_syntax_uid:
                 tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
         except TranscodeError as exc:
@@ -368,9 +397,8 @@ class RetrieveService:
         else:
             tally.record(instance, status)
 
-    def _outgoing(self, instance: StoredInstance, sender: StoreSender) -> Outgoing:
+    def _outgoing(self, instance: StoredInstance, sender: StoreSender, path: Path) -> Outgoing:
         """The file itself when the receiver takes its syntax, else a transcoded data set."""
-        path = self.files.absolute(instance.file_path)
         accepted = _accepted(sender, instance.sop_class_uid)
         target = choose_transfer_syntax(instance.transfer_syntax_uid, accepted)
         if target is None:
@@ -382,18 +410,20 @@ class RetrieveService:
             *uids, target, data=encode_dataset(transcoded_dataset(path, target), target)
         )
 
-    def _without_bulk_data(self, instance: StoredInstance, sender: StoreSender) -> Outgoing:
+    def _without_bulk_data(
+        self, instance: StoredInstance, sender: StoreSender, path: Path
+    ) -> Outgoing:
         """PS3.4 Z.4.2.3.1: the instance without the attributes of Table Z.1-1, else unchanged;
         one that has none of them goes as stored (Z.1.4 note)."""
         accepted = _accepted(sender, instance.sop_class_uid)
         removed: list[str] = []
         dataset = read_stored(
-            self.files.absolute(instance.file_path),
+            path,
             instance.transfer_syntax_uid,
             lambda ds: removed.extend(without_bulk_data(ds)),
         )
         if not removed:
-            return self._outgoing(instance, sender)
+            return self._outgoing(instance, sender, path)
         target = bulk_free_syntax(dataset, accepted)
         dataset.file_meta.TransferSyntaxUID = UID(target)
         uids = (instance.sop_class_uid, instance.sop_instance_uid)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -62,6 +63,7 @@ from pacsd.dimse.messages import Request
 from pacsd.errors import NoSuchAction, ProcessingFailure, UnrecognizedOperation
 from pacsd.handle import ClientHandle
 from pacsd.index import ups as index
+from pacsd.index.cluster import ArchiveBusy, Claim, archive_lock
 from pacsd.index.database import IndexDatabase
 from pacsd.logs import get_logger
 from pacsd.services.commitment import DeliveryFailed
@@ -125,6 +127,8 @@ class UpsEventWorker:
     ) -> None:
         self.database, self.peers, self.settings = database, peers, settings
         self.delivery: EventDelivery | None = None  # the engine's, set before `start`
+        # Cluster mode (index/cluster.py): this node claims an AE's reports before sending.
+        self.claim: Claim | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ups-events", daemon=True)
@@ -136,7 +140,7 @@ class UpsEventWorker:
     def _restarted(self) -> None:
         """Reports pending from an earlier run are due at once; the SCP Status Change report
         (RESTARTED, CC.2.4.3) goes to every subscriber and to the fallback list."""
-        pending = index.due_now(self.database)
+        pending = index.due_now(self.database, self.claim)
         if pending:
             log.info("UPS event reports pending from an earlier run", reports=pending)
         recipients = index.subscriber_ae_titles(self.database)
@@ -163,7 +167,7 @@ class UpsEventWorker:
             log.exception("UPS event worker could not announce the restart")
         while not self._stopping.is_set():
             try:
-                for ae_title in index.due_ae_titles(self.database):
+                for ae_title in index.due_ae_titles(self.database, self.claim):
                     if self._stopping.is_set():
                         return
                     self._deliver_to(ae_title)
@@ -176,13 +180,16 @@ class UpsEventWorker:
             self._wake.clear()
 
     def _seconds_to_next(self) -> float:
-        due = index.next_due(self.database)
+        due = index.next_due(self.database, self.claim)
         if due is None:
             return MAX_WAIT_S
         return min(MAX_WAIT_S, max(0.0, (due - datetime.now(UTC)).total_seconds()))
 
     def _deliver_to(self, ae_title: str) -> None:
-        queued = index.pending_reports(self.database, ae_title, BATCH)
+        if self.claim is None:
+            queued = index.pending_reports(self.database, ae_title, BATCH)
+        else:
+            queued = index.claim_reports(self.database, ae_title, BATCH, self.claim)
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.report_lifetime)
         expired = [report.pk for report in queued if report.created_at < cutoff]
         if expired:
@@ -239,7 +246,15 @@ class UpsEventWorker:
 
     def _purge(self) -> None:
         before = datetime.now(UTC) - timedelta(seconds=self.settings.keep_final)
-        removed = index.purge_final(self.database, before)
+        try:
+            with (
+                archive_lock(self.database, "ups-purge", pooled=True)
+                if self.claim
+                else nullcontext()
+            ):
+                removed = index.purge_final(self.database, before)  # one node at a time
+        except ArchiveBusy:
+            return
         if removed:
             log.info("final workitems deleted", workitems=len(removed))
 

@@ -13,11 +13,13 @@ import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from pacsd.errors import OutOfResources
+from pacsd.storage.base import StoredFile, StoredObject
 
 if TYPE_CHECKING:
     from pacsd.storage.incoming import IncomingFile
@@ -26,8 +28,15 @@ _COPY_CHUNK = 1 << 20
 _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 FILE_MODE = 0o640
 TMP_DIR = ".tmp"
+_RENAME_ATTEMPTS = 5  # a folder removed by a deletion under a store's feet: made again
 SPOOL_DIR = ".spool"
 PRINT_DIR = "print"  # print jobs (dicom/print_jobs.py), unless print.folder names another place
+QUARANTINE_DIR = ".quarantine"  # fsck --repair (fsck/repair.py)
+# Top-level entries of the storage root that hold no instance files (instance folders are two
+# hexadecimal digits: instance_directory).
+NOT_INSTANCES = frozenset({TMP_DIR, SPOOL_DIR, QUARANTINE_DIR, PRINT_DIR, "lost+found"})
+
+__all__ = ["FilesystemStore", "StoredFile", "instance_directory", "uid_hash"]
 
 
 def uid_hash(uid: str) -> str:
@@ -39,15 +48,6 @@ def instance_directory(study_uid: str, series_uid: str) -> PurePosixPath:
     """The directory of a series, relative to the storage root."""
     study = uid_hash(study_uid)
     return PurePosixPath(study[:2], study[2:], uid_hash(series_uid))
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A durable file in the store."""
-
-    relative_path: str
-    size: int
-    sha256: str
 
 
 class FilesystemStore:
@@ -113,9 +113,7 @@ class FilesystemStore:
         final_path = self.root / relative
         try:
             size, digest = _write_and_sync(temp_path, head, source, offset)
-            self._make_directories(final_path.parent)
-            os.replace(temp_path, final_path)
-            fsync_directory(final_path.parent)
+            self._move_into_place(temp_path, final_path)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
             if exc.errno in _FULL_DISK_ERRNOS:
@@ -135,9 +133,7 @@ class FilesystemStore:
         try:
             incoming.sync()
             incoming.close()
-            self._make_directories(final_path.parent)
-            os.rename(incoming.path, final_path)
-            fsync_directory(final_path.parent)
+            self._move_into_place(incoming.path, final_path)
         except OSError as exc:
             final_path.unlink(missing_ok=True)
             if exc.errno in _FULL_DISK_ERRNOS:
@@ -148,6 +144,67 @@ class FilesystemStore:
     def remove(self, relative_path: str) -> None:
         """Delete a stored file (missing is fine: the goal is its absence)."""
         self.absolute(relative_path).unlink(missing_ok=True)
+
+    def local_path(self, relative_path: str) -> Path:
+        """The stored file's path (always local here)."""
+        return self.absolute(relative_path)
+
+    def open(self, relative_path: str) -> BinaryIO:
+        """The stored file, opened for reading."""
+        return self.absolute(relative_path).open("rb")
+
+    def local_copy(self, relative_path: str) -> AbstractContextManager[Path]:
+        """The stored file's own path: no copy."""
+        return nullcontext(self.absolute(relative_path))
+
+    def size(self, relative_path: str) -> int:
+        """The stored file's size (FileNotFoundError when missing)."""
+        return self.absolute(relative_path).stat().st_size
+
+    def exists(self, relative_path: str) -> bool:
+        """Whether the stored file is there."""
+        return self.absolute(relative_path).is_file()
+
+    def stored_objects(self) -> Iterator[StoredObject]:
+        """Each regular file below the root outside the work folders, in path order."""
+        with os.scandir(self.root) as entries:
+            top = sorted(entry.name for entry in entries if entry.name not in NOT_INSTANCES)
+        pending = [self.root / name for name in reversed(top)]
+        while pending:
+            current = pending.pop()
+            if current.is_symlink():
+                continue
+            if current.is_dir():
+                with os.scandir(current) as entries:
+                    names = sorted(entry.name for entry in entries)
+                pending.extend(current / name for name in reversed(names))
+            elif current.is_file():
+                relative = current.relative_to(self.root).as_posix()
+                yield StoredObject(relative, current.stat().st_mtime)
+
+    def free_space(self) -> int:
+        """Bytes free on the root's file system."""
+        return shutil.disk_usage(self.root).free
+
+    def check_ready(self) -> None:
+        """OSError when the root is not a folder."""
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"storage root {self.root} is not a folder")
+
+    def _move_into_place(self, source: Path, final_path: Path) -> None:
+        """Rename `source` to `final_path`, its folders made first, and fsync the folder.
+        A deletion (admin/delete.py) removes a series or study folder it left empty; when that
+        happens between making the folder and the rename, the rename finds no folder: make it
+        again (bounded) rather than fail the store."""
+        for attempt in range(_RENAME_ATTEMPTS):
+            self._make_directories(final_path.parent)
+            try:
+                os.rename(source, final_path)
+                break
+            except FileNotFoundError:
+                if attempt == _RENAME_ATTEMPTS - 1 or not source.exists():
+                    raise
+        fsync_directory(final_path.parent)
 
     def _make_directories(self, directory: Path) -> None:
         """Create `directory` below the root, fsyncing each parent that gains an entry."""

