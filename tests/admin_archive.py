@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, select, update
 
 from pacsd.index.models import Instance, Series, Study
 from tests import datagen
-from tests.harness import PacsdProcess
+from tests.harness import PacsdProcess, audit_records
 from tests.qr_scu import FIND, collect, identifier, qr_association
 from tests.scu import store_files
 
@@ -93,11 +93,7 @@ def set_received(database_url: str, study_uid: str, when: datetime) -> None:
 
 def audit_messages(server: PacsdProcess) -> list[dict[str, Any]]:
     """Every message of the server's audit file so far."""
-    path = server.config_path.parent / "audit.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return audit_records(server.config_path.parent / "audit.jsonl")
 
 
 def study_deleted(server: PacsdProcess, study_uid: str, timeout: float = 10.0) -> list[str]:

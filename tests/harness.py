@@ -213,6 +213,16 @@ class PacsdProcess:
         return self.process.returncode
 
 
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    """The messages of an audit file (JSON lines) written so far. A server may be appending a
+    line while it is read: a last line without its newline is not complete yet, and left out."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 def wait_for_echo(host: str, port: int, timeout: float) -> None:
     """Poll C-ECHO until it succeeds or `timeout` passes."""
     deadline = time.monotonic() + timeout

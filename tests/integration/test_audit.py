@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests import datagen
-from tests.harness import PacsdProcess
+from tests.harness import PacsdProcess, audit_records
 from tests.qr_scu import Received, collect, identifier, qr_association, storage_scp
 from tests.scu import rejection_of, request, store_files
 
@@ -37,7 +37,7 @@ POLICIES = [
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     """The audit file's messages, one JSON object per line."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return audit_records(path)
 
 
 def event_id(message: dict[str, Any]) -> str:

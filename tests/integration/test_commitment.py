@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 
 from tests import datagen
 from tests.datagen import TEST_UID_ROOT
-from tests.harness import PacsdProcess, base_config, pacsd_command
+from tests.harness import PacsdProcess, audit_records, base_config, pacsd_command
 from tests.scu import store_files
 from tests.tls_certs import SERVER_NAME, make_pki
 
@@ -306,7 +306,7 @@ def test_refusals(server: PacsdProcess, setup: Setup) -> None:
 def audit_events(setup: Setup) -> list[dict[str, Any]]:
     """The audit trail's messages so far."""
     path = setup.root / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return audit_records(path)
 
 
 def not_sent(setup: Setup) -> list[str]:

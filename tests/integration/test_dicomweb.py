@@ -12,7 +12,6 @@ allows is refused), and the audit trail's records of both kinds of request.
 from __future__ import annotations
 
 import http.client
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 dicomweb_client = pytest.importorskip("dicomweb_client")
 
 from tests import compressed, datagen  # noqa: E402
-from tests.harness import PacsdProcess, base_config  # noqa: E402
+from tests.harness import PacsdProcess, audit_records, base_config  # noqa: E402
 from tests.scu import store_files  # noqa: E402
 
 HTTP_TIMEOUT_S = 10
@@ -289,7 +288,7 @@ def test_errors_guard_and_audit(archive: Archive) -> None:
     status, _, _ = http_get(archive, "/dicom-web/studies", source="127.0.0.2")
     assert status == 403
     audit_file = archive.root / "audit.jsonl"
-    records = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    records = audit_records(audit_file)
     events = [r["EventIdentification"]["EventID"]["csd-code"] for r in records]
     assert "110112" in events  # Query
     assert "110104" in events  # DICOM Instances Transferred

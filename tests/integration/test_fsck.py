@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from tests import datagen
-from tests.harness import PacsdProcess, pacsd_command
+from tests.harness import PacsdProcess, audit_records, pacsd_command
 from tests.inspect_archive import index_rows, stored_files
 from tests.scu import store_files
 
@@ -124,7 +124,7 @@ def test_fsck_finds_each_kind_of_problem_and_repair_quarantines_without_deleting
     assert _count(database_url, "study") == 2
     deleted = [
         event
-        for event in map(json.loads, (server.config_path.parent / "audit.jsonl").open())
+        for event in audit_records(server.config_path.parent / "audit.jsonl")
         if event["EventIdentification"]["EventID"]["csd-code"] == "110105"
     ]
     assert {event["EventIdentification"]["EventActionCode"] for event in deleted} == {"D"}

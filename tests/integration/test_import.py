@@ -34,7 +34,13 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from tests.compressed import write_instance
 from tests.datagen import StudyContext, cr_image, ct_series, mr_image, write_part10
-from tests.harness import COMMAND_TIMEOUT_S, PacsdProcess, base_config, pacsd_command
+from tests.harness import (
+    COMMAND_TIMEOUT_S,
+    PacsdProcess,
+    audit_records,
+    base_config,
+    pacsd_command,
+)
 from tests.inspect_archive import dataset_bytes, index_rows, stored_files
 from tests.qr_scu import collect, identifier, qr_association
 
@@ -180,7 +186,7 @@ def test_import_stores_each_instance_once_with_its_data_set_unchanged(
         assert row["transfer_syntax_uid"] == str(dcmread(original).file_meta.TransferSyntaxUID)
         assert row["calling_ae_title"] == "PACSD-IMPORT"
     assert len(stored_files(storage)) == len(rows), "no file beside the indexed ones"
-    audit = [json.loads(line) for line in (server_folder / "audit.jsonl").read_text().splitlines()]
+    audit = audit_records(server_folder / "audit.jsonl")
     imports = [m for m in audit if m["EventIdentification"]["EventID"]["csd-code"] == "110107"]
     imported = sum(
         sum(c["NumberOfInstances"] for c in m["ParticipantObjectIdentification"][0]["SOPClass"])

@@ -37,7 +37,7 @@ from pydicom.uid import (
 
 from tests import datagen
 from tests.compressed import compressed_ct_dataset
-from tests.harness import PacsdProcess, base_config
+from tests.harness import PacsdProcess, audit_records, base_config
 from tests.inspect_archive import index_rows
 from tests.qr_scu import FIND, collect, identifier, qr_association
 
@@ -349,8 +349,7 @@ def test_stow_audited_with_the_http_requester(server: PacsdProcess) -> None:
     deadline = time.monotonic() + 10
     messages: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not messages:
-        lines = audit_file.read_text().splitlines() if audit_file.exists() else []
-        messages = [json.loads(line) for line in lines if study_uid in line]
+        messages = [m for m in audit_records(audit_file) if study_uid in json.dumps(m)]
         time.sleep(0.1)
     assert len(messages) == 1, messages
     message = messages[0]
