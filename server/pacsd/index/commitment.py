@@ -107,18 +107,19 @@ def due_requests(
     if claim is not None:
         return _claim_due(database, statement, claim)
     with database.reading() as session:
-        return [
-            Pending(
-                row.transaction_uid,
-                row.calling_ae_title,
-                [(str(pair[0]), str(pair[1])) for pair in row.references],
-                row.result,
-                row.attempts,
-                _aware(row.requested_at),
-                row.pk,
-            )
-            for row in session.scalars(statement)
-        ]
+        return [_pending(row) for row in session.scalars(statement)]
+
+
+def _pending(row: CommitmentRequest) -> Pending:
+    return Pending(
+        row.transaction_uid,
+        row.calling_ae_title,
+        [(str(pair[0]), str(pair[1])) for pair in row.references],
+        row.result,
+        row.attempts,
+        _aware(row.requested_at),
+        row.pk,
+    )
 
 
 def _claim_due(database: IndexDatabase, statement: Any, claim: Claim) -> list[Pending]:
@@ -133,18 +134,7 @@ def _claim_due(database: IndexDatabase, statement: Any, claim: Claim) -> list[Pe
                 .where(CommitmentRequest.pk.in_([row.pk for row in rows]))
                 .values(claimed_by=claim.node, claimed_until=claim.until())
             )
-        return [
-            Pending(
-                row.transaction_uid,
-                row.calling_ae_title,
-                [(str(pair[0]), str(pair[1])) for pair in row.references],
-                row.result,
-                row.attempts,
-                _aware(row.requested_at),
-                row.pk,
-            )
-            for row in rows
-        ]
+        return [_pending(row) for row in rows]
 
 
 def list_requests(database: IndexDatabase, everything: bool = False) -> list[Queued]:

@@ -69,14 +69,7 @@ class FilesystemStore:
 
     def prepare(self) -> int:
         """Create the root and its work folders; remove leftovers of an interrupted run."""
-        removed = 0
-        for folder in (self.tmp_dir, self.spool_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            for leftover in folder.iterdir():
-                if leftover.is_file():
-                    leftover.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        return prepare_work_folders(self.tmp_dir, self.spool_dir)
 
     def ensure_free_space(self, incoming_bytes: int) -> None:
         """Refuse (0xA700) when storing `incoming_bytes` would leave less than the minimum."""
@@ -235,6 +228,18 @@ def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> t
         out.flush()
         os.fsync(out.fileno())
     return size, hasher.hexdigest()
+
+
+def prepare_work_folders(*folders: Path) -> int:
+    """Create `folders`; remove the files an interrupted run left in them (how many)."""
+    removed = 0
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:

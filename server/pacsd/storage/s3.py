@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pacsd.errors import OutOfResources
 from pacsd.storage.base import QUARANTINE_PREFIX, StorageUnavailable, StoredFile, StoredObject
-from pacsd.storage.filesystem import FILE_MODE, SPOOL_DIR, TMP_DIR
+from pacsd.storage.filesystem import FILE_MODE, SPOOL_DIR, TMP_DIR, prepare_work_folders
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -123,14 +123,7 @@ class S3Store:
 
     def prepare(self) -> int:
         """Create the local work folders and remove their leftovers."""
-        removed = 0
-        for folder in (self.tmp_dir, self.spool_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            for leftover in folder.iterdir():
-                if leftover.is_file():
-                    leftover.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        return prepare_work_folders(self.tmp_dir, self.spool_dir)
 
     def ensure_free_space(self, incoming_bytes: int) -> None:
         """The local work folder must have room for a copy (an import's temporary file)."""
