@@ -883,7 +883,8 @@ def _all_nodes_associations(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node, an array.")
 def nodes(config_path: Path | None, as_json: bool) -> None:
     """The nodes of a cluster (cluster.enabled) as they registered in the index database:
-    live, dead (no heartbeat for 3 intervals) or stopped; their addresses and pids."""
+    live, dead (no heartbeat for 3 intervals) or stopped; their addresses and pids, and their
+    open associations as of their last heartbeat ("-": not known, the node keeps no metrics)."""
     from dataclasses import asdict
 
     from pacsd.index.cluster import list_nodes
@@ -896,11 +897,14 @@ def nodes(config_path: Path | None, as_json: bool) -> None:
     if not listed:
         click.echo("no cluster nodes registered (cluster.enabled is off on every node?)")
         return
-    rows = [("NODE", "STATE", "PID", "STARTED", "LAST SEEN", "AGO", "DICOM", "HTTP", "VERSION")]
+    rows = [
+        ("NODE", "STATE", "ASSOC", "PID", "STARTED", "LAST SEEN", "AGO", "DICOM", "HTTP", "VERSION")
+    ]
     for node in listed:
+        held = "-" if node.associations is None else str(node.associations)
         seen = (node.last_seen, f"{node.seconds_since_seen:g}s")
         where = (node.dicom_address, node.http_url or "-", node.version)
-        rows.append((node.name, node.state, str(node.pid), node.started_at, *seen, *where))
+        rows.append((node.name, node.state, held, str(node.pid), node.started_at, *seen, *where))
     _print_table(rows)
 
 

@@ -1,10 +1,16 @@
 """This node's membership of a cluster (`cluster.enabled`): the heartbeat thread.
 
 The leading process of each node runs one `NodeHeartbeat`. Every `cluster.heartbeat` seconds it
-writes the node's row in `cluster_node` (name, pid, addresses, last_seen) and renews the claims
-the node holds on queued reports (index/cluster.py), so that they outlive `cluster.lease` only
-while the node lives. On a clean stop it marks the row stopped and gives its claims back; a node
-that dies simply stops beating. Database work only, in its own thread: never on the event loop.
+writes the node's row in `cluster_node` (name, pid, addresses, last_seen, open associations) and
+renews the claims the node holds on queued reports (index/cluster.py), so that they outlive
+`cluster.lease` only while the node lives. On a clean stop it marks the row stopped (0
+associations) and gives its claims back; a node that dies simply stops beating. Database work
+only, in its own thread: never on the event loop.
+
+The associations counted are those of `pacsd_associations_open`, the node's own gauge: with
+`network.workers` > 1 the heartbeat runs in worker 0, and that gauge adds up every worker's
+(prometheus_client's multiprocess files, http/metrics.py), where /associations lists worker 0's
+only. A node without an HTTP interface keeps no metrics: its count is NULL (not known).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pacsd import __version__
+from pacsd import __version__, metrics
 from pacsd.index.cluster import (
     Claim,
     NodeAddress,
@@ -41,12 +48,19 @@ def node_address(dicom_host: str, dicom_port: int | None, http_url: str) -> Node
 
 
 class NodeHeartbeat:
-    """Registers this node and keeps its row and its claims fresh, in its own thread."""
+    """Registers this node and keeps its row and its claims fresh, in its own thread;
+    `associations`: what counts the node's open associations at each beat."""
 
     def __init__(
-        self, database: IndexDatabase, claim: Claim, interval: float, address: NodeAddress
+        self,
+        database: IndexDatabase,
+        claim: Claim,
+        interval: float,
+        address: NodeAddress,
+        associations: Callable[[], int | None] = metrics.open_associations,
     ) -> None:
         self.database, self.claim, self.interval, self.address = database, claim, interval, address
+        self.associations = associations
         self._started = {
             "pid": os.getpid(),
             "version": __version__[:32],
@@ -93,7 +107,12 @@ class NodeHeartbeat:
                 log.exception("cluster heartbeat failed; retrying")
 
     def _beat(self) -> None:
-        beat(self.database, self.claim, self.address, self._started)
+        try:
+            associations = self.associations()
+        except Exception:  # the count is a gauge's; the heartbeat itself must go on
+            log.exception("cluster: could not count the open associations")
+            associations = None
+        beat(self.database, self.claim, self.address, self._started, associations)
 
     def _warn_if_name_taken(self) -> None:
         try:

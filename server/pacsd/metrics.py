@@ -58,6 +58,10 @@ class Sink:
     def index_batch_written(self, size: int) -> None:
         """The index writer committed a batch of `size` instance rows."""
 
+    def open_associations(self) -> int | None:
+        """The node's open associations, every worker's (None: not counted here)."""
+        return None
+
 
 class EarlySink(Sink):
     """The events of the first moments, kept until the Prometheus sink takes them over."""
@@ -127,3 +131,9 @@ def operation_finished(operation: str, status: int, seconds: float) -> None:
 def index_batch_written(size: int) -> None:
     """Count a group commit of the index writer (index/writer.py)."""
     _sink.index_batch_written(size)
+
+
+def open_associations() -> int | None:
+    """The node's open associations as its metrics count them (pacsd.cluster's heartbeat);
+    None until the Prometheus sink is installed, or without one (no HTTP interface)."""
+    return _sink.open_associations()

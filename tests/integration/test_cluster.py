@@ -5,7 +5,9 @@ What is checked: an instance stored through one node is found and retrieved thro
 once; both register (`pacsd nodes`) and `pacsd associations --all-nodes` asks both; a storage
 commitment report that one node was delivering when it was SIGKILLed is delivered by the other
 once the dead node's claim lapses (not before); a node killed is listed dead within 3
-heartbeats; and cluster mode with SQLite is refused with one line. Needs PostgreSQL
+heartbeats; every node's /metrics shows every node up and its associations as of its last
+heartbeat (all its workers' together), down and 0 once stopped; and cluster mode with SQLite is
+refused with one line. Needs PostgreSQL
 (PACSD_TEST_DATABASE_URL, a fresh database per test); skipped without it.
 """
 
@@ -23,19 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from tests import datagen
 from tests.conftest import POSTGRES_ENV, index_url
 from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.integration import test_ups as ups
+from tests.integration.test_database_outage import PrivatePostgres
+from tests.integration.test_http import get, get_json, scrape
+from tests.integration.test_http import stoppable_postgres as stoppable_postgres  # a fixture
 from tests.qr_scu import FIND, GET, Received, collect, identifier, qr_association
-from tests.scu import store_files
+from tests.scu import request, store_files
 
 PUSH = "1.2.840.10008.1.20.1"
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
@@ -47,6 +54,9 @@ TIMEOUT_S = 30
 COMMAND_TIMEOUT_S = 60
 # A lapsed claim is taken within the lease plus the worker's longest sleep (5 s) and a delivery.
 TAKEOVER_BOUND_S = LEASE_S + 5.0 + 7.0
+HEARTBEAT_BOUND_S = 10 * HEARTBEAT_S + 5.0  # a few heartbeats, and the scrape's own time
+HELD = 3  # associations held open on one node
+MAX_HELD = 16  # with two workers: held until worker 1 holds one too
 
 
 @pytest.fixture
@@ -83,13 +93,19 @@ class Cluster:
         return self.folder / "shared-storage"
 
     def start(
-        self, name: str, peers: dict[str, int] | None = None, **commitment: Any
+        self,
+        name: str,
+        peers: dict[str, int] | None = None,
+        network: dict[str, Any] | None = None,
+        **commitment: Any,
     ) -> PacsdProcess:
-        """Start node `name`; `peers`: more AE titles (on loopback) and their ports."""
+        """Start node `name`; `peers`: more AE titles (on loopback) and their ports;
+        `network`: settings over the harness's (e.g. workers)."""
         table = {REQUESTER: self.scp_port, **(peers or {})}
         config = base_config(
             self.folder / name,
             self.database_url,
+            network=network or {},
             storage={"root": str(self.storage), "min_free_space": "1MB"},
             cluster={
                 "enabled": True,
@@ -182,6 +198,121 @@ def test_an_instance_stored_through_one_node_is_found_and_retrieved_through_the_
     assert sorted(answer["node"] for answer in answers) == ["node-a", "node-b"]
     assert all(answer["error"] is None for answer in answers)
     assert {answer["url"] for answer in answers} == {node_a.status_url, node_b.status_url}
+
+
+def cluster_gauges(node: PacsdProcess) -> dict[str, dict[str, float]]:
+    """`node`'s /metrics, the cluster gauges only: metric name -> {node label: value}."""
+    status, body, _content_type = get(f"{node.http_url}/metrics")
+    assert status == 200, body
+    gauges: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        if family.name.startswith("pacsd_cluster_node_"):
+            labelled = {s.labels["node"]: s.value for s in family.samples}
+            gauges[family.name] = labelled
+    return gauges
+
+
+def wait_for_gauges(node: PacsdProcess, wanted: dict[str, dict[str, float]]) -> None:
+    """Scrape `node` until its cluster gauges are `wanted` (bounded: a few heartbeats)."""
+    deadline = time.monotonic() + HEARTBEAT_BOUND_S
+    while (gauges := cluster_gauges(node)) != wanted:
+        assert time.monotonic() < deadline, f"cluster gauges {gauges}, expected {wanted}"
+        time.sleep(0.1)
+
+
+def hold_associations(node: PacsdProcess, workers: int) -> list[Association]:
+    """HELD associations open on `node`; with two workers, more until worker 1 holds one
+    (worker 0's /associations lists fewer than are held), so that the count must add up both
+    workers'. The caller releases them."""
+    held = []
+    try:
+        while len(held) < HELD or (workers > 1 and _listed_by_worker_0(node) == len(held)):
+            assert len(held) < MAX_HELD, "worker 1 never accepted an association"
+            assoc = request(node, calling="HOLDER")
+            assert assoc.is_established
+            held.append(assoc)
+    except BaseException:
+        for assoc in held:
+            assoc.release()
+        raise
+    return held
+
+
+def _listed_by_worker_0(node: PacsdProcess) -> int:
+    status, document = get_json(node.status_url)
+    assert status == 200, document
+    return len(document["associations"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_nodes_metrics_show_each_nodes_associations_and_liveness(
+    cluster: Cluster, workers: int
+) -> None:
+    """Associations held on A (`workers` worker processes) appear on B's /metrics as A's
+    `pacsd_cluster_node_associations` within a few heartbeats, every worker's counted once,
+    both nodes up; B's own `pacsd_associations_open` stays 0 (different names: summing the
+    per-node gauges over the nodes counts each association once). `pacsd nodes` shows the
+    count too. Once released and A stopped cleanly: A down with 0 associations."""
+    node_a = cluster.start("node-a", network={"workers": workers})
+    node_b = cluster.start("node-b")
+    held = hold_associations(node_a, workers)
+    try:
+        count = float(len(held))
+        wait_for_gauges(
+            node_b,
+            {
+                "pacsd_cluster_node_up": {"node-a": 1.0, "node-b": 1.0},
+                "pacsd_cluster_node_associations": {"node-a": count, "node-b": 0.0},
+            },
+        )
+        assert scrape(node_b)[("pacsd_associations_open", ())] == 0
+        assert scrape(node_a)[("pacsd_associations_open", ())] == count
+        done = pacsd("nodes", "--json", "--config", str(node_b.config_path))
+        assert done.returncode == 0, done.stderr
+        listed = {row["name"]: row["associations"] for row in json.loads(done.stdout)}
+        assert listed == {"node-a": len(held), "node-b": 0}
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert node_a.stop() == 0
+    # The stop is written before A exits: B sees it at once, no heartbeat needed.
+    assert cluster_gauges(node_b) == {
+        "pacsd_cluster_node_up": {"node-a": 0.0, "node-b": 1.0},
+        "pacsd_cluster_node_associations": {"node-a": 0.0, "node-b": 0.0},
+    }
+    table = pacsd("nodes", "--config", str(node_b.config_path))
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["NODE", "STATE", "ASSOC"]
+    assert sorted(row.split()[:3] for row in rows) == [
+        ["node-a", "stopped", "0"],
+        ["node-b", "live", "0"],
+    ]
+
+
+@pytest.mark.timeout(240)
+def test_metrics_leave_the_cluster_gauges_out_while_the_database_is_down(
+    stoppable_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped: a node's /metrics still answers 200, its own counters included,
+    without the cluster gauges (they are read from the registry); once PostgreSQL is back,
+    they return without a restart."""
+    stoppable_postgres.create_database("pacsd")
+    nodes = Cluster(tmp_path, stoppable_postgres.url("pacsd"))
+    try:
+        node = nodes.start("node-a")
+        up = {"pacsd_cluster_node_up": {"node-a": 1.0}}
+        wait_for_gauges(node, {**up, "pacsd_cluster_node_associations": {"node-a": 0.0}})
+        stoppable_postgres.stop_immediately()
+        started = time.monotonic()
+        samples = scrape(node)
+        assert time.monotonic() - started < HEARTBEAT_BOUND_S
+        assert ("pacsd_associations_open", ()) in samples
+        assert not any(name.startswith("pacsd_cluster_node_") for name, _labels in samples)
+        stoppable_postgres.start()
+        wait_for_gauges(node, {**up, "pacsd_cluster_node_associations": {"node-a": 0.0}})
+    finally:
+        nodes.stop_all()
 
 
 @dataclass

@@ -5,7 +5,8 @@
 - `GET /healthz`: the process serves HTTP (its loop runs): 200 and a small JSON.
 - `GET /readyz`: 200 when the index answers, the storage root is writable with free space above
   `storage.min_free_space` and the DICOM listeners accept; else 503 naming what is not ready.
-- `GET /metrics`: the Prometheus text format (pacsd.http.metrics).
+- `GET /metrics`: the Prometheus text format (pacsd.http.metrics); in cluster mode with every
+  node's registry entry (`pacsd_cluster_node_*`), read in the database executor, bounded.
 - `GET /conformance`: the DICOM Conformance Statement of the configuration in force, HTML
   (`?format=markdown` or `Accept: text/markdown`: Markdown; pacsd.conformance).
 
@@ -16,6 +17,8 @@ API) are added to `routes()` and reach the archive through `HttpContext`.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -37,6 +40,7 @@ from pacsd.http import admin_api, dicomweb, metrics
 from pacsd.http import web as web_page
 from pacsd.http.access import Access, guarded
 from pacsd.http.health import Health
+from pacsd.index.cluster import list_nodes
 from pacsd.logs import get_logger
 from pacsd.runtime import Active, RuntimeConfig
 from pacsd.settings import Settings
@@ -84,7 +88,10 @@ def create_app(context: HttpContext, access: Access) -> Starlette:
         return json_response(document, 200 if ready else 503)
 
     async def metrics_text(_request: Request) -> Response:
-        values = await context.health.scrape_values()
+        values, cluster = await asyncio.gather(
+            context.health.scrape_values(), cluster_nodes(context)
+        )
+        values = dataclasses.replace(values, cluster=cluster)
         body = await context.health.in_file_pool(
             lambda: metrics.render(context.sink, context.multiprocess_dir, values)
         )
@@ -124,6 +131,32 @@ def create_app(context: HttpContext, access: Access) -> Starlette:
     )
     app.state.access = access
     return app
+
+
+async def cluster_nodes(context: HttpContext) -> list[metrics.NodeGauges] | None:
+    """Cluster mode: every registered node for /metrics, from the index (in the health
+    checks' database executor, bounded by their timeout); None for a single node, or when the
+    database did not answer: those gauges are then left out, the scrape goes on."""
+    if not context.settings.cluster.enabled:
+        return None
+    health, index = context.health, context.archive.index
+    loop = asyncio.get_running_loop()
+    try:
+        nodes = await asyncio.wait_for(
+            loop.run_in_executor(health.database_pool, lambda: list_nodes(index)), health.timeout
+        )
+    except Exception as exc:  # /readyz names the database problem; this is not the place
+        log.info("cluster gauges left out of /metrics", problem=type(exc).__name__)
+        return None
+    # A dead node's last count is left out: its associations are not known (likely gone).
+    return [
+        metrics.NodeGauges(
+            node.name,
+            node.state == "live",
+            None if node.state == "dead" else node.associations,
+        )
+        for node in nodes
+    ]
 
 
 def wants_markdown(request: Request) -> bool:

@@ -9,11 +9,18 @@ the supervisor before the fork: pacsd.http.launch) and worker 0's /metrics adds 
 Some values are read at scrape time instead of counted: the pending storage commitment and UPS
 event reports (two COUNT queries on the index) and the free space of the storage root
 (`Snapshot`, taken in an executor by the caller: nothing here runs on the event loop).
+
+In cluster mode (`cluster.enabled`) the snapshot also holds the node registry as the index has
+it (index/cluster.list_nodes): every node's /metrics shows `pacsd_cluster_node_up` and
+`pacsd_cluster_node_associations` for every node, read from the database, under names of their
+own. Summing `pacsd_associations_open` over the scraped nodes counts each association once;
+the cluster gauges are the same values seen from each node, to be read from any one node (or
+deduplicated by `max by (node)`), never summed over the scrapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +47,19 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # index/writer.py writes at most 64 rows at once
 TIMED_OPERATIONS = frozenset({"C-STORE", "C-FIND"})
+OPEN_ASSOCIATIONS = "pacsd_associations_open"
 
 
 class PrometheusSink(Sink):
     """The process's metrics; `registry` is None in multiprocess mode (values in files)."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None, multiprocess_dir: Path | None = None
+    ) -> None:
         self.registry = registry
+        self.multiprocess_dir = multiprocess_dir
         self.open = Gauge(
-            "pacsd_associations_open",
+            OPEN_ASSOCIATIONS,
             "DICOM associations established and not yet ended",
             registry=registry,
             multiprocess_mode="livesum",
@@ -128,14 +139,33 @@ class PrometheusSink(Sink):
         self.batches.inc()
         self.batch_size.observe(size)
 
+    def open_associations(self) -> int:
+        """`pacsd_associations_open` as /metrics shows it: this process's value, or with
+        workers every live worker's added up (their livesum gauge files; blocking)."""
+        if self.multiprocess_dir is None:
+            return int(sum(s.value for m in self.open.collect() for s in m.samples))
+        files = [str(path) for path in self.multiprocess_dir.glob("gauge_livesum_*.db")]
+        merged = MultiProcessCollector.merge(files, accumulate=False)  # type: ignore[no-untyped-call]
+        return int(sum(s.value for m in merged if m.name == OPEN_ASSOCIATIONS for s in m.samples))
+
 
 def install(multiprocess_dir: Path | None) -> PrometheusSink:
     """The process's sink: in-process values, or files under `multiprocess_dir` (workers)."""
     if multiprocess_dir is not None:
-        return PrometheusSink(None)
+        return PrometheusSink(None, multiprocess_dir)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # CPU, memory, open files of this process
     return PrometheusSink(registry)
+
+
+@dataclass(frozen=True)
+class NodeGauges:
+    """One cluster node as the registry has it: `up` (live), its open associations as of its
+    last heartbeat (None: not known; 0 once stopped)."""
+
+    node: str
+    up: bool
+    associations: int | None
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,9 @@ class Snapshot:
     storage_free_bytes: int | None
     commitment_pending: int | None
     ups_events_pending: int | None
+    # Cluster mode: every registered node; None for a single node or when the database did
+    # not answer in time (the gauges are left out, the scrape goes on).
+    cluster: Sequence[NodeGauges] | None = None
 
 
 class _ScrapeTime(Collector):
@@ -169,6 +202,30 @@ class _ScrapeTime(Collector):
         for name, documentation, value in values:
             if value is not None:
                 yield GaugeMetricFamily(name, documentation, value=value)
+        if self.snapshot.cluster is not None:
+            yield from _cluster_families(self.snapshot.cluster)
+
+
+def _cluster_families(nodes: Sequence[NodeGauges]) -> Iterator[Metric]:
+    """The registry's view (the same from every node): not to be summed over the scrapes."""
+    up = GaugeMetricFamily(
+        "pacsd_cluster_node_up",
+        "1 for a cluster node that beat within 3 heartbeats, 0 for one dead or stopped "
+        "(the node registry, read from the index at scrape time)",
+        labels=["node"],
+    )
+    associations = GaugeMetricFamily(
+        "pacsd_cluster_node_associations",
+        "A cluster node's open associations, every worker's, as of its last heartbeat "
+        "(0 once stopped; absent while dead or not known)",
+        labels=["node"],
+    )
+    for node in nodes:
+        up.add_metric([node.node], 1 if node.up else 0)
+        if node.associations is not None:
+            associations.add_metric([node.node], node.associations)
+    yield up
+    yield associations
 
 
 def render(sink: PrometheusSink, multiprocess_dir: Path | None, snapshot: Snapshot) -> bytes:

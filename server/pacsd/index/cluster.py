@@ -10,8 +10,9 @@ nodes:
 - A task that must run on one node at a time (`pacsd fsck --repair`, retention) holds a
   session advisory lock (`archive_lock`); PostgreSQL drops it with the connection of a
   process that died.
-- Each node's leading process keeps its row in `cluster_node` fresh (`beat`); a row silent
-  for 3 heartbeats is a dead node.
+- Each node's leading process keeps its row in `cluster_node` fresh (`beat`), with the node's
+  open associations as of that beat; a row silent for 3 heartbeats is a dead node. Every
+  node's /metrics reads the registry at scrape time (`list_nodes`, http/app.py).
 
 With SQLite (one node only) `archive_lock` is a no-op and no claim is ever made: the queues
 take the single-node path of index/commitment.py and index/ups.py.
@@ -157,14 +158,20 @@ class NodeAddress:
 
 
 def beat(
-    database: IndexDatabase, claim: Claim, address: NodeAddress, started: dict[str, Any]
+    database: IndexDatabase,
+    claim: Claim,
+    address: NodeAddress,
+    started: dict[str, Any],
+    associations: int | None = None,
 ) -> None:
     """One heartbeat: the node's row says it lives, and its claims last `lease` from now.
 
-    `started`: pid, version, heartbeat and started_at, written when the row is (re)created.
+    `started`: pid, version, heartbeat and started_at, written when the row is (re)created;
+    `associations`: the node's open associations now (None: not known).
     """
     now = func.now()
     values = {"name": claim.node, **started, "last_seen": now, "stopped_at": None}
+    values["associations"] = associations
     values |= {"http_url": address.http_url, "dicom_address": address.dicom_address}
     statement = insert(ClusterNode).values(**values)
     refreshed = {key: statement.excluded[key] for key in values if key != "name"}
@@ -179,18 +186,22 @@ def beat(
 
 
 def node_stopped(database: IndexDatabase, node: str) -> None:
-    """A clean stop: the node's row says so and its claims go back to the queues."""
+    """A clean stop: the node's row says so and its claims go back to the queues. Its
+    associations have ended (the engine drained or aborted them before): 0."""
     release_claims(database, node)
     with database.writing() as session:
         session.execute(
-            update(ClusterNode).where(ClusterNode.name == node).values(stopped_at=func.now())
+            update(ClusterNode)
+            .where(ClusterNode.name == node)
+            .values(stopped_at=func.now(), associations=0)
         )
 
 
 @dataclass(frozen=True)
 class NodeRow:
     """A node as `pacsd nodes` shows it; `state`: live, dead (silent for 3 heartbeats) or
-    stopped (it said so when it stopped)."""
+    stopped (it said so when it stopped); `associations`: its open associations as of
+    `last_seen` (None: not known, the node keeps no metrics)."""
 
     name: str
     state: str
@@ -201,6 +212,7 @@ class NodeRow:
     seconds_since_seen: float
     dicom_address: str
     http_url: str
+    associations: int | None
 
 
 def list_nodes(database: IndexDatabase) -> list[NodeRow]:
@@ -228,6 +240,7 @@ def list_nodes(database: IndexDatabase) -> list[NodeRow]:
                 round(max(0.0, silent), 1),
                 row.dicom_address,
                 row.http_url,
+                row.associations,
             )
         )
     return listed

@@ -338,3 +338,6 @@ class ClusterNode(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     http_url: Mapped[str] = mapped_column(String(256))  # "" when it serves no HTTP
     dicom_address: Mapped[str] = mapped_column(String(256))  # host:port of its listener
+    # Its open associations, every worker's, as of `last_seen` (0 once stopped); NULL when
+    # it keeps no metrics to count them (no HTTP interface) or not yet.
+    associations: Mapped[int | None] = mapped_column(Integer)

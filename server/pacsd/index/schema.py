@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The revision of the newest migration in migrations/versions.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 class SchemaOutOfDate(Exception):
