@@ -169,6 +169,28 @@ def test_postgresql_outage_refuses_with_a700_then_pacsd_reconnects(
     assert server.process.poll() is None, "pacsd kept running"
 
 
+def test_postgresql_restarted_between_stores_costs_no_store(
+    private_postgres: PrivatePostgres,
+    pacsd_server: Callable[..., PacsdProcess],
+    tmp_path: Path,
+) -> None:
+    """The index writer keeps its connection between C-STOREs; PostgreSQL restarting while
+    it is idle kills that connection, and the next C-STORE still succeeds at once (the
+    writer reconnects before COMMIT, so nothing is in doubt)."""
+    private_postgres.create_database("pacsd")
+    url = private_postgres.url("pacsd")
+    server = pacsd_server(url)
+    sources = list(datagen.ct_series(tmp_path / "sources", 3, size=16))
+    assert store_files(server.host, server.port, sources[:1]) == [(0x0000, "")]
+    for source in sources[1:]:
+        private_postgres.stop_immediately()
+        private_postgres.start()
+        status, comment, _ = _timed_store(server, source)
+        assert (status, comment) == (0x0000, ""), "a store failed after a restart"
+    rows = assert_index_matches_files(url, server.storage_root)
+    assert {row["sop_instance_uid"] for row in rows} == {path_uid(path) for path in sources}
+
+
 def path_uid(source: Path) -> str:
     """The SOP Instance UID of a generated file."""
     from pydicom import dcmread

@@ -145,6 +145,11 @@ class IndexDatabase:
         self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
         self._write_lock = WriterLock.for_engine(engine)
+        # The index writer's connection, kept between its transactions (writing_connection
+        # with reuse=True): a pool checkout, PostgreSQL's pre-ping round trip and the
+        # connection's set-up cost more than the one-row transaction of a lone C-STORE.
+        self._held: Connection | None = None
+        self._held_lock = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -171,25 +176,57 @@ class IndexDatabase:
             yield session
 
     @contextmanager
-    def writing_connection(self) -> Iterator[Connection]:
+    def writing_connection(self, reuse: bool = False) -> Iterator[Connection]:
         """A connection in a write transaction, committed when the block ends without error.
 
-        Core only, no ORM session: the index writer's per-row cost (index/writer.py).
+        Core only, no ORM session: the index writer's per-row cost (index/writer.py), which
+        passes `reuse`: the one connection kept for that purpose, used by one thread at a
+        time. A transaction that fails closes it (a dead or broken connection is not kept).
         """
-        with self._write_lock, self._write_engine.connect() as connection:
-            transaction = connection.begin()
-            try:
+        if not reuse:
+            with (
+                self._write_lock,
+                self._write_engine.connect() as connection,
+                _committed(connection),
+            ):
                 yield connection
-            except BaseException:
-                transaction.rollback()
-                raise
-            try:
-                transaction.commit()
-            except Exception as exc:
-                # The server may have committed before the connection failed: the caller must
-                # not act as if the rows were absent (e.g. remove the files they point to).
-                raise CommitInDoubt(f"commit outcome unknown: {exc!r}") from exc
+            return
+        with self._held_lock, self._write_lock:
+            connection = self._held or self._write_engine.connect()
+            self._held = None
+            with _closed_on_error(connection), _committed(connection):
+                yield connection
+            self._held = connection
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (the writer's kept one too)."""
+        with self._held_lock:
+            if self._held is not None:
+                self._held.close()
+                self._held = None
         self.engine.dispose()
+
+
+@contextmanager
+def _committed(connection: Connection) -> Iterator[None]:
+    transaction = connection.begin()
+    try:
+        yield
+    except BaseException:
+        transaction.rollback()
+        raise
+    try:
+        transaction.commit()
+    except Exception as exc:
+        # The server may have committed before the connection failed: the caller must
+        # not act as if the rows were absent (e.g. remove the files they point to).
+        raise CommitInDoubt(f"commit outcome unknown: {exc!r}") from exc
+
+
+@contextmanager
+def _closed_on_error(connection: Connection) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        connection.close()
+        raise

@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DBAPIError
+
 from pacsd import metrics
 from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestResult, InstanceRecord, record_instance
@@ -73,10 +75,21 @@ class IndexWriter:
             del self._waiting[: self.max_batch]
         return batch
 
+    def _rows(self, batch: list[_Job]) -> list[IngestResult]:
+        """One transaction on the kept connection; once more on a new connection when the
+        kept one turns out dead before COMMIT (the database restarted while it was idle)."""
+        for attempt in range(2):
+            try:
+                with self.index.writing_connection(reuse=True) as connection:
+                    return [record_instance(connection, job.record, job.replace) for job in batch]
+            except DBAPIError as exc:
+                if attempt or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _write(self, batch: list[_Job]) -> None:
         try:
-            with self.index.writing_connection() as connection:
-                results = [record_instance(connection, job.record, job.replace) for job in batch]
+            results = self._rows(batch)
         except Exception as exc:
             for job in batch:
                 job.in_doubt = isinstance(exc, CommitInDoubt)
