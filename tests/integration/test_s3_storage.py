@@ -7,10 +7,13 @@ the index, a SIGKILL loses nothing acknowledged, and an unreachable service is r
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import secrets
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,17 +21,19 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from pydicom import dcmread
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from tests import datagen
 from tests.harness import PacsdProcess, base_config, pacsd_command
 from tests.inspect_archive import dataset_bytes, index_rows
 from tests.integration.test_crash_loop import run_crash_loop
-from tests.qr_scu import Received, collect, identifier, qr_association
+from tests.qr_scu import Received, collect, identifier, qr_association, storage_scp
 from tests.s3_server import S3Server, s3_storage_settings, weed_binary
 from tests.scu import store_files
 
@@ -164,6 +169,112 @@ def test_stored_instances_are_objects_and_retrieve_byte_identical(
         file.write_bytes(part)
         by_uid[dcmread(file).SOPInstanceUID] = dataset_bytes(file)
     assert by_uid == sent
+
+
+class _FolderWatch:
+    """Every name that appears in a folder while the context lasts (polled from a thread)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(FileNotFoundError):  # made when first needed
+                self.seen.update(os.listdir(self.folder))
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> _FolderWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.mark.timeout(240)
+def test_get_and_move_read_objects_directly_without_temporary_copies(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """C-GET and C-MOVE of a study (two small instances and a 24 MB one) from an S3-backed
+    pacsd send the data sets stored, byte for byte, read from the objects by ranged GETs:
+    no temporary copy appears in the work folder `.tmp` while they run."""
+    received = Received()
+    with storage_scp("S3DEST", received) as port:
+        folder = tmp_path / "direct"
+        storage = {**s3_storage_settings(s3, _bucket(s3)), "min_free_space": "1MB"}
+        peers = [{"ae_title": "S3DEST", "host": "127.0.0.1", "port": port}]
+        config = base_config(folder, storage=storage, peers=peers)
+        server = PacsdProcess.from_config(folder, config).start()
+        try:
+            study = datagen.StudyContext(patient_id=f"S3-{secrets.token_hex(3)}")
+            paths = [
+                datagen.write_part10(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm")
+                for ds in (
+                    datagen.ct_image(study, n, size=s) for n, s in [(1, 64), (2, 3500), (3, 64)]
+                )
+            ]
+            assert _stored(server, paths) == [0x0000] * 3
+            sent = {dcmread(p).SOPInstanceUID: dataset_bytes(p) for p in paths}
+            work = server.storage_root / ".tmp"
+            with _FolderWatch(work) as watch:
+                got = _get(server, study.study_instance_uid)
+                models = [StudyRootQueryRetrieveInformationModelMove]
+                with qr_association(server, models) as assoc:
+                    query = identifier("STUDY", StudyInstanceUID=study.study_instance_uid)
+                    moved = collect(
+                        assoc.send_c_move(
+                            query, "S3DEST", StudyRootQueryRetrieveInformationModelMove
+                        )
+                    )
+            assert moved.final_status == 0x0000
+            assert {uid: raw for uid, (raw, _syntax) in got.datasets.items()} == sent
+            assert {uid: raw for uid, (raw, _syntax) in received.datasets.items()} == sent
+            assert watch.seen == set(), f"temporary files during the retrieve: {watch.seen}"
+        finally:
+            server.stop()
+
+
+def test_wado_metadata_frames_and_rendered_read_objects_without_temporary_copies(
+    archive: tuple[PacsdProcess, str, str], tmp_path: Path
+) -> None:
+    """On S3, WADO-RS metadata, a frame, /rendered and /thumbnail answer from the objects
+    (ranged GETs): the metadata names each instance with its pixel data as a BulkDataURI, the
+    frame is the stored pixels, the images decode at the right size, and nothing is copied
+    into `.tmp` meanwhile."""
+    server, _bucket_name, _database_url = archive
+    study_uid, paths = _study(tmp_path, 2, size=48)
+    assert _stored(server, paths) == [0x0000, 0x0000]
+    first = dcmread(paths[0])
+    study_url = f"{server.http_url}/dicom-web/studies/{study_uid}"
+    instance_url = f"{study_url}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
+    with _FolderWatch(server.storage_root / ".tmp") as watch:
+        metadata = requests.get(f"{study_url}/metadata", timeout=30)
+        frame = requests.get(
+            f"{instance_url}/frames/1",
+            headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+            timeout=30,
+        )
+        rendered = requests.get(
+            f"{instance_url}/rendered", headers={"Accept": "image/png"}, timeout=30
+        )
+        thumbnail = requests.get(f"{study_url}/thumbnail", params={"viewport": "16,16"}, timeout=30)
+    assert metadata.status_code == 200, metadata.text
+    documents = metadata.json()
+    assert {d["00080018"]["Value"][0] for d in documents} == {
+        str(dcmread(p).SOPInstanceUID) for p in paths
+    }
+    assert all("BulkDataURI" in d["7FE00010"] for d in documents)
+    assert frame.status_code == 200, frame.text
+    assert _multipart_parts(frame) == [first.PixelData]
+    assert rendered.status_code == 200, rendered.text
+    assert Image.open(io.BytesIO(rendered.content)).size == (first.Columns, first.Rows)
+    assert thumbnail.status_code == 200, thumbnail.text
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 16
+    assert watch.seen == set(), f"temporary files during WADO-RS: {watch.seen}"
 
 
 def _multipart_parts(response: requests.Response) -> list[bytes]:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pacsd.dimse.commands import Command
 from pacsd.dimse.messages import AcceptedContext
@@ -325,34 +326,72 @@ class Association(asyncio.BufferedProtocol):
             self.write_all(
                 list(message_pdus(context.context_id, command, outgoing.data, self.peer_max_pdu))
             )
+        elif outgoing.stream is not None:
+            await self.send_file(
+                context.context_id, command, outgoing.stream, outgoing.offset, outgoing.size
+            )
         else:
             assert outgoing.path is not None
             await self.send_file(context.context_id, command, outgoing.path, outgoing.offset)
         reply, _data = await asyncio.wait_for(answer, self.timeouts.dimse)
         return reply.status if reply.status is not None else 0xC000
 
-    async def send_file(self, context_id: int, command: bytes, path: Path, offset: int) -> None:
+    async def send_file(
+        self, context_id: int, command: bytes, source: Path | BinaryIO, offset: int, size: int = 0
+    ) -> None:
         """A message whose data set is bytes [offset:] of a file, read block by block and
-        sent as P-DATA-TF PDUs within the peer's maximum length (flow-controlled)."""
+        sent as P-DATA-TF PDUs within the peer's maximum length (flow-controlled).
+
+        `source` is a local file's path (read on the loop: the page cache answers at once), or
+        an object store's reader of `size` bytes, which the caller opened and closes: its
+        blocks are read in the loop's default executor, since each may wait on the network
+        (a ranged GET). Not the `work` pool: the C-GET or C-MOVE thread waiting for this send
+        holds one of its threads, and a full pool would then wait on itself.
+        """
+        if isinstance(source, Path):
+            with open(source, "rb", buffering=0) as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(offset)
+                await self._send_blocks(context_id, command, file.read, size - offset, None)
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, source.seek, offset)
+        await self._send_blocks(context_id, command, source.read, size - offset, loop)
+
+    async def _send_blocks(
+        self,
+        context_id: int,
+        command: bytes,
+        read: Callable[[int], bytes],
+        remaining: int,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """The command, then `remaining` bytes of `read` as data fragments; with `loop`, each
+        block is read in its default executor, else on the loop itself."""
         limit = fragment_limit(self.peer_max_pdu)
         block_size = max(limit, (FILE_BLOCK // limit) * limit)
-        with open(path, "rb", buffering=0) as source:
-            remaining = os.fstat(source.fileno()).st_size - offset
-            source.seek(offset)
-            self.write_all(list(fragments(context_id, command, COMMAND_FRAGMENT, limit)))
-            while True:
-                block = source.read(min(block_size, remaining)) if remaining > 0 else b""
-                if len(block) != min(block_size, max(remaining, 0)):
-                    self.abort(pdus.ABORT_SOURCE_PROVIDER, pdus.ABORT_REASON_NOT_SPECIFIED)
-                    raise ConnectionError(f"{path.name} changed while it was sent")
-                remaining -= len(block)
-                last = remaining <= 0
-                self.write(_data_pdus(context_id, block, limit, last))
-                if last:
-                    return
-                await self.drain()
+        self.write_all(list(fragments(context_id, command, COMMAND_FRAGMENT, limit)))
+        while True:
+            wanted = min(block_size, max(remaining, 0))
+            if not wanted:
+                block = b""
+            elif loop is None:
+                block = read(wanted)
+            else:
+                block = await loop.run_in_executor(None, read, wanted)
                 if self.gone:
                     raise ConnectionError("the association ended")
+            if len(block) != wanted:
+                self.abort(pdus.ABORT_SOURCE_PROVIDER, pdus.ABORT_REASON_NOT_SPECIFIED)
+                raise ConnectionError("the stored file changed while it was sent")
+            remaining -= len(block)
+            last = remaining <= 0
+            self.write(_data_pdus(context_id, block, limit, last))
+            if last:
+                return
+            await self.drain()
+            if self.gone:
+                raise ConnectionError("the association ended")
 
     async def send_request(
         self, context_id: int, command: bytes, message_id: int, data: bytes | None

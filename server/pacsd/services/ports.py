@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from pydicom.dataset import Dataset
 
@@ -31,8 +31,10 @@ class SubOperationCounts:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A stored instance to send in a C-STORE sub-operation: the file's data set as it is
-    (`path` from `offset`), or a transcoded one (`data`), in `transfer_syntax`."""
+    """A stored instance to send in a C-STORE sub-operation, in `transfer_syntax`: the stored
+    data set as it is, bytes [`offset`:] of a local file (`path`) or of an object store's
+    reader (`stream`, `size` bytes long, read by the engine in an executor thread and closed
+    by the caller once `send_c_store` returned), or a transcoded one (`data`)."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -40,6 +42,8 @@ class Outgoing:
     path: Path | None = None
     offset: int = 0
     data: bytes | None = None
+    stream: BinaryIO | None = None
+    size: int = 0
 
 
 class SubOperationError(Exception):

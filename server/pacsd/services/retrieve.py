@@ -17,11 +17,12 @@ Without Bulk Data (Annex Z) sends each instance without its bulk data (Table Z.1
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -43,7 +44,7 @@ from pacsd.dicom.frames import (
     read_stored,
     without_bulk_data,
 )
-from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset
+from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset, read_layout
 from pacsd.dicom.qr_models import Level, level_of, model_of, retrieve_keys
 from pacsd.dicom.transcode import (
     WRITABLE_UNCOMPRESSED,
@@ -170,21 +171,64 @@ def move_contexts(presentations: frozenset[tuple[str, str]]) -> list[tuple[str, 
     return (plain + specific)[:MAX_CONTEXTS]
 
 
+class StoredSource:
+    """One instance's stored file as its sub-operation reads it, nothing opened until asked.
+
+    As stored, the data set goes from the filesystem's file itself (the engine reads it on the
+    loop), or from the object store's reader (ranged GETs with a bounded read-ahead, read by
+    the engine in an executor thread): no copy either way. What needs a local path (transcoding,
+    removing bulk data) gets the file itself, or an object fetched into the work folder. Both
+    the reader and a copy last until the context ends, after the C-STORE-RSP came.
+    """
+
+    def __init__(self, files: InstanceStore, relative_path: str) -> None:
+        self.files = files
+        self.relative_path = relative_path
+        self._local = files.local_path(relative_path)
+        self._held = ExitStack()
+
+    def __enter__(self) -> StoredSource:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._held.close()
+
+    def path(self) -> Path:
+        """A local path holding the stored file: the file itself, else a temporary copy."""
+        if self._local is None:
+            self._local = self._held.enter_context(self.files.local_copy(self.relative_path))
+        return self._local
+
+    def as_stored(self, sop_class_uid: str, sop_instance_uid: str, syntax: str) -> Outgoing:
+        """The stored data set as it is, from its file meta's end (PS3.10 7.1)."""
+        uids = (sop_class_uid, sop_instance_uid)
+        if self._local is not None:
+            return Outgoing(*uids, syntax, path=self._local, offset=dataset_offset(self._local))
+        stream = self._held.enter_context(self.files.open(self.relative_path))
+        layout = read_layout(stream)
+        return Outgoing(
+            *uids, syntax, stream=stream, offset=layout.dataset_offset, size=layout.file_size
+        )
+
+
 PeerTable = Callable[[], Mapping[str, Peer]]
-# What each selected instance sends, given a local path holding its stored file.
-MakeOutgoing = Callable[[StoredInstance, StoreSender, Path], Outgoing]
+# What each selected instance sends, given its stored file.
+MakeOutgoing = Callable[[StoredInstance, StoreSender, StoredSource], Outgoing]
 # A local path holding a stored file while the context lasts (InstanceStore.local_copy).
 LocalFile = Callable[[], AbstractContextManager[Path]]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A retrieve's selected instances, and what each one sends (`reads_file`: from its
-    stored file, which an object store then fetches into a local file for the send)."""
+    """A retrieve's selected instances, and what each one sends."""
 
     selection: Selection
     outgoing: MakeOutgoing
-    reads_file: bool = True
 
 
 @dataclass
@@ -247,7 +291,9 @@ class ExtractedInstance:
             "frames_compressed_as_stored": self.compressed,
         }
 
-    def outgoing(self, stored: StoredInstance, sender: StoreSender, _path: Path) -> Outgoing:
+    def outgoing(
+        self, stored: StoredInstance, sender: StoreSender, _source: StoredSource
+    ) -> Outgoing:
         """The new instance in a syntax the receiver accepted: as made when it can, else its
         frames decoded, then uncompressed or losslessly compressed (never stored)."""
         accepted = _accepted(sender, stored.sop_class_uid)
@@ -311,7 +357,7 @@ class RetrieveService:
             local_file = partial(self.files.local_copy, stored.file_path)
             extracted = ExtractedInstance.make(local_file, stored, frames)
             report.fields.update(extracted.fields())
-            return Plan(selection, extracted.outgoing, reads_file=False)
+            return Plan(selection, extracted.outgoing)
         if not model.bulk_data:
             return Plan(selection, self._without_bulk_data)
         return Plan(selection, self._outgoing)
@@ -373,16 +419,11 @@ class RetrieveService:
     def _sub_operation(
         self, instance: StoredInstance, plan: Plan, tally: SubOperations, sender: StoreSender
     ) -> None:
-        # The filesystem's file itself (no copy); an object fetched by ranged GETs into the
-        # work folder, kept until the C-STORE-RSP came (send_c_store waits for it).
-        local = (
-            self.files.local_copy(instance.file_path)
-            if plan.reads_file
-            else nullcontext(Path(instance.file_path))
-        )
+        # Opened only as `plan.outgoing` asks; kept until the C-STORE-RSP came (send_c_store
+        # waits for it), then closed.
         try:
-            with local as path:
-                outgoing = plan.outgoing(instance, sender, path)
+            with StoredSource(self.files, instance.file_path) as source:
+                outgoing = plan.outgoing(instance, sender, source)
                 status = sender.send_c_store(outgoing)
             if outgoing.transfer_syntax != instance.transfer_syntax_uid:
                 tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
@@ -397,7 +438,9 @@ class RetrieveService:
         else:
             tally.record(instance, status)
 
-    def _outgoing(self, instance: StoredInstance, sender: StoreSender, path: Path) -> Outgoing:
+    def _outgoing(
+        self, instance: StoredInstance, sender: StoreSender, source: StoredSource
+    ) -> Outgoing:
         """The file itself when the receiver takes its syntax, else a transcoded data set."""
         accepted = _accepted(sender, instance.sop_class_uid)
         target = choose_transfer_syntax(instance.transfer_syntax_uid, accepted)
@@ -405,25 +448,24 @@ class RetrieveService:
             raise TranscodeError("receiver accepts no syntax this instance converts to")
         uids = (instance.sop_class_uid, instance.sop_instance_uid)
         if target == instance.transfer_syntax_uid:
-            return Outgoing(*uids, target, path=path, offset=dataset_offset(path))
-        return Outgoing(
-            *uids, target, data=encode_dataset(transcoded_dataset(path, target), target)
-        )
+            return source.as_stored(*uids, target)
+        dataset = transcoded_dataset(source.path(), target)
+        return Outgoing(*uids, target, data=encode_dataset(dataset, target))
 
     def _without_bulk_data(
-        self, instance: StoredInstance, sender: StoreSender, path: Path
+        self, instance: StoredInstance, sender: StoreSender, source: StoredSource
     ) -> Outgoing:
         """PS3.4 Z.4.2.3.1: the instance without the attributes of Table Z.1-1, else unchanged;
         one that has none of them goes as stored (Z.1.4 note)."""
         accepted = _accepted(sender, instance.sop_class_uid)
         removed: list[str] = []
         dataset = read_stored(
-            path,
+            source.path(),
             instance.transfer_syntax_uid,
             lambda ds: removed.extend(without_bulk_data(ds)),
         )
         if not removed:
-            return self._outgoing(instance, sender, path)
+            return self._outgoing(instance, sender, source)
         target = bulk_free_syntax(dataset, accepted)
         dataset.file_meta.TransferSyntaxUID = UID(target)
         uids = (instance.sop_class_uid, instance.sop_instance_uid)

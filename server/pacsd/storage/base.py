@@ -7,9 +7,12 @@ both name a stored instance by the same relative path (storage/filesystem.instan
 plus a random suffix), which the index keeps in `file_path`.
 
 Readers prefer `local_path` (the filesystem: sendfile, pread, pydicom on the path, exactly as
-before); when it is None (S3) they use `open` (ranged reads with a bounded read-ahead) or
-`local_copy` (a temporary file fetched by ranged reads, removed afterwards) for code that needs
-a path, such as a C-STORE sub-operation sent by the DICOM engine.
+before); when it is None (S3) they use `open` (ranged reads with a bounded read-ahead): a
+C-STORE sub-operation sending the stored data set (the engine reads its blocks in an executor
+thread), WADO-RS metadata, bulk data, frames, rendered images and thumbnails. `local_copy` (a
+temporary file fetched by ranged reads, removed afterwards) is left for code that needs a path:
+transcoding, removing bulk data, extracting frames (dicom/transcode.py, dicom/frames.py read
+paths only).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ is checked with a HEAD afterwards. A failed multipart upload is aborted. The loc
 is removed only once the object is there.
 
 Reads are ranged GETs: `open` returns a seekable reader with a read-ahead buffer of
-`READ_AHEAD` bytes, so nothing is held whole in memory; `local_copy` fetches an object into
-the work folder `.tmp/` in blocks for code that needs a path (a C-STORE sub-operation).
+`READ_AHEAD` bytes, so nothing is held whole in memory (C-GET and C-MOVE sub-operations sent as
+stored, WADO-RS); `local_copy` fetches an object into the work folder `.tmp/` in blocks for
+code that needs a path (transcoding, bulk data removal, frame extraction).
 
 Object keys are `prefix` + the relative path a filesystem root would have. boto3 is imported
 here only: a filesystem install never loads it. Any failure to reach the service becomes
@@ -314,13 +315,19 @@ class S3Store:
 
 
 class RangedObject(io.RawIOBase):
-    """One object as a raw, seekable stream: each read is one ranged GET."""
+    """One object as a raw, seekable stream: each read is one ranged GET.
+
+    `name` is its URL, never a local path: pydicom takes an `io.BufferedReader`'s name for a
+    file's (FileDataset), so a value it would read later by that name (a deferred read) fails
+    loudly instead of opening something local.
+    """
 
     def __init__(self, client: S3Client, bucket: str, key: str) -> None:
         super().__init__()
         self.client = client
         self.bucket = bucket
         self.key = key
+        self.name = f"s3://{bucket}/{key}"
         self.length = 0
         self.position = 0
 

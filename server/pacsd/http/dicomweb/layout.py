@@ -49,10 +49,11 @@ class Bulk:
 class Layout:
     """An instance's header and where its bulk values and frames lie in `source`.
 
-    `source` is the stored file's path, or the bytes of its Explicit VR Little Endian form.
+    `source` is the stored file's path, or the bytes of its Explicit VR Little Endian form;
+    None when it was read from an object store's reader (the object itself holds the values).
     """
 
-    source: Path | bytes
+    source: Path | bytes | None
     transfer_syntax: str
     header: Dataset
     bulk: dict[int, Bulk] = field(default_factory=dict)
@@ -78,9 +79,14 @@ def _after(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) in PIXEL_TAGS
 
 
+def needs_conversion(transfer_syntax: str) -> bool:
+    """Whether a stored file's bytes are not the values PS3.18 sends (Deflated, Big Endian)."""
+    return transfer_syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+
+
 def read_instance_layout(path: Path, transfer_syntax: str) -> Layout:
     """The Layout of the stored file at `path` (FileNotFoundError when it is missing)."""
-    if transfer_syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+    if needs_conversion(transfer_syntax):
         buffer = io.BytesIO()
         dataset = transcoded_dataset(path, "1.2.840.10008.1.2.1")
         dataset.save_as(buffer, enforce_file_format=True)
@@ -90,7 +96,15 @@ def read_instance_layout(path: Path, transfer_syntax: str) -> Layout:
         return _layout(fp, path, transfer_syntax)
 
 
-def _layout(fp: BinaryIO, source: Path | bytes, transfer_syntax: str) -> Layout:
+def read_stream_layout(fp: BinaryIO, transfer_syntax: str) -> Layout:
+    """The Layout of a stored file open as `fp` (an object store's reader), in a syntax that
+    needs no conversion: only the header and the item headers are read from it."""
+    if needs_conversion(transfer_syntax):
+        raise ValueError(f"{transfer_syntax} is converted from a local file first")
+    return _layout(fp, None, transfer_syntax)
+
+
+def _layout(fp: BinaryIO, source: Path | bytes | None, transfer_syntax: str) -> Layout:
     part10 = read_layout(fp)
     syntax = UID(part10.transfer_syntax_uid)
     fp.seek(part10.dataset_offset)

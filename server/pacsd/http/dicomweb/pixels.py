@@ -34,7 +34,6 @@ from pacsd.http.dicomweb.layout import (
     Range,
     encapsulated_frame_ranges,
     native_frame_ranges,
-    read_instance_layout,
 )
 from pacsd.http.dicomweb.multipart import MultipartWriter
 from pacsd.http.dicomweb.streams import (
@@ -42,6 +41,7 @@ from pacsd.http.dicomweb.streams import (
     Transfer,
     file_chunks,
     instance_batches,
+    instance_layout,
     local_file,
     memory_chunks,
     one,
@@ -64,11 +64,6 @@ def frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-def _read_layout(path: Source, transfer_syntax: str) -> Layout:
-    with local_file(path) as local:  # an object: fetched by ranged GETs, then removed
-        return read_instance_layout(local, transfer_syntax)
-
-
 async def _instance(web: Web, target: Target) -> tuple[StoredInstance, Source, Layout]:
     batches = instance_batches(web, target.selection)
     try:
@@ -77,7 +72,7 @@ async def _instance(web: Web, target: Target) -> tuple[StoredInstance, Source, L
         await batches.aclose()
     path = source_of(web.context.archive.files, stored.file_path)
     try:
-        layout = await web.run(partial(_read_layout, path, stored.transfer_syntax_uid))
+        layout = await web.run(partial(instance_layout, path, stored.transfer_syntax_uid))
     except FileNotFoundError:
         raise WebError(404, "the instance's file is missing") from None
     except (OSError, TranscodeError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -197,13 +197,22 @@ def first_image(
 
 
 def _render(files: InstanceStore, relative_path: str, rendering: Rendering) -> bytes:
-    """Render a stored file (an object: fetched into a local file first; blocking)."""
-    with files.local_copy(relative_path) as path:
-        return render_file(path, rendering)
+    """Render a stored file: the filesystem's by its path, an object from its reader (ranged
+    GETs with a bounded read-ahead, no copy). Blocking."""
+    local = files.local_path(relative_path)
+    if local is not None:
+        return render_file(local, rendering)
+    try:
+        reader = files.open(relative_path)
+    except FileNotFoundError:
+        raise WebError(404, "the instance's file is missing") from None
+    with reader:
+        return render_file(reader, rendering)
 
 
-def render_file(path: Path, rendering: Rendering) -> bytes:
-    """One frame of the stored file at `path`, encoded as `rendering` says."""
+def render_file(path: Path | BinaryIO, rendering: Rendering) -> bytes:
+    """One frame of the stored file at `path` (or open as `path`, read from its start),
+    encoded as `rendering` says."""
     try:
         dataset = dcmread(path, stop_before_pixels=True)
     except FileNotFoundError:

@@ -24,6 +24,12 @@ from typing import BinaryIO
 from pacsd.http.access import Requester
 from pacsd.http.dicomweb import auditing
 from pacsd.http.dicomweb.common import Web, log
+from pacsd.http.dicomweb.layout import (
+    Layout,
+    needs_conversion,
+    read_instance_layout,
+    read_stream_layout,
+)
 from pacsd.index.retrieve import Selection, StoredInstance, stored_instances
 from pacsd.storage.base import InstanceStore
 
@@ -54,6 +60,17 @@ def local_file(source: Source) -> AbstractContextManager[Path]:
     if isinstance(source, Path):
         return nullcontext(source)
     return source.files.local_copy(source.relative_path)
+
+
+def instance_layout(source: Source, transfer_syntax: str) -> Layout:
+    """The Layout of a stored file (blocking: executor): from its path, or from the object's
+    reader (ranged GETs with a bounded read-ahead, no copy), or, for a syntax converted first
+    (Deflated, Big Endian), from a temporary local copy. FileNotFoundError when missing."""
+    if isinstance(source, ObjectSource) and not needs_conversion(transfer_syntax):
+        with source.files.open(source.relative_path) as reader:
+            return read_stream_layout(reader, transfer_syntax)
+    with local_file(source) as path:
+        return read_instance_layout(path, transfer_syntax)
 
 
 def _open_and_read(path: Path, offset: int, length: int) -> tuple[int | None, int, bytes]:

@@ -49,7 +49,7 @@ from pacsd.http.dicomweb.common import (
     handled,
     log,
 )
-from pacsd.http.dicomweb.layout import Layout, read_instance_layout
+from pacsd.http.dicomweb.layout import Layout
 from pacsd.http.dicomweb.multipart import MultipartWriter
 from pacsd.http.dicomweb.streams import (
     ROWS_PER_BATCH,
@@ -57,6 +57,7 @@ from pacsd.http.dicomweb.streams import (
     Transfer,
     file_chunks,
     instance_batches,
+    instance_layout,
     local_file,
     one,
     read_small,
@@ -337,9 +338,9 @@ def metadata_batch(web: Web, batch: Sequence[StoredInstance], base: str, study: 
     files = web.context.archive.files
     documents = []
     for instance in batch:
-        try:
-            with files.local_copy(instance.file_path) as path:
-                layout = read_instance_layout(path, instance.transfer_syntax_uid)
+        try:  # an object: read by ranged GETs, no copy
+            source = source_of(files, instance.file_path)
+            layout = instance_layout(source, instance.transfer_syntax_uid)
         except (OSError, TranscodeError) as exc:
             log.warning("dicomweb metadata not read", reason=str(exc))
             continue
