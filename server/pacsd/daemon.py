@@ -41,7 +41,7 @@ from pacsd.http.launch import (
 )
 from pacsd.index.cluster import Claim
 from pacsd.index.database import IndexDatabase, create_index_engine
-from pacsd.index.schema import HEAD_REVISION, check_schema, upgrade
+from pacsd.index.schema import HEAD_REVISION, check_schema, create_schema
 from pacsd.logs import bind_process, get_logger
 from pacsd.policy.rules import Match
 from pacsd.runtime import RuntimeConfig
@@ -173,7 +173,7 @@ def serve(settings: Settings, config_source: Path | None) -> int:
         # before the port opens, so that whoever waits for the port (a script, an admin
         # command, a health check) finds it. At the newest revision this is one SELECT.
         current = check_schema(index.engine)
-        revision = (HEAD_REVISION,) if current else tuple(upgrade(index.engine).current)
+        revision = (HEAD_REVISION,) if current else create_schema(index.engine).current
         _index_ready(settings, index, revision)
         files = open_store(settings.storage)
         removed = files.prepare()
