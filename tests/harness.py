@@ -15,12 +15,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from pacsd.dicom.sop_classes import VERIFICATION as VERIFICATION_SOP_CLASS
 from pacsd.echo import send_echo
+from tests.inspect_archive import stored_files
 
 VERIFICATION = VERIFICATION_SOP_CLASS  # for the tests that propose it
 START_TIMEOUT_S = 30.0
@@ -211,6 +212,76 @@ class PacsdProcess:
         assert self.process is not None
         assert self.process.returncode is not None
         return self.process.returncode
+
+
+class StoredFiles(Protocol):
+    """An archive's instance files by the relative path the index keeps (`file_path`), read
+    and changed from outside the server, wherever its storage backend keeps them: `DiskFiles`
+    under the storage root, s3_server.BucketFiles as objects in a bucket."""
+
+    def read(self, relative: str) -> bytes | None:
+        """The stored bytes (None: missing)."""
+        ...
+
+    def local(self, relative: str) -> Path:
+        """A local path holding the stored bytes, for readers that need a path."""
+        ...
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Store `data` at `relative` (a damaged or stray file, for fsck)."""
+        ...
+
+    def remove(self, relative: str) -> None:
+        """Delete the stored file."""
+        ...
+
+    def listing(self) -> dict[str, str]:
+        """{relative path: sha256} of every stored file (work folders left out)."""
+        ...
+
+    def quarantined(self, location: str) -> dict[str, str]:
+        """{relative path: sha256} of what fsck --repair moved to `location` (as it reports
+        it: a folder, or a key prefix), the local manifest left out."""
+        ...
+
+
+@dataclass
+class DiskFiles:
+    """An archive's instance files under its storage root (the filesystem backend)."""
+
+    root: Path
+
+    def read(self, relative: str) -> bytes | None:
+        """The file's bytes (None: missing)."""
+        stored = self.root / relative
+        return stored.read_bytes() if stored.is_file() else None
+
+    def local(self, relative: str) -> Path:
+        """The file itself."""
+        return self.root / relative
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Write the file (and its folders)."""
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def remove(self, relative: str) -> None:
+        """Delete the file."""
+        (self.root / relative).unlink()
+
+    def listing(self) -> dict[str, str]:
+        """{relative path: sha256} of the files under the root, work folders left out."""
+        return stored_files(self.root)
+
+    def quarantined(self, location: str) -> dict[str, str]:
+        """{relative path: sha256} of a quarantine folder, which must be below
+        `<root>/.quarantine/`."""
+        folder = Path(location)
+        assert folder.parent == self.root / ".quarantine", location
+        kept = stored_files(folder)
+        kept.pop("manifest.jsonl", None)
+        return kept
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:

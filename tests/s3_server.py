@@ -5,11 +5,13 @@ checked, as against any S3 service.
 `S3Server.start(folder)` picks free ports, starts `weed server -s3`, waits (bounded) until
 ListBuckets answers with the identity's credentials, and `stop()` ends the process by its pid.
 `stop()` then `start()` again on the same folder brings the same objects back (the outage test).
+`BucketFiles` reads and changes an archive's objects by the index's relative paths.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +70,7 @@ class S3Server:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     _ports: list[int] = field(default_factory=list)
+    _client: Any = None
 
     @property
     def endpoint_url(self) -> str:
@@ -79,11 +82,13 @@ class S3Server:
         return {ACCESS_ENV: ACCESS_KEY, SECRET_ENV: SECRET_KEY}
 
     def client(self) -> Any:
-        """A boto3 S3 client with the test identity."""
+        """A boto3 S3 client with the test identity (one, made on first use: the ports stay)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client(
+        if self._client is not None:
+            return self._client
+        self._client = boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=ACCESS_KEY,
@@ -96,6 +101,7 @@ class S3Server:
                 read_timeout=30,
             ),
         )
+        return self._client
 
     def start(self) -> None:
         """Start SeaweedFS (same ports on a restart) and wait until S3 answers signed requests."""
@@ -180,15 +186,39 @@ class S3Server:
         """Create a bucket (the tests' archives each get their own)."""
         self.client().create_bucket(Bucket=name)
 
-    def stop(self) -> None:
-        """Stop the process by its pid (SIGTERM, then SIGKILL after 10 s)."""
+    def new_bucket(self) -> str:
+        """Create a bucket of a new name; its name."""
+        name = f"pacsd-{uuid.uuid4().hex[:12]}"
+        self.create_bucket(name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Key -> size of every object in `bucket` under `prefix`."""
+        found: dict[str, int] = {}
+        paginator = self.client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                found[entry["Key"]] = int(entry["Size"])
+        return found
+
+    def read(self, bucket: str, key: str) -> bytes | None:
+        """An object's bytes (None: no such object)."""
+        client = self.client()
+        try:
+            return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except client.exceptions.NoSuchKey:
+            return None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the process by its pid (SIGTERM, then SIGKILL after `grace` seconds). SeaweedFS
+        takes about 25 s to stop gracefully; a fixture throwing its folder away passes 0."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)
@@ -214,3 +244,58 @@ def s3_storage_settings(server: S3Server, bucket: str, prefix: str = "") -> dict
             "multipart_chunk_size": "8MiB",
         },
     }
+
+
+@dataclass
+class BucketFiles:
+    """An archive's instance files as objects (`prefix` + the index's relative path), read and
+    changed from outside the server: the object storage counterpart of harness.DiskFiles."""
+
+    server: S3Server
+    bucket: str
+    prefix: str
+    scratch: Path  # where `local` puts the objects it fetches
+
+    def key(self, relative: str) -> str:
+        """The object key of a relative path."""
+        return self.prefix + relative
+
+    def read(self, relative: str) -> bytes | None:
+        """The stored bytes (None: no such object)."""
+        return self.server.read(self.bucket, self.key(relative))
+
+    def local(self, relative: str) -> Path:
+        """A local copy of the object (in `scratch`), for readers that need a path."""
+        data = self.read(relative)
+        assert data is not None, f"no object {self.key(relative)}"
+        path = self.scratch / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Put an object (a damaged or stray file, for fsck)."""
+        self.server.client().put_object(Bucket=self.bucket, Key=self.key(relative), Body=data)
+
+    def remove(self, relative: str) -> None:
+        """Delete an object."""
+        self.server.client().delete_object(Bucket=self.bucket, Key=self.key(relative))
+
+    def listing(self) -> dict[str, str]:
+        """{relative path: sha256} of every object under the prefix."""
+        return self._hashed(self.prefix)
+
+    def quarantined(self, location: str) -> dict[str, str]:
+        """{relative path: sha256} of the objects fsck --repair moved to `location` (the key
+        prefix it reports), which must be below `quarantine/` under the archive's prefix."""
+        assert location.startswith(f"{self.prefix}quarantine/"), location
+        assert location.endswith("/"), f"{location}: not a folder's prefix"
+        return self._hashed(location)
+
+    def _hashed(self, prefix: str) -> dict[str, str]:
+        found = {}
+        for key in self.server.objects(self.bucket, prefix):
+            data = self.server.read(self.bucket, key)
+            assert data is not None, f"object {key} vanished"
+            found[key[len(prefix) :]] = hashlib.sha256(data).hexdigest()
+        return found

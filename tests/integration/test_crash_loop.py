@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from tests import datagen
-from tests.harness import PacsdProcess, base_config, pacsd_command
+from tests.harness import DiskFiles, PacsdProcess, base_config, pacsd_command
 from tests.inspect_archive import dataset_bytes, index_rows, work_files
 from tests.scu import chunked_send
 
@@ -182,14 +182,6 @@ def run_crash_loop(
     return result
 
 
-def _from_root(server: PacsdProcess) -> Callable[[str], bytes | None]:
-    def read(relative: str) -> bytes | None:
-        stored = server.storage_root / relative
-        return stored.read_bytes() if stored.is_file() else None
-
-    return read
-
-
 def _check_archive(
     server: PacsdProcess,
     database_url: str,
@@ -197,7 +189,7 @@ def _check_archive(
     read_stored: Callable[[str], bytes | None] | None = None,
 ) -> None:
     """Every acknowledged instance indexed once, file intact; fsck finds only orphans."""
-    read = read_stored or _from_root(server)
+    read = read_stored or DiskFiles(server.storage_root).read
     scratch = server.config_path.parent / "stored.dcm"
     rows = index_rows(database_url)
     by_uid: dict[str, list[dict[str, Any]]] = {}

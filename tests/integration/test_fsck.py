@@ -1,24 +1,27 @@
 """`pacsd fsck`: finds rows without files, files without rows and damaged files; --repair
-removes what cannot be served and keeps every file in a quarantine folder."""
+removes what cannot be served and keeps every file in a quarantine folder.
+
+The checks run on both storage backends (fixture `storage`: the filesystem, and S3 on a
+SeaweedFS for the module, where a file is an object and the quarantine a key prefix); the
+files are damaged and read through `StoredFiles`. The configuration errors stay on the
+filesystem: they are about a storage root folder and an index file that do not exist.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import create_engine, text
 
 from tests import datagen
-from tests.harness import PacsdProcess, audit_records, pacsd_command
-from tests.inspect_archive import index_rows, stored_files
+from tests.conftest import ArchiveStorage
+from tests.harness import PacsdProcess, StoredFiles, audit_records, pacsd_command
+from tests.inspect_archive import index_rows
 from tests.scu import store_files
-
-OLD = time.time() - 3600  # an hour ago: older than fsck's --min-age default
 
 
 def _fsck(server: PacsdProcess, *args: str) -> tuple[int, dict[str, Any]]:
@@ -28,17 +31,22 @@ def _fsck(server: PacsdProcess, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def _stored_archive(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path, series: int
-) -> tuple[PacsdProcess, list[dict[str, Any]]]:
-    """A stopped server whose archive holds `series` series of two CT instances each."""
-    server = pacsd_server(database_url)
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
+    series: int,
+) -> tuple[PacsdProcess, StoredFiles, list[dict[str, Any]]]:
+    """A stopped server whose archive holds `series` series of two CT instances each, its
+    stored files and its index rows."""
+    server = pacsd_server(database_url, storage=storage.settings)
     sources = []
     for number in range(series):
         folder = tmp_path / f"series{number}"
         sources += list(datagen.ct_series(folder, 2, size=16))
     assert store_files(server.host, server.port, sources) == [(0x0000, "")] * len(sources)
     assert server.stop() == 0
-    return server, index_rows(database_url)
+    return server, storage.files(server), index_rows(database_url)
 
 
 _COUNTS = {table: text(f"SELECT count(*) FROM {table}") for table in ("series", "study")}  # noqa: S608
@@ -54,10 +62,13 @@ def _count(database_url: str, table: str) -> int:
 
 
 def test_fsck_reports_a_clean_archive_with_exit_0(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
 ) -> None:
     """After ordinary stores, every row has its intact file and no file lacks a row."""
-    server, rows = _stored_archive(pacsd_server, database_url, tmp_path, series=2)
+    server, _files, rows = _stored_archive(pacsd_server, database_url, storage, tmp_path, 2)
     code, report = _fsck(server)
     assert code == 0, report
     assert report["clean"] is True
@@ -68,28 +79,26 @@ def test_fsck_reports_a_clean_archive_with_exit_0(
 
 
 def test_fsck_finds_each_kind_of_problem_and_repair_quarantines_without_deleting(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
 ) -> None:
     """Missing, truncated, altered and unindexed files are reported (exit 1); --repair drops
-    their rows (and the series left empty), moves files into .quarantine; a rerun is clean."""
-    server, rows = _stored_archive(pacsd_server, database_url, tmp_path, series=3)
-    root = server.storage_root
+    their rows (and the series left empty), moves files into the quarantine; a rerun is
+    clean, a file younger than --min-age not judged."""
+    server, files, rows = _stored_archive(pacsd_server, database_url, storage, tmp_path, 3)
     missing, truncated, altered = rows[0], rows[2], rows[3]  # series 1 loses both instances
-    (root / missing["file_path"]).unlink()
-    (root / truncated["file_path"]).write_bytes(b"DICM")
-    altered_path = root / altered["file_path"]
-    content = bytearray(altered_path.read_bytes())
+    files.remove(missing["file_path"])
+    files.write(truncated["file_path"], b"DICM")
+    content = bytearray(files.read(altered["file_path"]) or b"")
     content[-1] ^= 0xFF
-    altered_path.write_bytes(bytes(content))
-    orphan = root / "ab" / "cdef" / "orphan.dcm"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"not indexed")
-    os.utime(orphan, (OLD, OLD))
-    young = root / "ab" / "cdef" / "young.dcm"
-    young.write_bytes(b"being written")
-    (root / ".tmp" / "leftover.part").write_bytes(b"work folders are not judged")
+    files.write(altered["file_path"], bytes(content))
+    files.write("ab/cdef/orphan.dcm", b"not indexed")
+    (server.storage_root / ".tmp" / "leftover.part").write_bytes(b"work folders are not judged")
 
-    code, report = _fsck(server)
+    # --min-age 0: the orphan is judged however new (an object's time cannot be set back).
+    code, report = _fsck(server, "--min-age", "0")
     assert code == 1
     found = {(p["kind"], p["file_path"]) for p in report["problems"]}
     assert found == {
@@ -98,21 +107,17 @@ def test_fsck_finds_each_kind_of_problem_and_repair_quarantines_without_deleting
         ("checksum-mismatch", altered["file_path"]),
         ("orphan-file", "ab/cdef/orphan.dcm"),
     }
-    assert report["young_files_skipped"] == 1
     assert _count(database_url, "series") == 3, "a check alone changes nothing"
 
-    code, report = _fsck(server, "--repair")
+    code, report = _fsck(server, "--min-age", "0", "--repair")
     assert code == 0, report
     assert report["unrepaired"] == 0
-    quarantine = Path(report["quarantine"])
-    assert quarantine.parent == root / ".quarantine"
-    kept = stored_files(quarantine)
-    assert kept.pop("manifest.jsonl")
+    kept = files.quarantined(report["quarantine"])  # a folder, or a key prefix on S3
     assert set(kept) == {truncated["file_path"], altered["file_path"], "ab/cdef/orphan.dcm"}
     assert kept["ab/cdef/orphan.dcm"] == _sha256(b"not indexed")
-    manifest = [
-        json.loads(line) for line in (quarantine / "manifest.jsonl").read_text().splitlines()
-    ]
+    run = PurePosixPath(report["quarantine"]).name  # the manifest stays local on S3 too
+    manifest_path = server.storage_root / ".quarantine" / run / "manifest.jsonl"
+    manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
     assert {entry["kind"] for entry in manifest} == {
         "size-mismatch",
         "checksum-mismatch",
@@ -136,10 +141,10 @@ def test_fsck_finds_each_kind_of_problem_and_repair_quarantines_without_deleting
     removed = sum(c["NumberOfInstances"] for study in studies for c in study["SOPClass"])
     assert removed == 3, "one event per study, counting the three rows removed"
 
-    os.utime(young, (OLD, OLD))
-    young.unlink()
+    files.write("ab/cdef/young.dcm", b"being written")  # as a C-STORE's, before its row
     code, report = _fsck(server)
     assert code == 0, report
+    assert report["young_files_skipped"] == 1
 
 
 def _sha256(data: bytes) -> str:
@@ -147,12 +152,16 @@ def _sha256(data: bytes) -> str:
 
 
 def test_fsck_repair_refuses_when_most_files_are_missing(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
 ) -> None:
-    """An empty storage root (an unmounted share?) is reported; --repair keeps every row."""
-    server, rows = _stored_archive(pacsd_server, database_url, tmp_path, series=6)
+    """An empty storage root (an unmounted share? an emptied bucket?) is reported; --repair
+    keeps every row."""
+    server, files, rows = _stored_archive(pacsd_server, database_url, storage, tmp_path, 6)
     for row in rows:
-        (server.storage_root / row["file_path"]).unlink()
+        files.remove(row["file_path"])
     code, report = _fsck(server, "--repair")
     assert code == 1
     assert "refusing" in report["refusal"]
@@ -160,10 +169,13 @@ def test_fsck_repair_refuses_when_most_files_are_missing(
 
 
 def test_fsck_is_clean_beside_a_running_server_that_just_stored(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
 ) -> None:
     """Run while the server runs, right after stores: exit 0, nothing young judged an orphan."""
-    server = pacsd_server(database_url)
+    server = pacsd_server(database_url, storage=storage.settings)
     sources = list(datagen.ct_series(tmp_path / "live", 3, size=16))
     assert store_files(server.host, server.port, sources) == [(0x0000, "")] * 3
     code, report = _fsck(server)
@@ -172,7 +184,8 @@ def test_fsck_is_clean_beside_a_running_server_that_just_stored(
 
 
 def test_fsck_configuration_errors_exit_2(tmp_path: Path) -> None:
-    """A storage root or SQLite index that does not exist is a configuration error (exit 2)."""
+    """A storage root or SQLite index that does not exist is a configuration error (exit 2).
+    Filesystem only: a missing root folder and index file, the same on either backend."""
     config = tmp_path / "pacsd.yaml"
     config.write_text(
         f"storage:\n  root: {tmp_path / 'absent'}\n"

@@ -3,6 +3,11 @@
 One server per backend holds the archive of tests/qr_archive.py plus a bulk series for the
 cancel tests; expected results are computed from the generated entries, never by pacsd's code.
 C-MOVE destinations are pynetdicom storage SCPs in this process, in pacsd's peer table.
+
+The tests that read stored instances (C-GET, C-MOVE: `@every_storage`) also run on an archive
+on S3 (SQLite index, a SeaweedFS for the module); C-FIND, C-CANCEL of a C-FIND, policy
+refusals and unreachable or unknown destinations read the index alone and run on the
+filesystem archives only.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pynetdicom.dsutils import split_dataset
 from sqlalchemy.engine import make_url
 
 from tests import datagen, qr_archive
-from tests.conftest import POSTGRES_ENV, _backends, index_url
+from tests.conftest import POSTGRES_ENV, _backends, archive_storage, index_url, needs_weed
 from tests.datagen import TEST_UID_ROOT
 from tests.harness import PacsdProcess, base_config
 from tests.qr_archive import Entry
@@ -50,6 +55,12 @@ from tests.scu import store_files
 
 BULK_COUNT = 250  # long enough a stream for a C-CANCEL to arrive mid-way
 CANCEL_ATTEMPTS = 5
+S3_ARCHIVE = "sqlite-s3"  # the `qr` parameter of the archive on S3
+# `qr`'s parameters for a test that reads stored instances: every index backend's archive on
+# the filesystem, and one on S3 (the index backend does not change how files are read).
+every_storage = pytest.mark.parametrize(
+    "qr", [*_backends(), pytest.param(S3_ARCHIVE, marks=needs_weed)], indirect=True
+)
 
 
 def _closed_port() -> int:
@@ -107,14 +118,18 @@ def _policies() -> list[dict[str, Any]]:
 def qr(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QRServer]:
+    """The archive on an index backend ("sqlite", "postgresql") on the filesystem, or (for
+    `@every_storage` tests) on S3 ("sqlite-s3")."""
     root = tmp_path_factory.mktemp("qr-server")
     destination = Destination()
+    index, _, backend = str(request.param).partition("-")
+    storage = archive_storage(backend or "filesystem", request, root / "fetched")
 
     def status_of(event: Any) -> int:
         return destination.status_of(event)
 
     with (
-        index_url(request.param, root) as url,
+        index_url(index, root) as url,
         storage_scp("DEST", destination.received, status_of) as port,
     ):
         peers = [
@@ -122,7 +137,7 @@ def qr(
             {"ae_title": "SELFONLY", "host": "127.0.0.1", "port": port},
             {"ae_title": "DOWN", "host": "127.0.0.1", "port": _closed_port()},
         ]
-        config = base_config(root, url, peers=peers, policies=_policies())
+        config = base_config(root, url, peers=peers, policies=_policies(), storage=storage.settings)
         server = PacsdProcess.from_config(root, config).start()
         try:
             yield _populated(server, root, destination)
@@ -380,6 +395,7 @@ def long_uid_list(wanted: list[str]) -> list[str]:
     return uids
 
 
+@every_storage
 @pytest.mark.filterwarnings("ignore:The value for the data element")  # pydicom: UI -> UN
 def test_a_uid_list_longer_than_64_kb_still_matches(qr: QRServer) -> None:
     entry = next(e for e in qr.entries if e.accession == "ACC-101")
@@ -398,6 +414,7 @@ def test_a_uid_list_longer_than_64_kb_still_matches(qr: QRServer) -> None:
     assert_identical(qr, received, set(series[:2]))
 
 
+@every_storage
 @pytest.mark.parametrize("model", ["P", "S"])
 def test_get_study_series_and_image_levels(qr: QRServer, model: str) -> None:
     entry = next(e for e in qr.entries if e.accession == "ACC-101")
@@ -422,12 +439,14 @@ def test_get_study_series_and_image_levels(qr: QRServer, model: str) -> None:
     assert_identical(qr, received, set(two))
 
 
+@every_storage
 def test_get_of_several_studies_by_uid_list(qr: QRServer) -> None:
     uids = sorted({e.study_uid for e in qr.entries if e.patient_id in ("PID-2", "PID-3")})
     _responses, received = get(qr, "S", identifier("STUDY", StudyInstanceUID=uids))
     assert_identical(qr, received, {e.sop_instance_uid for e in qr.entries if e.study_uid in uids})
 
 
+@every_storage
 def test_compressed_instance_is_decompressed_for_a_peer_that_wants_uncompressed(
     qr: QRServer,
 ) -> None:
@@ -449,6 +468,7 @@ def test_compressed_instance_is_decompressed_for_a_peer_that_wants_uncompressed(
     assert raw == original_dataset(qr.compressed_path)  # the stored bytes, untouched
 
 
+@every_storage
 def test_sub_operations_that_cannot_be_converted_fail_and_the_rest_go_on(qr: QRServer) -> None:
     entry = next(e for e in qr.entries if e.accession == "ACC-101")
     syntaxes = {CTImageStorage: [JPEGBaseline8Bit], MRImageStorage: [ExplicitVRLittleEndian]}
@@ -464,6 +484,7 @@ def test_sub_operations_that_cannot_be_converted_fail_and_the_rest_go_on(qr: QRS
     assert len(received.datasets) == 1
 
 
+@every_storage
 def test_c_cancel_stops_a_get_after_the_current_sub_operation(qr: QRServer) -> None:
     responses, received = get(
         qr,
@@ -514,6 +535,7 @@ def destination(qr: QRServer) -> Iterator[Destination]:
     qr.destination.delay = 0.0
 
 
+@every_storage
 @pytest.mark.parametrize("model", ["P", "S"])
 def test_move_study_series_image(qr: QRServer, destination: Destination, model: str) -> None:
     entry = next(e for e in qr.entries if e.accession == "ACC-101")
@@ -530,6 +552,7 @@ def test_move_study_series_image(qr: QRServer, destination: Destination, model: 
     assert_identical(qr, destination.received, set(image))
 
 
+@every_storage
 def test_move_by_patient_in_patient_root(qr: QRServer, destination: Destination) -> None:
     responses = move(qr, "P", identifier("PATIENT", PatientID="PID-2"))
     assert responses.final_status == 0x0000
@@ -540,6 +563,7 @@ def test_move_by_patient_in_patient_root(qr: QRServer, destination: Destination)
     )
 
 
+@every_storage
 def test_move_with_failures_lists_them(qr: QRServer, destination: Destination) -> None:
     entry = next(e for e in qr.entries if e.accession == "ACC-101")
     destination.fail_sop_class = MRImageStorage
@@ -580,6 +604,7 @@ def test_destination_that_is_down(qr: QRServer, destination: Destination) -> Non
     assert find(qr, "S", identifier("STUDY", PatientID="PID-2", StudyInstanceUID="")).pending()
 
 
+@every_storage
 def test_c_cancel_stops_a_move_and_releases_the_sub_association(
     qr: QRServer, destination: Destination
 ) -> None:
@@ -630,6 +655,7 @@ def _database_sockets(pid: int) -> set[str]:
     return sockets
 
 
+@every_storage
 def test_sub_associations_leave_no_descriptor_or_thread(
     qr: QRServer, destination: Destination
 ) -> None:

