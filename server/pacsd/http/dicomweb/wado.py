@@ -125,7 +125,7 @@ async def target_and(
         if few is not None:
             selection, rows, patient_id = few
         else:
-            selection, rows = select_instances(index, keys), None
+            selection, rows = select_instances(index, keys, whole_up_to=0), None
             patient_id = _patient_id(index, study_uid)
         if not selection.count:
             names = " / ".join(uids[0] for uids in keys.values())
