@@ -72,16 +72,24 @@ class Fuzzed:
         assert left == [], f"{case}: spool/temporary files left behind: {left}"
 
 
+# Unchanged this long counts as steady: longer than the commitment and UPS workers' longest
+# wait between polls (5 s), so that a poll's first reading connection (the index writer keeps
+# its own) is opened before the baseline is taken, not in the middle of a case.
+STEADY_FOR_S = 6.0
+
+
 def _steady_usage(fuzzed: Fuzzed) -> tuple[int, int]:
     """Thread and descriptor counts once they stop changing (bounded wait)."""
     previous = fuzzed.usage()
-    deadline = time.monotonic() + 10
+    since = time.monotonic()
+    deadline = since + 3 * STEADY_FOR_S
     while time.monotonic() < deadline:
         time.sleep(0.5)
         current = fuzzed.usage()
-        if current == previous:
+        if current != previous:
+            previous, since = current, time.monotonic()
+        elif time.monotonic() - since >= STEADY_FOR_S:
             return current
-        previous = current
     return previous
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsd.dicom.qr_models import MODELS, PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
@@ -177,20 +178,22 @@ class Negotiator:
         extended: dict[str, ExtendedNegotiation] = {}
         negotiated: list[NegotiatedContext] = []
         for proposed in _unique(request):
-            result, context, reply = _negotiate_context(proposed, grant, proposal.roles)
-            if result == ACCEPTANCE:
-                uid = context.abstract_syntax
-                options = extended_options(
-                    uid, proposal.extended.get(uid), related.get(uid, ""), context.pacsd_scp
-                )
-                context = replace(context, extended=options)
-                accepted[context.context_id] = context
-                if reply is not None:
-                    replies[reply.sop_class_uid] = reply
-                if options.reply is not None:
-                    extended[uid] = ExtendedNegotiation(uid, options.reply)
-            results.append(ContextResult(proposed.context_id, result, context.transfer_syntax))
-            negotiated.append(_for_handle(proposed.abstract_syntax, result, context))
+            uid = proposed.abstract_syntax
+            outcome = _context_outcome(
+                grant,
+                proposed,
+                proposal.roles.get(uid),
+                proposal.extended.get(uid),
+                related.get(uid, ""),
+            )
+            if outcome.accepted is not None:
+                accepted[proposed.context_id] = outcome.accepted
+                if outcome.role_reply is not None:
+                    replies[uid] = outcome.role_reply
+                if outcome.extended_reply is not None:
+                    extended[uid] = outcome.extended_reply
+            results.append(outcome.result)
+            negotiated.append(outcome.negotiated)
         local_max = grant.offered_pdu_size(self.max_pdu_size)
         window, window_item = _window(request, grant)
         identity_response = None
@@ -326,6 +329,56 @@ def extended_options(
     if is_storage(uid):  # B.3.1.2, Table B.3-2
         return replace(base, reply=(STORAGE_REPLY if pacsd_scp else STORAGE_SCU_REPLY)[:length])
     return base if general else NO_EXTENDED_OPTIONS
+
+
+@dataclass(frozen=True)
+class _ContextOutcome:
+    """One proposed context's answer: the AC's item, what the handle records, and when it
+    is accepted the context and its role selection and extended negotiation replies."""
+
+    result: ContextResult
+    negotiated: NegotiatedContext
+    accepted: AcceptedContext | None
+    role_reply: RoleSelection | None
+    extended_reply: ExtendedNegotiation | None
+
+
+@lru_cache(maxsize=4096)
+def _context_outcome(
+    grant: Grant,
+    proposed: ProposedContext,
+    role: RoleSelection | None,
+    information: bytes | None,
+    general: str,
+) -> _ContextOutcome:
+    """The answer to one proposed context under `grant`: the same for the same proposal, so
+    it is worked out once per grant (a policy rule's, compared by identity) and proposal. A
+    modality proposes the same hundred-odd contexts on every association (getscu, storescu
+    with its defaults), and building their answers dominated the association set-up. Every
+    object in the answer is frozen, so associations share them safely."""
+    result, context, reply = _negotiate_context(
+        proposed, grant, {} if role is None else {role.sop_class_uid: role}
+    )
+    if result != ACCEPTANCE:
+        return _ContextOutcome(
+            ContextResult(proposed.context_id, result, context.transfer_syntax),
+            _for_handle(proposed.abstract_syntax, result, context),
+            None,
+            None,
+            None,
+        )
+    uid = context.abstract_syntax
+    options = extended_options(uid, information, general, context.pacsd_scp)
+    if options != context.extended:
+        context = replace(context, extended=options)
+    extended = None if options.reply is None else ExtendedNegotiation(uid, options.reply)
+    return _ContextOutcome(
+        ContextResult(proposed.context_id, result, context.transfer_syntax),
+        _for_handle(proposed.abstract_syntax, result, context),
+        context,
+        reply,
+        extended,
+    )
 
 
 def _negotiate_context(

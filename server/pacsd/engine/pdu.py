@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # PDU types (PS3.8 9.3.1).
 A_ASSOCIATE_RQ = 0x01
@@ -272,6 +273,18 @@ def _fixed_fields(body: bytes | memoryview, what: str) -> tuple[bytes, bytes, in
 
 
 def _proposed_context(body: bytes | memoryview, start: int, end: int) -> ProposedContext:
+    return _proposed_context_item(bytes(body[start:end]))
+
+
+# Parsed items by their bytes: a modality proposes the same contexts and roles on every
+# association, a hundred-odd of them for getscu or storescu with its defaults. Bounded, so a
+# peer can only evict entries; a malformed item raises and is not kept.
+_ITEM_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=_ITEM_CACHE_SIZE)
+def _proposed_context_item(body: bytes) -> ProposedContext:
+    start, end = 0, len(body)
     if end - start < 4:
         raise PduError("presentation context item shorter than 4 bytes")
     context_id = body[start]
@@ -364,6 +377,12 @@ def _prefixed_uid(body: bytes | memoryview, start: int, end: int, what: str) -> 
 
 
 def _role(body: bytes | memoryview, start: int, end: int) -> RoleSelection:
+    return _role_item(bytes(body[start:end]))
+
+
+@lru_cache(maxsize=_ITEM_CACHE_SIZE)
+def _role_item(body: bytes) -> RoleSelection:
+    start, end = 0, len(body)
     uid, offset = _prefixed_uid(body, start, end, "role selection")
     if offset + 2 > end:
         raise PduError("role selection sub-item lacks its role fields")
