@@ -36,10 +36,10 @@ from pydicom.uid import (
 )
 
 from tests import datagen
+from tests.admin_archive import found_instance_uids
 from tests.compressed import compressed_ct_dataset
 from tests.harness import PacsdProcess, audit_records, base_config
 from tests.inspect_archive import index_rows
-from tests.qr_scu import FIND, collect, identifier, qr_association
 
 HTTP_TIMEOUT_S = 120
 LARGE_SIZE = 200 * 1024 * 1024  # pixel data bytes of the large instance
@@ -104,23 +104,6 @@ def post(server: PacsdProcess, body: Any, content_type: str, path: str = "") -> 
     return requests.post(url, data=body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
 
-def find_instances(server: PacsdProcess, study_uid: str) -> set[str]:
-    """SOP Instance UIDs C-FINDs find in the study (its series, then each one's images)."""
-    uids: set[str] = set()
-    with qr_association(server, [FIND["S"]]) as assoc:
-        query = identifier("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="")
-        series = collect(assoc.send_c_find(query, FIND["S"]))
-        assert series.final_status == 0x0000
-        for series_uid in series.values("SeriesInstanceUID"):
-            query = identifier(
-                "IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SOPInstanceUID=""
-            )
-            found = collect(assoc.send_c_find(query, FIND["S"]))
-            assert found.final_status == 0x0000
-            uids |= found.values("SOPInstanceUID")
-    return uids
-
-
 def stored_path(server: PacsdProcess, sop_instance_uid: str) -> Path:
     """The stored file of an instance, from the index."""
     url = f"sqlite:///{server.config_path.parent / 'index.sqlite'}"
@@ -154,7 +137,7 @@ def test_store_uncompressed_and_compressed_then_found_and_equal(server: PacsdPro
         path = urlsplit(item.RetrieveURL).path
         assert path.startswith("/dicom-web/studies/"), item.RetrieveURL
         assert path.endswith(f"/instances/{item.ReferencedSOPInstanceUID}")
-    assert find_instances(server, study.study_instance_uid) == {
+    assert found_instance_uids(server, study.study_instance_uid) == {
         ds.SOPInstanceUID for ds in datasets
     }
     for ds in datasets:
@@ -182,7 +165,7 @@ def test_truncated_part_fails_others_stored(server: PacsdProcess) -> None:
     stored = {item["00081155"]["Value"][0] for item in items(document, REFERENCED_SOP_SEQUENCE)}
     assert stored == {datasets[0].SOPInstanceUID, datasets[2].SOPInstanceUID}
     study_uid = datasets[0].StudyInstanceUID
-    assert find_instances(server, study_uid) == stored
+    assert found_instance_uids(server, study_uid) == stored
 
 
 def test_wrong_study_in_path_fails_that_instance(server: PacsdProcess) -> None:
@@ -224,7 +207,7 @@ def test_upload_refused_without_an_upload_rule(tmp_path: Path) -> None:
         with pytest.raises(requests.HTTPError) as refused:
             client(process).store_instances(datasets)
         assert refused.value.response.status_code == 403
-        assert find_instances(process, datasets[0].StudyInstanceUID) == set()
+        assert found_instance_uids(process, datasets[0].StudyInstanceUID) == set()
     finally:
         process.stop()
 

@@ -356,9 +356,7 @@ def _context_outcome(
     modality proposes the same hundred-odd contexts on every association (getscu, storescu
     with its defaults), and building their answers dominated the association set-up. Every
     object in the answer is frozen, so associations share them safely."""
-    result, context, reply = _negotiate_context(
-        proposed, grant, {} if role is None else {role.sop_class_uid: role}
-    )
+    result, context, reply = _negotiate_context(proposed, grant, role)
     if result != ACCEPTANCE:
         return _ContextOutcome(
             ContextResult(proposed.context_id, result, context.transfer_syntax),
@@ -382,14 +380,14 @@ def _context_outcome(
 
 
 def _negotiate_context(
-    proposed: ProposedContext, grant: Grant, roles: Mapping[str, RoleSelection]
+    proposed: ProposedContext, grant: Grant, role: RoleSelection | None
 ) -> tuple[int, AcceptedContext, RoleSelection | None]:
     uid = proposed.abstract_syntax
     syntaxes = accepted_syntaxes(grant, uid)
     first = proposed.transfer_syntaxes[0]
     if syntaxes is None:
         return ABSTRACT_SYNTAX_NOT_SUPPORTED, AcceptedContext(proposed.context_id, uid, first), None
-    outcome = _roles(roles.get(uid), grant.peer_may_be_scp(uid))
+    outcome = _roles(role, grant.peer_may_be_scp(uid))
     if outcome is not None and outcome[0]:
         # pacsd will send on this context (C-GET's C-STOREs): the receiver's preference among
         # the rule's syntaxes, so that an instance stored in the syntax it asked for first

@@ -179,17 +179,7 @@ def end_requests(
         for row in session.scalars(statement.with_for_update()):
             row.state, row.last_error = state, reason[:256]
             row.claimed_by, row.claimed_until = None, None
-            ended.append(
-                Pending(
-                    row.transaction_uid,
-                    row.calling_ae_title,
-                    [(str(pair[0]), str(pair[1])) for pair in row.references],
-                    row.result,
-                    row.attempts,
-                    _aware(row.requested_at),
-                    row.pk,
-                )
-            )
+            ended.append(_pending(row))
         return ended
 
 

@@ -155,10 +155,10 @@ def _batch_statement(shape: _Shape, batch_size: int) -> Select[*tuple[Any, ...]]
 
 def select_few_of_patient(
     database: IndexDatabase, keys: Mapping[Level, Sequence[str]], limit: int
-) -> tuple[Selection, list[StoredInstance], str] | None:
-    """The selection `keys` make (its rows kept in it), its rows and the patient ID of its
-    first instance ("" when none), in one statement, when it holds at most `limit` instances
-    (a study or series); None when it holds more (use `select_instances`)."""
+) -> tuple[Selection, str] | None:
+    """The selection `keys` make, its rows kept in it, and the patient ID of its first
+    instance ("" when none), in one statement, when it holds at most `limit` instances (a
+    study or series); None when it holds more (use `select_instances`)."""
     shape, values = _shape(keys)
     with database.reading_connection() as connection:
         found = connection.execute(_few_statement(shape, limit), values).all()
@@ -169,7 +169,7 @@ def select_few_of_patient(
     last_pk = rows[-1].pk if rows else 0
     patient_id = str(found[0][5] or "") if found else ""
     selection = Selection(keys, len(rows), last_pk, presentations, tuple(rows))
-    return selection, rows, patient_id
+    return selection, patient_id
 
 
 @lru_cache(maxsize=32)

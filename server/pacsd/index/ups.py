@@ -315,18 +315,7 @@ def pending_reports(database: IndexDatabase, ae_title: str, limit: int) -> list[
         .limit(limit)
     )
     with database.reading() as session:
-        return [
-            PendingReport(
-                row.pk,
-                row.ae_title,
-                row.sop_instance_uid,
-                row.event_type,
-                row.information,
-                row.attempts,
-                _aware(row.created_at),
-            )
-            for row in session.scalars(statement)
-        ]
+        return [_pending_report(row) for row in session.scalars(statement)]
 
 
 def claim_reports(
@@ -358,18 +347,19 @@ def claim_reports(
             .where(UpsEventReport.pk.in_([row.pk for row in rows]))
             .values(claimed_by=claim.node, claimed_until=claim.until())
         )
-        return [
-            PendingReport(
-                row.pk,
-                row.ae_title,
-                row.sop_instance_uid,
-                row.event_type,
-                row.information,
-                row.attempts,
-                _aware(row.created_at),
-            )
-            for row in rows
-        ]
+        return [_pending_report(row) for row in rows]
+
+
+def _pending_report(row: UpsEventReport) -> PendingReport:
+    return PendingReport(
+        row.pk,
+        row.ae_title,
+        row.sop_instance_uid,
+        row.event_type,
+        row.information,
+        row.attempts,
+        _aware(row.created_at),
+    )
 
 
 def remove_reports(database: IndexDatabase, pks: Sequence[int]) -> None:

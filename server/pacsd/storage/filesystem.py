@@ -105,7 +105,7 @@ class FilesystemStore:
         relative = directory / f"{stem}-{unique[:16]}.dcm"
         final_path = self.root / relative
         try:
-            size, digest = _write_and_sync(temp_path, head, source, offset)
+            size, digest = write_new_file(temp_path, head, source, offset)
             self._move_into_place(temp_path, final_path)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
@@ -214,7 +214,11 @@ class FilesystemStore:
             fsync_directory(folder.parent)
 
 
-def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> tuple[int, str]:
+def write_new_file(
+    path: Path, head: bytes, source: BinaryIO, offset: int, sync: bool = True
+) -> tuple[int, str]:
+    """Write `head` + `source[offset:]` to a new file at `path` (fsynced unless `sync` is
+    False); its size and SHA-256."""
     hasher = hashlib.sha256(head)
     size = len(head)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -225,8 +229,9 @@ def _write_and_sync(path: Path, head: bytes, source: BinaryIO, offset: int) -> t
             hasher.update(chunk)
             out.write(chunk)
             size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+        if sync:
+            out.flush()
+            os.fsync(out.fileno())
     return size, hasher.hexdigest()
 
 

@@ -37,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pacsd.errors import OutOfResources
 from pacsd.storage.base import QUARANTINE_PREFIX, StorageUnavailable, StoredFile, StoredObject
-from pacsd.storage.filesystem import FILE_MODE, SPOOL_DIR, TMP_DIR, prepare_work_folders
+from pacsd.storage.filesystem import SPOOL_DIR, TMP_DIR, prepare_work_folders, write_new_file
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -151,20 +151,12 @@ class S3Store:
         temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         relative = (directory / f"{stem}-{uuid.uuid4().hex[:16]}.dcm").as_posix()
         try:
-            hasher = hashlib.sha256(head)
-            size = len(head)
-            descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            with open(descriptor, "wb") as out:
-                out.write(head)
-                source.seek(offset)
-                while chunk := source.read(_COPY_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            self._upload(temp_path, relative, size, hasher.hexdigest())
+            # No fsync: the upload, checked by its checksums and a HEAD, is what is durable.
+            size, sha256 = write_new_file(temp_path, head, source, offset, sync=False)
+            self._upload(temp_path, relative, size, sha256)
         finally:
             temp_path.unlink(missing_ok=True)
-        return StoredFile(relative, size, hasher.hexdigest())
+        return StoredFile(relative, size, sha256)
 
     def _upload(self, path: Path, relative: str, size: int, sha256: str) -> None:
         """PUT (or multipart-upload) `path` as `relative`, checksummed; then HEAD its size."""

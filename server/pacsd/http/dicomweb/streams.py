@@ -190,13 +190,13 @@ def read_small(paths: Sequence[Path], budget: int = 8 * CHUNK) -> dict[Path, byt
 
 
 async def instance_batches(
-    web: Web, selection: Selection, rows: list[StoredInstance] | None = None
+    web: Web, selection: Selection
 ) -> AsyncGenerator[list[StoredInstance], None]:
-    """The selected instances, a batch of rows per index query (in the executor); `rows`:
-    the whole selection, read already."""
-    if rows is not None:
-        if rows:
-            yield rows
+    """The selected instances, a batch of rows per index query (in the executor); all at once
+    when the selection was read whole."""
+    if selection.rows is not None:
+        if selection.rows:
+            yield list(selection.rows)
         return
     every = stored_instances(web.context.archive.index, selection, ROWS_PER_BATCH)
     while True:

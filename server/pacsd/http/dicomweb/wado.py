@@ -86,7 +86,11 @@ class Target:
     selection: Selection
     patient_id: str
     study_uid: str
-    rows: list[StoredInstance] | None = None  # every selected row, when they were few
+
+    @property
+    def rows(self) -> tuple[StoredInstance, ...] | None:
+        """Every selected row, when they were few (read with the selection)."""
+        return self.selection.rows
 
 
 # Built once: Core, no ORM session (a session's set-up was half of a small study's query).
@@ -123,14 +127,14 @@ async def target_and(
     def look_up() -> tuple[Target, T | None]:
         few = select_few_of_patient(index, keys, ROWS_PER_BATCH)
         if few is not None:
-            selection, rows, patient_id = few
+            selection, patient_id = few
         else:
-            selection, rows = select_instances(index, keys, whole_up_to=0), None
+            selection = select_instances(index, keys, whole_up_to=0)
             patient_id = _patient_id(index, study_uid)
         if not selection.count:
             names = " / ".join(uids[0] for uids in keys.values())
             raise WebError(404, f"no such {list(_PATH_LEVELS)[len(keys) - 1]}: {names}")
-        target = Target(keys, selection, patient_id, study_uid, rows)
+        target = Target(keys, selection, patient_id, study_uid)
         return target, then(target) if then is not None else None
 
     return await web.query(look_up)
@@ -242,7 +246,7 @@ async def instances_body(
     first batch's small files, already read."""
     files = web.context.archive.files
     try:
-        async for batch in instance_batches(web, target.selection, target.rows):
+        async for batch in instance_batches(web, target.selection):
             paths, as_stored = _as_stored_paths(files, batch, plan)
             if prefetched:
                 small, prefetched = prefetched, None
