@@ -135,7 +135,11 @@ def server(setup: Setup) -> Iterator[PacsdProcess]:
 def scu(server: PacsdProcess, setup: Setup, calling: str = "RIS") -> Iterator[Association]:
     """An SCU of every UPS SOP class; it hears reports on its own UPS Event context."""
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.acse_timeout = ae.dimse_timeout = TIMEOUT_S
+    # pynetdicom's network_timeout ends an association idle that long: the RIS's stays open,
+    # unused, while the performer works (over 30 s on a loaded CI machine). pacsd's own
+    # network_timeout (60 s) and the DIMSE timeout still bound every wait.
+    ae.network_timeout = None
     for sop_class in (PUSH, PULL, WATCH, QUERY, EVENT):
         ae.add_requested_context(sop_class)
     handlers = [(evt.EVT_N_EVENT_REPORT, setup.inbox(calling).on_event_report)]
