@@ -9,6 +9,8 @@ to pacsd's own processes (utime + stime of /proc/<pid>/stat, the supervisor and 
   a warm-up, the server started as the benchmark starts it (a new database, HTTP on).
 - `start-up`: seconds from spawn to the first C-ECHO answered, and the CPU time the process
   tree had used by then (a new database: the case the start-up row measures).
+- `ingest`: CPU milliseconds per instance stored, `--count` CT instances of `--size` pixels
+  square sent by one DCMTK storescu association (after a warm-up association of 100).
 
 `--pythonpath DIR` runs another copy of the server package (e.g. `git archive HEAD server`
 unpacked, DIR its server/ folder) with the same client, for before/after figures side by
@@ -19,6 +21,7 @@ instruction counts instead of time, run the server under `valgrind --tool=callgr
 
     python -m tests.perf.cpu_cost associations --count 3000 --workers 1
     python -m tests.perf.cpu_cost start-up --repeat 3 --workers 2
+    python -m tests.perf.cpu_cost ingest --count 1000 --size 64
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ import time
 from pathlib import Path
 
 import pacsd
+from benchmarks.dcmtk import run_storescu
+from tests.datagen import StudyContext, ct_series
 from tests.harness import PacsdProcess, base_config
 from tests.perf.associations import EncodedRequests, one_association
 from tests.perf.latency import EchoPoller
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARM_UP_ASSOCIATIONS = 300
+WARM_UP_INSTANCES = 100
+STORESCU_TIMEOUT_S = 600.0
 SETTLE_S = 0.5
 
 
@@ -130,12 +137,53 @@ def start_up(work: Path, repeat: int, workers: int, pythonpath: str | None) -> N
         )
 
 
+def ingest(work: Path, count: int, size: int, workers: int, pythonpath: str | None) -> None:
+    """Print the server's CPU time per instance received over one storescu association."""
+    inputs = work / "inputs"
+    files = list(ct_series(inputs, WARM_UP_INSTANCES + count, size, StudyContext()))
+    pacsd = server(work / "ingest", workers, pythonpath).start()
+    try:
+        assert pacsd.process is not None
+        warm = run_storescu(
+            Path("storescu"),
+            "PACSD",
+            pacsd.port,
+            [files[:WARM_UP_INSTANCES]],
+            work,
+            STORESCU_TIMEOUT_S,
+        )
+        assert warm.successes == WARM_UP_INSTANCES, warm
+        time.sleep(SETTLE_S)
+        pids = process_tree(pacsd.process.pid)
+        user, system = tree_cpu(pids)
+        run = run_storescu(
+            Path("storescu"),
+            "PACSD",
+            pacsd.port,
+            [files[WARM_UP_INSTANCES:]],
+            work,
+            STORESCU_TIMEOUT_S,
+        )
+        user_after, system_after = tree_cpu(pids)
+    finally:
+        pacsd.stop()
+    assert run.successes == count, run
+    user_ms = 1e3 * (user_after - user) / count
+    system_ms = 1e3 * (system_after - system) / count
+    print(
+        f"ingest: {count} CT {size}x{size} over one association, workers={workers}: server CPU "
+        f"{user_ms + system_ms:.2f} ms per instance (user {user_ms:.2f}, system "
+        f"{system_ms:.2f}); {count / run.seconds:.0f} instances/s"
+    )
+
+
 def main() -> None:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("associations", "start-up"))
+    parser.add_argument("what", choices=("associations", "start-up", "ingest"))
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--pythonpath", default=None)
     args = parser.parse_args()
@@ -144,6 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pacsd-cpu-") as folder:
         if args.what == "associations":
             associations(Path(folder), args.count, args.workers, args.pythonpath)
+        elif args.what == "ingest":
+            ingest(Path(folder), args.count, args.size, args.workers, args.pythonpath)
         else:
             start_up(Path(folder), args.repeat, args.workers, args.pythonpath)
 

@@ -46,7 +46,11 @@ def vr_of(raw: RawDataElement) -> str | None:
     UN, which pydicom replaces by the dictionary's VR when it knows the tag)."""
     if raw.VR is not None:
         return None if raw.VR == "UN" else str(raw.VR)
-    tag = int(raw.tag)
+    return dictionary_vr(int(raw.tag))
+
+
+def dictionary_vr(tag: int) -> str | None:
+    """The public dictionary's VR of `tag` (None: private or unknown; cached)."""
     if tag in _vr_cache:
         return _vr_cache[tag]
     vr: str | None = None
@@ -154,6 +158,31 @@ def _integer_string(text: str) -> int:
         if not number.is_integer():
             raise ValueError(text) from None
         return int(number)
+
+
+def person_name_json(value: bytes, codec: str) -> dict[str, Any] | None:
+    """The JSON of a PN value under a one-codec character set, as pydicom's convert_PN and
+    `to_json_dict` make it (PS3.18 F.2.2: the components by name, trailing empty ones left
+    out); None where pydicom decides (a value it cannot decode, or one with no component,
+    which pydicom cannot convert either)."""
+    try:
+        text = value.rstrip(b"\0 ").decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return {"vr": "PN"}
+    names: list[dict[str, str]] = []
+    for name in text.split("\\"):
+        components = name.split("=")
+        while components and not components[-1]:
+            components.pop()
+        if not components:
+            return None
+        names.append(dict(zip(_PN_COMPONENTS, components[:3], strict=False)))
+    return {"vr": "PN", "Value": names}
+
+
+_PN_COMPONENTS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 def text_codec(specific_character_set: bytes | None) -> str | None:

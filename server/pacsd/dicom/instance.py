@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from pacsd.dicom.header import InstanceAttributes, attributes_from_json, header_json, read_header
+from pacsd.dicom.header_bytes import fast_header_json
 from pacsd.dicom.integrity import check_dataset
 from pacsd.dicom.part10 import Part10Layout, open_dataset, read_layout
 
@@ -38,7 +40,12 @@ def parse_part10(
     layout = read_layout(fp)
     source = open_dataset(fp, layout, inflate_limit(layout, max_inflated_size, max_inflate_ratio))
     check_dataset(source.stream, source.start, source.end, source.explicit_vr, source.little_endian)
-    header = header_json(read_header(source))
+    header = None
+    if source.little_endian and isinstance(source.stream, io.BytesIO):
+        with source.stream.getbuffer() as buffer:
+            header = fast_header_json(buffer, source.start, source.end, source.explicit_vr)
+    if header is None:
+        header = header_json(read_header(source))
     return ParsedInstance(layout=layout, attributes=attributes_from_json(header), header=header)
 
 
