@@ -60,5 +60,5 @@ def test_hospital_example(pacsd_server: ServerFactory, tmp_path: Path) -> None:
         assert int(assoc.send_c_echo().Status) == 0x0000
 
     assert rejection_of(request(server, calling="INTRUDER")) == (1, 1, 3)
-    rejected = server.events("association rejected")
+    rejected = server.wait_for("association rejected")  # the log line may trail the answer
     assert [line["rule"] for line in rejected] == ["everyone-else"]

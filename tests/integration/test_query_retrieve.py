@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import yaml
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
@@ -621,13 +623,14 @@ def test_c_cancel_stops_a_move_and_releases_the_sub_association(
 
 
 def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
-    """The server's open descriptors and threads, not counting its index database connections:
-    a PostgreSQL pool opens a second connection whenever two checkouts overlap and keeps it."""
+    """The server's open descriptors and threads, not counting its connections to the index
+    database and to the object store: a PostgreSQL pool, and boto's, opens another connection
+    whenever two requests overlap and keeps it."""
     assert server.process is not None
     pid = server.process.pid
-    database = _database_sockets(pid)
+    pooled = _pooled_sockets(pid, _pooled_ports(server))
     descriptors = [
-        fd for fd in os.listdir(f"/proc/{pid}/fd") if _link(f"/proc/{pid}/fd/{fd}") not in database
+        fd for fd in os.listdir(f"/proc/{pid}/fd") if _link(f"/proc/{pid}/fd/{fd}") not in pooled
     ]
     return len(descriptors), len(os.listdir(f"/proc/{pid}/task"))
 
@@ -639,18 +642,28 @@ def _link(path: str) -> str:
         return ""
 
 
-def _database_sockets(pid: int) -> set[str]:
-    """`socket:[inode]` of the process's TCP connections to the PostgreSQL test server's port."""
+def _pooled_ports(server: PacsdProcess) -> set[str]:
+    """The ports (hex, as /proc/net shows them) of the PostgreSQL test server and of the S3
+    endpoint in `server`'s configuration."""
+    ports = set()
     url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        return set()
-    port = f"{make_url(url).port or 5432:04X}"
+    if url:
+        ports.add(f"{make_url(url).port or 5432:04X}")
+    settings = yaml.safe_load(server.config_path.read_text(encoding="utf-8"))
+    endpoint = settings.get("storage", {}).get("s3", {}).get("endpoint_url")
+    if endpoint:
+        ports.add(f"{urlsplit(endpoint).port:04X}")
+    return ports
+
+
+def _pooled_sockets(pid: int, ports: set[str]) -> set[str]:
+    """`socket:[inode]` of the process's TCP connections to one of `ports`."""
     sockets = set()
     for table in ("tcp", "tcp6"):
         with open(f"/proc/{pid}/net/{table}") as rows:
             for row in list(rows)[1:]:
                 fields = row.split()
-                if fields[2].rsplit(":", 1)[1] == port:  # remote address:port, in hex
+                if fields[2].rsplit(":", 1)[1] in ports:  # remote address:port, in hex
                     sockets.add(f"socket:[{fields[9]}]")
     return sockets
 

@@ -381,6 +381,9 @@ def test_reports_go_to_the_peer_address_once_the_subscriber_released(
             with scu(server, setup, "WATCHER") as watcher:
                 assert subscribe(watcher, uid, "WATCHER") == 0x0000
                 assert setup.inbox("WATCHER").next().on == "requestor"
+                # The handler saw the report before its N-EVENT-REPORT-RSP left: released
+                # sooner, pacsd would rightly count it undelivered and send it again.
+                server.wait_for("UPS event reports delivered")
             transaction = claimed(ris, uid)
         report = setup.inbox("WATCHER").next()
         assert (report.event_type, report.on) == (STATE_REPORT, "acceptor")
