@@ -76,11 +76,10 @@ class Engine:
         self.awaiting_header = 0  # connections whose PROXY header is being read
         self.max_pdu_size = network.max_pdu_size
         self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-io")
-        self.sync = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsd-sync")
         # Operations beyond these threads wait their turn (bounded memory, whatever the peers).
         self.work = ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="pacsd-op")
         self.operations = Operations(
-            services, self.io, self.sync, self.work, self.limits.max_memory_dataset_size
+            services, self.io, self.work, self.limits.max_memory_dataset_size
         )
         self.live: dict[str, Acceptor] = {}  # by association ID
         TRACE.enabled = logging.getLogger("pacsd.association").isEnabledFor(logging.DEBUG)
@@ -269,7 +268,6 @@ class Engine:
         """Wait for the operations still in the executors (their answers go nowhere)."""
         self.work.shutdown(wait=True, cancel_futures=True)
         self.io.shutdown(wait=True)
-        self.sync.shutdown(wait=True)
 
     def register(self, acceptor: Acceptor) -> None:
         """A new connection."""

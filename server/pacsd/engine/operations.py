@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -90,12 +89,9 @@ class Services:
 class Operations:
     """Routes and runs the requests of every acceptor of one engine."""
 
-    def __init__(
-        self, services: Services, io: Executor, sync: Executor, work: Executor, memory_limit: int
-    ) -> None:
+    def __init__(self, services: Services, io: Executor, work: Executor, memory_limit: int) -> None:
         self.services = services
         self.io = io
-        self.sync = sync  # fsyncs only: never waits on anything, so `io` may wait on it
         self.work = work
         self.memory_limit = memory_limit
         self._groups: dict[str, str] = {}
@@ -186,10 +182,9 @@ class Operations:
         group = self.group_of(request.context.abstract_syntax)
         loop = asyncio.get_running_loop()
         if command.field == c.C_STORE_RQ:
-            received = request.data
-            if isinstance(received, IncomingFile) and received.refused is None:
-                # The file's fsync runs beside the header parse (another thread).
-                received.synced = self.sync.submit(os.fsync, received.descriptor)
+            # One hand-off to the I/O thread and one back: the thread parses, fsyncs, renames
+            # and commits in turn (an fsync started beforehand in another thread overlapped the
+            # parse, but its two extra thread wake-ups cost more CPU than the overlap saved).
             store = functools.partial(self._store, group)
             send(assoc, request, await loop.run_in_executor(self.io, store, request, assoc.handle))
         elif (command.field, group) in self._simple:

@@ -17,7 +17,6 @@ import errno
 import hashlib
 import os
 import uuid
-from concurrent.futures import Future
 from pathlib import Path
 
 from pacsd.storage.filesystem import FILE_MODE
@@ -36,7 +35,6 @@ class IncomingFile:
         "limit",
         "path",
         "refused",
-        "synced",
     )
 
     def __init__(self, folder: Path, head: bytes, limit: int) -> None:
@@ -45,9 +43,6 @@ class IncomingFile:
         self.head_size = len(head)
         self.dataset_size = 0  # data set bytes received (also those dropped)
         self.refused: str | None = None
-        # The fsync of the complete file, started (engine/operations.py) while the header is
-        # parsed: FilesystemStore.keep waits for it instead of syncing itself.
-        self.synced: Future[None] | None = None
         self._hasher = hashlib.sha256(head)
         self._descriptor = -1
         try:
@@ -102,12 +97,8 @@ class IncomingFile:
         return self._hasher.hexdigest()
 
     def sync(self) -> None:
-        """Make the file's bytes durable (the fsync started earlier, or one now)."""
-        synced, self.synced = self.synced, None
-        if synced is not None:
-            synced.result()
-        else:
-            os.fsync(self._descriptor)
+        """Make the file's bytes durable."""
+        os.fsync(self._descriptor)
 
     @property
     def descriptor(self) -> int:

@@ -134,10 +134,7 @@ class S3Store:
 
     def keep(self, incoming: IncomingFile, directory: PurePosixPath, stem: str) -> StoredFile:
         """Upload a received file (its SHA-256 known from receiving), then remove it locally."""
-        synced, incoming.synced = incoming.synced, None
-        if synced is not None:  # an fsync started on the descriptor: let it end before closing
-            synced.result()
-        incoming.close()
+        incoming.close()  # never fsynced: the upload is what makes it durable
         relative = (directory / f"{stem}-{uuid.uuid4().hex[:16]}.dcm").as_posix()
         self._upload(incoming.path, relative, incoming.size, incoming.sha256)
         incoming.path.unlink(missing_ok=True)
