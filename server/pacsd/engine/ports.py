@@ -3,16 +3,18 @@
 `ThreadPort` is services/ports.py's OperationPort: a pending response is encoded in the
 service's thread and handed to the loop in order (`Outbox`), which blocks the thread, never
 the loop, while the peer reads slower than the service produces. A C-STORE sub-operation is a
-coroutine on the loop (Association.send_c_store) the thread waits for. Everything the thread
-hands over goes through `call_soon_threadsafe`, so it reaches the wire in the order the
-thread made it, before the operation's final response.
+coroutine on the loop (Association.send_c_store) the thread waits for; a batch of them is one
+coroutine that also sends each Pending response, so the thread is woken once per batch, not
+three times per sub-operation. Everything the thread hands over goes through
+`call_soon_threadsafe`, so it reaches the wire in the order the thread made it, before the
+operation's final response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from pacsd.engine.acceptor import Acceptor
     from pacsd.engine.association import Association
 
+PENDING = 0xFF00  # PS3.4 C.4.2.1.5, C.4.3.1.5: sub-operations are continuing
 OUTBOX_HIGH_WATER = 1024 * 1024  # bytes handed to the loop and not yet written
 WAIT_SLICE_S = 0.5  # a blocked thread looks again at least this often (association gone?)
 CONNECT_MARGIN_S = 5.0
@@ -74,16 +77,19 @@ class Outbox:
 
 
 class AssociationSender(StoreSender):
-    """C-STOREs on an association, from a worker thread."""
+    """C-STOREs on an association, from a worker thread; the Pending responses of a batch
+    go on `port`'s association."""
 
     def __init__(
         self,
         assoc: Association,
         loop: asyncio.AbstractEventLoop,
+        port: ThreadPort,
         originator: tuple[str, int] | None = None,
     ) -> None:
         self.assoc = assoc
         self.loop = loop
+        self.port = port
         self.originator = originator
 
     def accepted_syntaxes(self, sop_class_uid: str) -> list[str]:
@@ -105,6 +111,38 @@ class AssociationSender(StoreSender):
             raise SubOperationError("no C-STORE response: association ended") from None
         except LookupError as exc:
             raise SubOperationError(str(exc)) from None
+
+    def send_c_stores(
+        self,
+        batch: Sequence[Outgoing],
+        on_result: Callable[[int, int | str], SubOperationCounts],
+        cancelled: Callable[[], bool],
+    ) -> int:
+        coroutine = self._send_each(batch, on_result, cancelled)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        # Each C-STORE is bounded by the DIMSE timeout on the loop; this bounds the whole.
+        return future.result(len(batch) * (self.assoc.timeouts.dimse + CONNECT_MARGIN_S))
+
+    async def _send_each(
+        self,
+        batch: Sequence[Outgoing],
+        on_result: Callable[[int, int | str], SubOperationCounts],
+        cancelled: Callable[[], bool],
+    ) -> int:
+        for index, outgoing in enumerate(batch):
+            if cancelled():
+                return index
+            result: int | str
+            try:
+                result = await self.assoc.send_c_store(outgoing, self.originator)
+            except TimeoutError:
+                result = "no C-STORE response in time"
+            except ConnectionError:
+                result = "no C-STORE response: association ended"
+            except LookupError as exc:
+                result = str(exc)
+            await self.port.send_pending(on_result(index, result))
+        return len(batch)
 
 
 class ThreadPort:
@@ -145,6 +183,14 @@ class ThreadPort:
         if self._held_responses >= HOLD_RESPONSES or self._held_size >= HOLD_BYTES:
             self.flush()
 
+    async def send_pending(self, counts: SubOperationCounts) -> None:
+        """On the loop: a Pending response with `counts`, once the transport has room."""
+        request, assoc = self.request, self.assoc
+        command = response(request.command, PENDING, has_data_set=False, counts=counts)
+        pdus = list(message_pdus(request.context.context_id, command, None, assoc.peer_max_pdu))
+        await assoc.drain()
+        assoc.write_all(pdus)
+
     def flush(self) -> None:
         if self._held:
             held, self._held = self._held, []
@@ -159,7 +205,7 @@ class ThreadPort:
     @property
     def same_association(self) -> StoreSender:
         self.flush()
-        return AssociationSender(self.assoc, self.loop)
+        return AssociationSender(self.assoc, self.loop, self)
 
     @contextmanager
     def sub_association(
@@ -178,7 +224,7 @@ class ThreadPort:
             raise MoveDestinationUnknown(f"destination did not associate: {_reason(exc)}") from None
         originator = (self.assoc.handle.calling_ae_title, self.request.message_id)
         try:
-            yield AssociationSender(requestor, self.loop, originator)
+            yield AssociationSender(requestor, self.loop, self, originator)
         finally:
             release = asyncio.run_coroutine_threadsafe(requestor.release(), self.loop)
             try:

@@ -8,7 +8,7 @@ blocks its thread, never the loop, and waits when the peer reads slower than pac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,19 @@ class StoreSender(Protocol):
 
     def send_c_store(self, outgoing: Outgoing) -> int:
         """Send one instance; the status of the C-STORE-RSP (SubOperationError: none came)."""
+        ...
+
+    def send_c_stores(
+        self,
+        batch: Sequence[Outgoing],
+        on_result: Callable[[int, int | str], SubOperationCounts],
+        cancelled: Callable[[], bool],
+    ) -> int:
+        """Send `batch` in order, each once the previous one's response came, without a
+        round trip to this thread in between. After each one the engine calls `on_result(index,
+        the response's status, or why none came)` on its own side (it must be quick and never
+        block) and sends the Pending response with the counts it returns. Stops before the
+        next one once `cancelled()`; returns how many were sent."""
         ...
 
 

@@ -395,18 +395,11 @@ class RetrieveService:
         no_context: str,
     ) -> None:
         tally = SubOperations(plan.selection.count)
+        batch = _Batch(sender, port, tally, report, request)
         try:
-            for instance in stored_instances(self.index, plan.selection):
-                if request.cancelled:
-                    report.status = CANCELLED
-                    return
-                if not sender.accepted_syntaxes(instance.sop_class_uid):
-                    name = UID(instance.sop_class_uid).keyword or instance.sop_class_uid
-                    tally.fail(instance, no_context.format(sop_class=name))
-                else:
-                    self._sub_operation(instance, plan, tally, sender)
-                report.sub_operations = tally.counts()
-                port.pending(PENDING, counts=tally.counts())
+            if not self._send_all(request, plan, sender, no_context, batch):
+                report.status = CANCELLED
+                return
             report.status = tally.final_status()
             if tally.reasons:  # the Error Comment of a Warning or Failure: the commonest cause
                 commonest = max(tally.reasons.items(), key=lambda item: item[1])[0]
@@ -416,27 +409,58 @@ class RetrieveService:
             report.failed_uids = tally.failed_uids
             report.fields.update(tally.fields())
 
+    def _send_all(
+        self, request: Request, plan: Plan, sender: StoreSender, no_context: str, batch: _Batch
+    ) -> bool:
+        """Every selected instance sent or failed, each with its Pending response; False when
+        the operation was cancelled first."""
+        for instance in stored_instances(self.index, plan.selection):
+            if request.cancelled or not batch.send_if_full():
+                return False
+            if not sender.accepted_syntaxes(instance.sop_class_uid):
+                name = UID(instance.sop_class_uid).keyword or instance.sop_class_uid
+                failure: str | None = no_context.format(sop_class=name)
+            else:
+                failure = self._sub_operation(instance, plan, batch.tally, sender, batch)
+            if failure is not None:
+                if not batch.send():  # what came before first, in order
+                    return False
+                batch.failed(instance, failure)
+        return batch.send()
+
     def _sub_operation(
-        self, instance: StoredInstance, plan: Plan, tally: SubOperations, sender: StoreSender
-    ) -> None:
+        self,
+        instance: StoredInstance,
+        plan: Plan,
+        tally: SubOperations,
+        sender: StoreSender,
+        batch: _Batch,
+    ) -> str | None:
+        """Send one instance, or add it to `batch` (a local file as stored); why it failed,
+        or None (its Pending response is sent with it)."""
         # Opened only as `plan.outgoing` asks; kept until the C-STORE-RSP came (send_c_store
-        # waits for it), then closed.
+        # waits for it), then closed. A local file sent as stored holds nothing open.
         try:
             with StoredSource(self.files, instance.file_path) as source:
                 outgoing = plan.outgoing(instance, sender, source)
+                if outgoing.path is not None:
+                    batch.add(instance, outgoing)
+                    return None
+                if not batch.send():
+                    return None  # cancelled: _send sees it before the next instance
                 status = sender.send_c_store(outgoing)
             if outgoing.transfer_syntax != instance.transfer_syntax_uid:
                 tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
         except TranscodeError as exc:
-            tally.fail(instance, str(exc))
+            return str(exc)
         except FileNotFoundError:
-            tally.fail(instance, "stored file missing")
+            return "stored file missing"
         except SubOperationError as exc:
-            tally.fail(instance, str(exc))
+            return str(exc)
         except (OSError, DicomStatusError) as exc:  # an unreadable stored file: this one fails
-            tally.fail(instance, f"stored file unreadable: {type(exc).__name__}")
-        else:
-            tally.record(instance, status)
+            return f"stored file unreadable: {type(exc).__name__}"
+        batch.sent_alone(instance, status)
+        return None
 
     def _outgoing(
         self, instance: StoredInstance, sender: StoreSender, source: StoredSource
@@ -470,6 +494,68 @@ class RetrieveService:
         dataset.file_meta.TransferSyntaxUID = UID(target)
         uids = (instance.sop_class_uid, instance.sop_instance_uid)
         return Outgoing(*uids, target, data=encode_dataset(dataset, target))
+
+
+class _Batch:
+    """Sub-operations of local files sent as stored, handed to the engine together
+    (StoreSender.send_c_stores): the engine sends each after the previous one's response and
+    its Pending response, with no round trip to this thread in between."""
+
+    SIZE = 64  # at most this many stored files are named at once
+
+    def __init__(
+        self,
+        sender: StoreSender,
+        port: OperationPort,
+        tally: SubOperations,
+        report: StreamReport,
+        request: Request,
+    ) -> None:
+        self.sender, self.port, self.tally = sender, port, tally
+        self.report, self.request = report, request
+        self.instances: list[StoredInstance] = []
+        self.outgoing: list[Outgoing] = []
+
+    def add(self, instance: StoredInstance, outgoing: Outgoing) -> None:
+        self.instances.append(instance)
+        self.outgoing.append(outgoing)
+
+    def send_if_full(self) -> bool:
+        """Send the batch once it holds SIZE; False if cancelled meanwhile."""
+        return len(self.outgoing) < self.SIZE or self.send()
+
+    def send(self) -> bool:
+        """Send what the batch holds; False if the operation was cancelled meanwhile."""
+        if not self.outgoing:
+            return True
+        count = len(self.outgoing)
+        try:
+            sent = self.sender.send_c_stores(self.outgoing, self._on_result, self._cancelled)
+        finally:
+            self.instances, self.outgoing = [], []
+        return sent == count
+
+    def sent_alone(self, instance: StoredInstance, status: int) -> None:
+        """One sub-operation sent outside a batch: count it, send its Pending response."""
+        self.port.pending(PENDING, counts=self._counted(instance, status))
+
+    def failed(self, instance: StoredInstance, reason: str) -> None:
+        """One sub-operation that failed before it was sent: count it, send its Pending."""
+        self.port.pending(PENDING, counts=self._counted(instance, reason))
+
+    def _on_result(self, index: int, result: int | str) -> SubOperationCounts:
+        return self._counted(self.instances[index], result)  # the engine sends the Pending
+
+    def _counted(self, instance: StoredInstance, result: int | str) -> SubOperationCounts:
+        if isinstance(result, int):
+            self.tally.record(instance, result)
+        else:
+            self.tally.fail(instance, result)
+        self.report.sub_operations = counts = self.tally.counts()
+        return counts
+
+    def _cancelled(self) -> bool:
+        return self.request.cancelled
 
 
 def _accepted(sender: StoreSender, sop_class_uid: str) -> list[str]:
