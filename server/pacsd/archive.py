@@ -23,8 +23,8 @@ from typing import BinaryIO
 from sqlalchemy.exc import OperationalError
 
 from pacsd.dicom.instance import ParsedInstance, parse_part10
-from pacsd.dicom.part10 import encode_file_meta
-from pacsd.errors import CannotUnderstand, DatasetMismatch, DuplicateRejected, OutOfResources
+from pacsd.dicom.part10 import Part10Layout, encode_file_meta
+from pacsd.errors import DatasetMismatch, DuplicateRejected, OutOfResources
 from pacsd.index.database import CommitInDoubt, IndexDatabase
 from pacsd.index.ingest import IngestOutcome, InstanceRecord
 from pacsd.index.writer import IndexWriter
@@ -105,24 +105,25 @@ class Archive:
         if received.refused is not None:
             raise OutOfResources(received.refused)
         self.files.ensure_free_space(received.size)  # as for a copy: room for it once more
+        # pacsd wrote the file meta: its layout is known, not read back.
+        syntax = received.transfer_syntax
+        layout = Part10Layout(syntax, received.head_size, received.size) if syntax else None
         with open(received.path, "rb") as spool:
             if received.size <= _READ_WHOLE:  # one read; the element walk then never syscalls
-                parsed = self._parse(io.BytesIO(spool.read()))
+                parsed = self._parse(io.BytesIO(spool.read()), layout)
             else:
-                parsed = self._parse(spool)
+                parsed = self._parse(spool, layout)
         _check_matches_request(incoming, parsed)
         attributes = parsed.attributes
-        if parsed.layout.dataset_offset != received.head_size:
-            raise CannotUnderstand("received file meta is not pacsd's")  # never: pacsd wrote it
         directory = instance_directory(
             attributes.study_instance_uid, attributes.series_instance_uid
         )
         stored = self.files.keep(received, directory, uid_hash(attributes.sop_instance_uid))
         return self._indexed(incoming, parsed, stored)
 
-    def _parse(self, spool: BinaryIO) -> ParsedInstance:
+    def _parse(self, spool: BinaryIO, layout: Part10Layout | None = None) -> ParsedInstance:
         return parse_part10(
-            spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio
+            spool, int(self.limits.max_inflated_size), self.limits.max_inflate_ratio, layout
         )
 
     def _indexed(

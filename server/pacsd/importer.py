@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from pacsd.archive import Archive, IncomingInstance, StoreOutcome
 from pacsd.audit import transfers
 from pacsd.dicom.instance import parse_part10
-from pacsd.dicom.part10 import read_layout
+from pacsd.dicom.part10 import read_file_meta
 from pacsd.errors import (
     CannotUnderstand,
     DatasetMismatch,
@@ -355,7 +355,7 @@ class FileImporter:
                 reason = _NO_HEADER if head[:2] in (b"\x08\x00", b"\x02\x00") else NOT_DICOM
                 outcome = Outcome.REFUSED if reason == _NO_HEADER else Outcome.SKIPPED
                 return FileResult(candidate, outcome, reason)
-            meta = read_layout(fp).meta
+            _, meta = read_file_meta(fp)
         sop_class_uid = str(meta.get("MediaStorageSOPClassUID", "") or "")
         if sop_class_uid == MEDIA_STORAGE_DIRECTORY:
             return FileResult(candidate, Outcome.SKIPPED, "DICOMDIR: its files are imported")

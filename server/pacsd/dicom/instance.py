@@ -29,15 +29,20 @@ class ParsedInstance:
 
 
 def parse_part10(
-    fp: BinaryIO, max_inflated_size: int, max_inflate_ratio: int | None = None
+    fp: BinaryIO,
+    max_inflated_size: int,
+    max_inflate_ratio: int | None = None,
+    layout: Part10Layout | None = None,
 ) -> ParsedInstance:
-    """Check every element of the file's data set fits its bytes, then parse its header.
+    """Check every element of the file's data set fits its bytes, then parse its header;
+    `layout`: the file's, when known (pacsd wrote the file meta), else read from the file.
 
     Raises CannotUnderstand for a stream that is not sound DICOM, DatasetMismatch when the
     identifying UIDs are missing, and OutOfResources when a deflated data set would inflate
     beyond `max_inflated_size` or `max_inflate_ratio` times its received size.
     """
-    layout = read_layout(fp)
+    if layout is None:
+        layout = read_layout(fp)
     source = open_dataset(fp, layout, inflate_limit(layout, max_inflated_size, max_inflate_ratio))
     check_dataset(source.stream, source.start, source.end, source.explicit_vr, source.little_endian)
     header = None
@@ -60,7 +65,7 @@ def inflate_limit(layout: Part10Layout, max_inflated_size: int, max_ratio: int |
     `max_ratio` bounds inflated/received bytes, so that a few KB cannot make pacsd hold
     hundreds of MB (a "deflate bomb"); non-deflated data sets ignore the result.
     """
-    if layout.transfer_syntax_uid != DeflatedExplicitVRLittleEndian or max_ratio is None:
+    if layout.transfer_syntax != DeflatedExplicitVRLittleEndian or max_ratio is None:
         return max_inflated_size
     received = layout.file_size - layout.dataset_offset
     return min(max_inflated_size, max(received * max_ratio, RATIO_FREE_INFLATED_SIZE))

@@ -27,16 +27,19 @@ _COPY_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Part10Layout:
-    """What the file meta of a Part 10 file says, and where its data set lies."""
+    """What the file meta of a Part 10 file says, and where its data set lies. `meta`: the
+    file meta as read (None for a file pacsd wrote its own file meta for: its transfer
+    syntax is the presentation context's)."""
 
-    meta: FileMetaDataset
+    transfer_syntax: str
     dataset_offset: int
     file_size: int
+    meta: FileMetaDataset | None = None
 
     @cached_property
     def transfer_syntax_uid(self) -> UID:
         """The transfer syntax the data set is encoded in."""
-        return UID(self.meta.TransferSyntaxUID)
+        return UID(self.transfer_syntax)
 
 
 def read_layout(fp: BinaryIO) -> Part10Layout:
@@ -57,7 +60,14 @@ def read_layout(fp: BinaryIO) -> Part10Layout:
     meta = FileMetaDataset(read_dataset(io.BytesIO(meta_bytes), False, True))
     if "TransferSyntaxUID" not in meta:
         raise CannotUnderstand("file meta has no Transfer Syntax UID")
-    return Part10Layout(meta=meta, dataset_offset=dataset_offset, file_size=file_size)
+    return Part10Layout(str(meta.TransferSyntaxUID), dataset_offset, file_size, meta)
+
+
+def read_file_meta(fp: BinaryIO) -> tuple[Part10Layout, FileMetaDataset]:
+    """`read_layout`, and the file meta it read."""
+    layout = read_layout(fp)
+    assert layout.meta is not None  # read from the file
+    return layout, layout.meta
 
 
 def dataset_offset(path: Path) -> int:

@@ -35,7 +35,7 @@ class StorageService:
             calling_ae_title,
         )
         limit = int(self.archive.limits.max_dataset_size)
-        return IncomingFile(self.archive.files.tmp_dir, head, limit)
+        return IncomingFile(self.archive.files.tmp_dir, head, limit, context.transfer_syntax)
 
     def on_c_store(self, request: Request, handle: ClientHandle) -> OperationResult:
         """Store the received instance; success only once file and index row are durable."""

@@ -35,10 +35,15 @@ class IncomingFile:
         "limit",
         "path",
         "refused",
+        "transfer_syntax",
     )
 
-    def __init__(self, folder: Path, head: bytes, limit: int) -> None:
+    def __init__(
+        self, folder: Path, head: bytes, limit: int, transfer_syntax: str | None = None
+    ) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.part"
+        # The transfer syntax of `head`, pacsd's file meta (None: the file brings its own).
+        self.transfer_syntax = transfer_syntax
         self.limit = limit
         self.head_size = len(head)
         self.dataset_size = 0  # data set bytes received (also those dropped)

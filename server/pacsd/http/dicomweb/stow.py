@@ -55,7 +55,7 @@ from pacsd.audit.messages import (
     study_object,
 )
 from pacsd.dicom.instance import inflate_limit
-from pacsd.dicom.part10 import open_dataset, read_layout
+from pacsd.dicom.part10 import open_dataset, read_file_meta
 from pacsd.errors import (
     CannotUnderstand,
     DatasetMismatch,
@@ -332,8 +332,7 @@ def _identify(archive: Archive, path: Path, outcome: PartOutcome) -> None:
     series and patient from the data set's first elements (values over 1 KiB left unread)."""
     try:
         with path.open("rb") as fp:
-            layout = read_layout(fp)
-            meta = layout.meta
+            layout, meta = read_file_meta(fp)
             outcome.sop_class_uid = str(meta.get("MediaStorageSOPClassUID", "") or "")
             outcome.sop_instance_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
             limits = archive.limits
