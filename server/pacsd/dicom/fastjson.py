@@ -69,6 +69,11 @@ def element_json(raw: RawDataElement, text_codec: str | None) -> dict[str, Any] 
     vr = vr_of(raw)
     if vr is None or not isinstance(value, bytes):
         return None
+    return value_json(vr, value, text_codec)
+
+
+def value_json(vr: str, value: bytes, text_codec: str | None) -> dict[str, Any] | None:
+    """The JSON of a little endian value of `vr` (UN: not here), or None: ask pydicom."""
     if not value:
         return {"vr": vr} if vr in _SIMPLE_EMPTY else None
     try:

@@ -25,13 +25,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from pacsd.dicom.fastjson import (
-    dictionary_vr,
-    element_json,
-    person_name_json,
-    text_codec,
-    vr_of,
-)
+from pacsd.dicom.fastjson import dictionary_vr, person_name_json, text_codec, value_json
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM = 0xFFFEE000
@@ -198,10 +192,13 @@ class _Reader:
                 items, _ = self.sequence(where, where + length, depth, delimited=False)
                 document[f"{tag:08X}"] = self._sequence_json(items, codec, depth)
                 continue
-            raw = self.raw(tag, vr, length, where)
-            converted = element_json(raw, codec)
-            if converted is None and codec is not None and vr_of(raw) == "PN":
-                converted = person_name_json(raw.value or b"", codec)
+            known = dictionary_vr(tag) if vr is None else (None if vr == "UN" else vr)
+            converted = None
+            if known is not None:
+                value = self.value(where, length)
+                converted = value_json(known, value, codec)
+                if converted is None and codec is not None and known == "PN":
+                    converted = person_name_json(value, codec)
             if converted is not None:
                 document[f"{tag:08X}"] = converted
             elif top:
