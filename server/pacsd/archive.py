@@ -108,11 +108,15 @@ class Archive:
         # pacsd wrote the file meta: its layout is known, not read back.
         syntax = received.transfer_syntax
         layout = Part10Layout(syntax, received.head_size, received.size) if syntax else None
-        with open(received.path, "rb") as spool:
-            if received.size <= _READ_WHOLE:  # one read; the element walk then never syscalls
-                parsed = self._parse(io.BytesIO(spool.read()), layout)
-            else:
-                parsed = self._parse(spool, layout)
+        kept = received.contents()
+        if kept is not None:
+            parsed = self._parse(io.BytesIO(kept), layout)
+        else:
+            with open(received.path, "rb") as spool:
+                if received.size <= _READ_WHOLE:  # one read: the element walk never syscalls
+                    parsed = self._parse(io.BytesIO(spool.read()), layout)
+                else:
+                    parsed = self._parse(spool, layout)
         _check_matches_request(incoming, parsed)
         attributes = parsed.attributes
         directory = instance_directory(

@@ -22,6 +22,9 @@ from pathlib import Path
 from pacsd.storage.filesystem import FILE_MODE
 
 _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A data set up to this size is also kept in memory as it arrives, so that parsing it does not
+# read the file back (open, read, close: more than the copy costs for a small instance).
+KEEP_IN_MEMORY = 256 * 1024
 
 
 class IncomingFile:
@@ -30,6 +33,7 @@ class IncomingFile:
     __slots__ = (
         "_descriptor",
         "_hasher",
+        "_kept",
         "dataset_size",
         "head_size",
         "limit",
@@ -49,6 +53,7 @@ class IncomingFile:
         self.dataset_size = 0  # data set bytes received (also those dropped)
         self.refused: str | None = None
         self._hasher = hashlib.sha256(head)
+        self._kept: list[bytes] | None = [head]
         self._descriptor = -1
         try:
             self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -74,6 +79,11 @@ class IncomingFile:
             )
             return
         self._hasher.update(chunk)
+        if self._kept is not None:
+            if self.head_size + self.dataset_size <= KEEP_IN_MEMORY:
+                self._kept.append(bytes(chunk))  # `chunk` is the receive buffer's: copied
+            else:
+                self._kept = None
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -83,6 +93,7 @@ class IncomingFile:
 
     def _refuse(self, reason: str) -> None:
         self.refused = reason
+        self._kept = None
         if self._descriptor >= 0:  # free the space now; the file goes when the request ends
             with contextlib.suppress(OSError):
                 os.ftruncate(self._descriptor, 0)
@@ -90,6 +101,10 @@ class IncomingFile:
     def finish(self) -> IncomingFile:
         """The last fragment arrived: the file is complete (not yet durable)."""
         return self
+
+    def contents(self) -> bytes | None:
+        """The file's bytes when it was small enough to keep them (KEEP_IN_MEMORY), else None."""
+        return b"".join(self._kept) if self._kept is not None else None
 
     @property
     def size(self) -> int:

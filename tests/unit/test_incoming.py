@@ -1,0 +1,40 @@
+"""storage/incoming.py: a received data set written once, its bytes kept in memory when small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pacsd.storage.incoming import KEEP_IN_MEMORY, IncomingFile
+
+
+def test_a_small_data_set_is_kept_in_memory_as_written(tmp_path: Path) -> None:
+    """What `contents` gives is the file's bytes, copied from fragments whose buffer is reused."""
+    incoming = IncomingFile(tmp_path, b"META", 1 << 30, "1.2.840.10008.1.2.1")
+    buffer = bytearray(b"abcd")
+    incoming.write(memoryview(buffer))
+    buffer[:] = b"efgh"  # the receive buffer is reused for the next fragment
+    incoming.write(memoryview(buffer))
+    incoming.close()
+    assert incoming.contents() == incoming.path.read_bytes() == b"METAabcdefgh"
+    assert incoming.size == 12
+
+
+def test_a_larger_data_set_is_only_in_its_file(tmp_path: Path) -> None:
+    """Beyond KEEP_IN_MEMORY the bytes are read back from the file, not held."""
+    incoming = IncomingFile(tmp_path, b"META", 1 << 30)
+    block = memoryview(b"x" * (64 * 1024))
+    for _ in range(KEEP_IN_MEMORY // len(block) + 1):
+        incoming.write(block)
+    incoming.close()
+    assert incoming.contents() is None
+    assert incoming.path.stat().st_size == incoming.size > KEEP_IN_MEMORY
+
+
+def test_a_refused_data_set_keeps_nothing(tmp_path: Path) -> None:
+    """Over the limit: refused, the file emptied, nothing kept."""
+    incoming = IncomingFile(tmp_path, b"META", 8)
+    incoming.write(memoryview(b"0123456789"))
+    incoming.close()
+    assert incoming.refused is not None
+    assert incoming.contents() is None
+    assert incoming.path.stat().st_size == 0
