@@ -536,20 +536,24 @@ def test_eight_associations_through_haproxy_survive_a_node_killed_mid_transfer(
     assert moved.final_status == 0x0000
     assert set(site.moved.datasets) == storm_uids
 
-    # node3's commitment report: delivered by a live node once node3's claim lapsed.
-    delivered: list[dict[str, Any]] = []
+    # node3's commitment report: delivered by a live node once node3's claim lapsed. The checks
+    # above may outlast the bound on a loaded machine: looked at once at least, and the bound
+    # held to the time the report arrived, not to when the test looks.
     deadline = killed_at + TAKEOVER_BOUND_S
-    while not delivered and time.monotonic() < deadline:
+    while True:
         delivered = [
             line
             for node in live
             for line in node.events("commitment report delivered")
             if line.get("transaction_uid") == transaction
         ]
+        if delivered or time.monotonic() > deadline:
+            break
         time.sleep(0.1)
     assert delivered, "no other node delivered the killed node's commitment report"
     assert [uid for _when, uid in site.requester.reports] == [transaction, transaction]
-    assert site.requester.reports[1][0] - killed_at >= LEASE_S - HEARTBEAT_S - 0.5
+    taken_over_after = site.requester.reports[1][0] - killed_at
+    assert LEASE_S - HEARTBEAT_S - 0.5 <= taken_over_after <= TAKEOVER_BOUND_S
 
     nodes = pacsd_cli(live[0], "nodes", "--json")
     assert nodes.returncode == 0, nodes.stderr
