@@ -40,6 +40,7 @@ STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, SCP_STATUS, ASSIGNED = 1, 2, 3,
 SUBSCRIBERS = ("WATCHER", "PERFORMER")
 TIMEOUT_S = 30
 REPORT_WAIT_S = 20
+IDLE_S = 120  # an SCU's association may sit unused this long
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,9 @@ def scu(server: PacsdProcess, setup: Setup, calling: str = "RIS") -> Iterator[As
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = TIMEOUT_S
     # pynetdicom's network_timeout ends an association idle that long: the RIS's stays open,
-    # unused, while the performer works (over 30 s on a loaded CI machine). pacsd's own
-    # network_timeout (60 s) and the DIMSE timeout still bound every wait.
-    ae.network_timeout = None
+    # unused, while the performer works (over 30 s on a loaded CI machine). Finite all the same:
+    # with None, pynetdicom's reactor may never pause for a release (a hang seen in CI).
+    ae.network_timeout = IDLE_S
     for sop_class in (PUSH, PULL, WATCH, QUERY, EVENT):
         ae.add_requested_context(sop_class)
     handlers = [(evt.EVT_N_EVENT_REPORT, setup.inbox(calling).on_event_report)]
