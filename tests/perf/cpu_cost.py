@@ -76,6 +76,13 @@ def tree_cpu(pids: list[int]) -> tuple[float, float]:
     return sum(user for user, _ in times), sum(system for _, system in times)
 
 
+def cpu_per(
+    before: tuple[float, float], after: tuple[float, float], count: int, scale: float
+) -> tuple[float, float]:
+    """(user, system) CPU between two `tree_cpu` readings, per one of `count`, times `scale`."""
+    return (scale * (after[0] - before[0]) / count, scale * (after[1] - before[1]) / count)
+
+
 def free_port() -> int:
     """A loopback port free now."""
     with socket.socket() as sock:
@@ -101,16 +108,15 @@ def associations(work: Path, count: int, workers: int, pythonpath: str | None) -
             one_association(pacsd.port, requests)
         time.sleep(SETTLE_S)
         pids = process_tree(pacsd.process.pid)
-        user, system = tree_cpu(pids)
+        before = tree_cpu(pids)
         started = time.monotonic()
         for _ in range(count):
             one_association(pacsd.port, requests)
         wall = time.monotonic() - started
-        user_after, system_after = tree_cpu(pids)
+        after = tree_cpu(pids)
     finally:
         pacsd.stop()
-    user_us = 1e6 * (user_after - user) / count
-    system_us = 1e6 * (system_after - system) / count
+    user_us, system_us = cpu_per(before, after, count, 1e6)
     print(
         f"associations: {count} one after the other, workers={workers}: server CPU "
         f"{user_us + system_us:.0f} us per association (user {user_us:.0f}, system "
@@ -155,7 +161,7 @@ def ingest(work: Path, count: int, size: int, workers: int, pythonpath: str | No
         assert warm.successes == WARM_UP_INSTANCES, warm
         time.sleep(SETTLE_S)
         pids = process_tree(pacsd.process.pid)
-        user, system = tree_cpu(pids)
+        before = tree_cpu(pids)
         run = run_storescu(
             Path("storescu"),
             "PACSD",
@@ -164,12 +170,11 @@ def ingest(work: Path, count: int, size: int, workers: int, pythonpath: str | No
             work,
             STORESCU_TIMEOUT_S,
         )
-        user_after, system_after = tree_cpu(pids)
+        after = tree_cpu(pids)
     finally:
         pacsd.stop()
     assert run.successes == count, run
-    user_ms = 1e3 * (user_after - user) / count
-    system_ms = 1e3 * (system_after - system) / count
+    user_ms, system_ms = cpu_per(before, after, count, 1e3)
     print(
         f"ingest: {count} CT {size}x{size} over one association, workers={workers}: server CPU "
         f"{user_ms + system_ms:.2f} ms per instance (user {user_ms:.2f}, system "

@@ -12,23 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsd.dicom.header import header_json, read_header
 from pacsd.dicom.header_bytes import fast_header_json
 from pacsd.dicom.part10 import open_dataset, read_layout
 from tests import datagen
-from tests.unit.test_fastjson import CORPUS, _same
 
-
-@pytest.fixture(autouse=True)
-def no_validation() -> Any:
-    """As the server runs pydicom (daemon.py): values read as received, no validation."""
-    mode = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.IGNORE
-    yield
-    config.settings.reading_validation_mode = mode
+# no_validation: the autouse fixture, imported so that it applies here too.
+from tests.unit.test_fastjson import CORPUS, _same, no_validation  # noqa: F401
 
 
 def both(data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]]:

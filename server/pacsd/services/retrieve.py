@@ -421,7 +421,7 @@ class RetrieveService:
                 name = UID(instance.sop_class_uid).keyword or instance.sop_class_uid
                 failure: str | None = no_context.format(sop_class=name)
             else:
-                failure = self._sub_operation(instance, plan, batch.tally, sender, batch)
+                failure = self._sub_operation(instance, plan, sender, batch)
             if failure is not None:
                 if not batch.send():  # what came before first, in order
                     return False
@@ -432,7 +432,6 @@ class RetrieveService:
         self,
         instance: StoredInstance,
         plan: Plan,
-        tally: SubOperations,
         sender: StoreSender,
         batch: _Batch,
     ) -> str | None:
@@ -450,7 +449,7 @@ class RetrieveService:
                     return None  # cancelled: _send sees it before the next instance
                 status = sender.send_c_store(outgoing)
             if outgoing.transfer_syntax != instance.transfer_syntax_uid:
-                tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
+                batch.tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
         except TranscodeError as exc:
             return str(exc)
         except FileNotFoundError:
