@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -51,8 +52,11 @@ def _settings(config_path: Path | None) -> tuple[Settings, Path | None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pacsd")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """pacsd: a PACS-style DICOM server daemon."""
+    if ctx.invoked_subcommand != "serve":  # `serve` turns it on once it listens (daemon.py)
+        gc.enable()
 
 
 @main.command()

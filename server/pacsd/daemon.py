@@ -379,6 +379,7 @@ async def _run(
         # Everything made so far (modules, configuration, the composed services) lives until
         # exit: out of the collector's sight, a full collection costs microseconds, not ~60 ms.
         gc.freeze()
+        gc.enable()  # off since the command started (pacsd.__main__): nothing to collect then
         if http_side is not None:  # imported and started now that the DICOM port answers
             http = await http_side.start(engine.status_snapshot, engine.accepting)
         await _wait_for_stop(signals, runtime)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import signal
 import socket
@@ -80,6 +81,7 @@ def supervise(
         tls_port=listeners.tls_port,
     )
     listeners.close()  # the workers accept; the supervisor's copies would only linger
+    gc.enable()  # off while the command started (pacsd.__main__); each worker's own is too
     for sock in other_sockets:
         sock.close()
     code = _watch(pids, signals, settings.daemon.shutdown_grace_period, worker_ended)
