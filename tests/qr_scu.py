@@ -148,6 +148,8 @@ class Received:
 
     datasets: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     releases: int = 0
+    open_now: int = 0  # associations established and not yet ended
+    most_open: int = 0  # the most that were open at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_c_store(self, event: Any, status: int = 0x0000, delay: float = 0.0) -> int:
@@ -183,14 +185,29 @@ def storage_scp(
         status = status_of(event) if status_of else 0x0000
         return received.on_c_store(event, status, delay)
 
+    def on_established(_event: Any) -> None:
+        with received.lock:
+            received.open_now += 1
+            received.most_open = max(received.most_open, received.open_now)
+
     def on_released(_event: Any) -> None:
         with received.lock:
             received.releases += 1
+            received.open_now -= 1
+
+    def on_aborted(_event: Any) -> None:
+        with received.lock:
+            received.open_now -= 1
 
     server = ae.start_server(
         ("127.0.0.1", 0),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_released)],
+        evt_handlers=[
+            (evt.EVT_C_STORE, on_store),
+            (evt.EVT_ESTABLISHED, on_established),
+            (evt.EVT_RELEASED, on_released),
+            (evt.EVT_ABORTED, on_aborted),
+        ],
     )
     try:
         yield int(server.server_address[1])

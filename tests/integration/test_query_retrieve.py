@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from tests import datagen, qr_archive
 from tests.conftest import POSTGRES_ENV, _backends, archive_storage, index_url, needs_weed
 from tests.datagen import TEST_UID_ROOT
-from tests.harness import PacsdProcess, base_config
+from tests.harness import PacsdProcess, base_config, echo
 from tests.qr_archive import Entry
 from tests.qr_scu import (
     FIND,
@@ -635,7 +635,37 @@ def test_c_cancel_stops_a_move_and_releases_the_sub_association(
     completed = int(responses.final.NumberOfCompletedSuboperations)
     assert 1 <= completed < BULK_COUNT
     assert int(responses.final.NumberOfRemainingSuboperations) == BULK_COUNT - completed
+    # The sub-association is released as the final response goes out, not before it.
+    deadline = time.monotonic() + 10
+    while destination.received.releases == releases and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert destination.received.releases == releases + 1
+
+
+def test_back_to_back_moves_use_one_destination_association_at_a_time(
+    qr: QRServer, destination: Destination
+) -> None:
+    """The final C-MOVE response leaves while the sub-association is being released: each
+    one is still released, and back-to-back C-MOVEs to one destination never hold two
+    associations to it at once (the next waits for the release in flight, engine/core.py;
+    this destination answers releases too quickly to force that wait)."""
+    entry = qr.entries[0]
+    study = identifier("STUDY", StudyInstanceUID=entry.study_uid)
+    in_study = sum(1 for e in qr.entries if e.study_uid == entry.study_uid)
+    received = destination.received
+    with received.lock:
+        received.most_open = received.open_now
+        releases = received.releases
+    with qr_association(qr.server, [MOVE["S"]]) as assoc:
+        for number in range(5):
+            responses = collect(assoc.send_c_move(study, "DEST", MOVE["S"], msg_id=number + 1))
+            assert responses.final_status == 0x0000
+            assert int(responses.final.NumberOfCompletedSuboperations) == in_study
+    deadline = time.monotonic() + 10
+    while received.releases < releases + 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert received.releases == releases + 5
+    assert received.most_open == 1
 
 
 def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
@@ -704,3 +734,64 @@ def test_sub_associations_leave_no_descriptor_or_thread(
         after = _descriptors_and_threads(qr.server)
     assert after[0] <= before[0], f"descriptors {before[0]} -> {after[0]}"
     assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
+
+
+def test_a_missing_stored_file_fails_its_sub_operation_and_the_others_are_sent(
+    tmp_path: Path,
+) -> None:
+    """A stored file gone from the disk (removed by hand, a failing volume): its C-STORE
+    sub-operation fails with a reason, the final status is a warning naming its UID, and
+    every other instance is still sent, by C-MOVE and by C-GET alike."""
+    received = Received()
+    with storage_scp("DEST", received) as port:
+        peers = [{"ae_title": "DEST", "host": "127.0.0.1", "port": port}]
+        config = base_config(tmp_path / "server", peers=peers, policies=_policies())
+        server = PacsdProcess.from_config(tmp_path / "server", config).start()
+        try:
+            study = datagen.StudyContext(patient_id="PID-GONE", patient_name="Gone^File")
+            paths = list(datagen.ct_series(tmp_path / "files", 4, size=8, study=study))
+            assert all(status == 0 for status, _ in store_files(server.host, server.port, paths))
+            uids = {str(split_dataset(path)[0].MediaStorageSOPInstanceUID) for path in paths}
+            gone = _remove_stored_file(tmp_path / "server" / "storage")
+            query = identifier("STUDY", StudyInstanceUID=study.study_instance_uid)
+
+            moved = collect(_move_once(server, query))
+            got: dict[str, Any] = {}
+
+            def keep(event: Any) -> int:
+                got[str(event.request.AffectedSOPInstanceUID)] = event.dataset
+                return 0x0000
+
+            with qr_association(server, [GET["S"]], store_handler=keep) as assoc:
+                fetched = collect(assoc.send_c_get(query, GET["S"]))
+            for responses in (moved, fetched):
+                assert responses.final_status == 0xB000
+                assert int(responses.final.NumberOfCompletedSuboperations) == 3
+                assert int(responses.final.NumberOfFailedSuboperations) == 1
+                failed_list = responses.identifiers[-1]
+                assert failed_list is not None
+                assert failed_list.FailedSOPInstanceUIDList == gone  # one value: VM 1
+            assert set(received.datasets) == set(got) == uids - {gone}
+            reasons = [
+                line["failure_reasons"]
+                for line in server.lines
+                if line.get("event") == "dimse" and "failure_reasons" in line
+            ]
+            assert reasons == [{"stored file missing": 1}] * 2
+            assert echo(server.host, server.port)
+        finally:
+            server.stop()
+
+
+def _move_once(server: PacsdProcess, query: Dataset) -> Iterator[tuple[Dataset, Any]]:
+    with qr_association(server, [MOVE["S"]]) as assoc:
+        yield from assoc.send_c_move(query, "DEST", MOVE["S"], msg_id=7)
+
+
+def _remove_stored_file(storage: Path) -> str:
+    """Delete one stored file of the archive in `storage`; its SOP Instance UID."""
+    stored = sorted(path for path in storage.rglob("*") if path.is_file())
+    victim = stored[1]
+    uid = str(split_dataset(victim)[0].MediaStorageSOPInstanceUID)
+    victim.unlink()
+    return uid

@@ -7,7 +7,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
@@ -70,12 +69,12 @@ def read_file_meta(fp: BinaryIO) -> tuple[Part10Layout, FileMetaDataset]:
     return layout, layout.meta
 
 
-def dataset_offset(path: Path) -> int:
-    """Where the data set of a Part 10 file pacsd stored begins (after its file meta group)."""
-    with open(path, "rb") as fp:
-        head = fp.read(144)
+def read_dataset_offset(fp: BinaryIO, name: str) -> int:
+    """Where the data set of a Part 10 file pacsd stored begins (after its file meta group),
+    read from the file open in `fp` at its start; `name` for the error."""
+    head = fp.read(144)
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != _GROUP_LENGTH_TAG:
-        raise CannotUnderstand(f"{path.name} is not a Part 10 file with a group length")
+        raise CannotUnderstand(f"{name} is not a Part 10 file with a group length")
     (group_length,) = struct.unpack("<L", head[140:144])
     return 144 + int(group_length)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pacsd.dicom.part10 import read_dataset_offset
 from pacsd.dimse.commands import Command
 from pacsd.dimse.messages import AcceptedContext
 from pacsd.engine import pdu as pdus
@@ -42,7 +43,7 @@ from pacsd.engine.ports import Outbox
 from pacsd.engine.responses import store_request
 from pacsd.engine.timers import sweeper
 from pacsd.handle import ClientHandle
-from pacsd.services.ports import Outgoing
+from pacsd.services.ports import AFTER_FILE_META, Outgoing
 
 
 class TRACE:
@@ -322,19 +323,24 @@ class Association(asyncio.BufferedProtocol):
         message_id = self.next_message_id()
         answer = self.expect_response(message_id)
         command = store_request(outgoing, message_id, originator)
-        if outgoing.data is not None:
-            self.write_all(
-                list(message_pdus(context.context_id, command, outgoing.data, self.peer_max_pdu))
-            )
-        elif outgoing.stream is not None:
-            await self.send_file(
-                context.context_id, command, outgoing.stream, outgoing.offset, outgoing.size
-            )
-        else:
-            assert outgoing.path is not None
-            await self.send_file(context.context_id, command, outgoing.path, outgoing.offset)
+        try:
+            await self._send_store(context.context_id, command, outgoing)
+        except BaseException:
+            self._awaiting.pop(message_id, None)  # nothing, or an abort, went out
+            raise
         reply, _data = await asyncio.wait_for(answer, self.timeouts.dimse)
         return reply.status if reply.status is not None else 0xC000
+
+    async def _send_store(self, context_id: int, command: bytes, outgoing: Outgoing) -> None:
+        if outgoing.data is not None:
+            data, limit = outgoing.data, self.peer_max_pdu
+            self.write_all(list(message_pdus(context_id, command, data, limit)))
+        elif outgoing.stream is not None:
+            stream, offset, size = outgoing.stream, outgoing.offset, outgoing.size
+            await self.send_file(context_id, command, stream, offset, size)
+        else:
+            assert outgoing.path is not None
+            await self.send_file(context_id, command, outgoing.path, outgoing.offset)
 
     async def send_file(
         self, context_id: int, command: bytes, source: Path | BinaryIO, offset: int, size: int = 0
@@ -342,7 +348,8 @@ class Association(asyncio.BufferedProtocol):
         """A message whose data set is bytes [offset:] of a file, read block by block and
         sent as P-DATA-TF PDUs within the peer's maximum length (flow-controlled).
 
-        `source` is a local file's path (read on the loop: the page cache answers at once), or
+        `source` is a local file's path (read on the loop: the page cache answers at once;
+        `offset` AFTER_FILE_META: where its file meta group ends), or
         an object store's reader of `size` bytes, which the caller opened and closes: its
         blocks are read in the loop's default executor, since each may wait on the network
         (a ranged GET). Not the `work` pool: the C-GET or C-MOVE thread waiting for this send
@@ -351,6 +358,8 @@ class Association(asyncio.BufferedProtocol):
         if isinstance(source, Path):
             with open(source, "rb", buffering=0) as file:
                 size = os.fstat(file.fileno()).st_size
+                if offset == AFTER_FILE_META:
+                    offset = read_dataset_offset(file, source.name)
                 file.seek(offset)
                 await self._send_blocks(context_id, command, file.read, size - offset, None)
             return

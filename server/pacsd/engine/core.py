@@ -86,6 +86,8 @@ class Engine:
         self._servers: list[asyncio.Server] = []
         self._listeners: Listeners | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Sub-associations being released after their C-MOVE was answered, by peer address.
+        self.releasing: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     # -- listening -----------------------------------------------------------------------
 
@@ -245,7 +247,7 @@ class Engine:
     async def drain(self, grace_period: float, interrupted: asyncio.Event) -> bool:
         """Wait up to `grace_period` for the associations to end; False if some remain."""
         deadline = time.monotonic() + grace_period
-        while self.live:
+        while self.live or self.releasing:
             if time.monotonic() >= deadline or interrupted.is_set():
                 return False
             await asyncio.sleep(DRAIN_POLL_S)
@@ -290,7 +292,15 @@ class Engine:
         contexts: Sequence[tuple[str, Sequence[str]]],
         roles: Sequence[pdus.RoleSelection] = (),
     ) -> Requestor:
-        """An association to `peer` (over DICOM TLS when the peer is marked `tls`)."""
+        """An association to `peer` (over DICOM TLS when the peer is marked `tls`).
+
+        One still being released to the same address is waited for first (ACSE timeout):
+        back-to-back C-MOVEs to a destination that takes one association at a time must not
+        find it busy with the last one's release.
+        """
+        releasing = self.releasing.get((peer.host, peer.port))
+        if releasing is not None:
+            await asyncio.wait({releasing}, timeout=self.timeouts.acse)
         proposal = Proposal(self.ae_title, peer.ae_title, contexts, roles, self.max_pdu_size)
         return await associate(
             peer.host,
@@ -302,6 +312,23 @@ class Engine:
             self.connect_timeout,
             tls_args_for(peer),
         )
+
+    def release_later(self, requestor: Requestor, peer: Peer, log: Any) -> None:
+        """Release `requestor` (a C-MOVE's sub-association) without anyone waiting for it, so
+        that the final C-MOVE response does not wait for the destination's A-RELEASE-RP
+        (every sub-operation has had its response by then). `log`: the requester's logger,
+        where a failed release is reported. Shutdown's drain waits for these too."""
+        key = (peer.host, peer.port)
+        task = asyncio.ensure_future(requestor.release())
+        self.releasing[key] = task
+
+        def released(done: asyncio.Task[None]) -> None:
+            if self.releasing.get(key) is done:
+                del self.releasing[key]
+            if not done.cancelled() and done.exception() is not None:
+                log.warning("sub-association release failed", reason=repr(done.exception()))
+
+        task.add_done_callback(released)
 
     # -- status --------------------------------------------------------------------------
 

@@ -192,9 +192,15 @@ class Operations:
             assoc.write_all(await loop.run_in_executor(self.work, answer, request, assoc))
         else:
             port = ThreadPort(assoc, request, loop)
-            stream = functools.partial(run_stream, group, self._streams[(command.field, group)])
+
+            def send_final(report: StreamReport) -> None:  # in the thread, before finish()
+                port.final(final_pdus(assoc, request, report))
+
+            operation = self._streams[(command.field, group)]
+            stream = functools.partial(run_stream, group, operation, answer=send_final)
             report = await loop.run_in_executor(self.work, stream, request, assoc.handle, port)
-            assoc.write_all(port.take_held() + final_pdus(assoc, request, report))
+            if not port.answered:
+                assoc.write_all(port.take_held() + final_pdus(assoc, request, report))
 
     def _store(self, group: str, request: Request, handle: ClientHandle) -> Response:
         """C-STORE in the I/O executor; a received file that was not kept is gone before the

@@ -24,7 +24,14 @@ from pydicom.dataset import Dataset
 from pacsd.dimse.messages import Request, encode_dataset
 from pacsd.engine.dimse import message_pdus
 from pacsd.engine.responses import response
-from pacsd.services.ports import Outgoing, StoreSender, SubOperationCounts, SubOperationError
+from pacsd.errors import DicomStatusError
+from pacsd.services.ports import (
+    Outgoing,
+    StoreSender,
+    SubOperationCounts,
+    SubOperationError,
+    unreadable_reason,
+)
 from pacsd.services.retrieve import MoveDestinationUnknown
 from pacsd.settings import Peer
 
@@ -36,6 +43,7 @@ PENDING = 0xFF00  # PS3.4 C.4.2.1.5, C.4.3.1.5: sub-operations are continuing
 OUTBOX_HIGH_WATER = 1024 * 1024  # bytes handed to the loop and not yet written
 WAIT_SLICE_S = 0.5  # a blocked thread looks again at least this often (association gone?)
 CONNECT_MARGIN_S = 5.0
+FINAL_WAIT_S = 10.0  # a final response not written by then (a stopped loop) is not waited for
 # Held pending responses go to the loop at the latest after this many, or this many bytes.
 HOLD_RESPONSES = 16
 HOLD_BYTES = 64 * 1024
@@ -141,6 +149,8 @@ class AssociationSender(StoreSender):
                 result = "no C-STORE response: association ended"
             except LookupError as exc:
                 result = str(exc)
+            except (OSError, DicomStatusError) as exc:  # the stored file, opened to be sent
+                result = unreadable_reason(exc)
             await self.port.send_pending(on_result(index, result))
         return len(batch)
 
@@ -160,6 +170,7 @@ class ThreadPort:
         self._held: list[bytes] = []
         self._held_responses = 0
         self._held_size = 0
+        self.answered = False  # the final response went out through `final`
 
     def pending(
         self,
@@ -197,6 +208,21 @@ class ThreadPort:
             self._held_responses = self._held_size = 0
             self.assoc.outbox.post(held)
 
+    def final(self, pdus: list[bytes]) -> None:
+        """From the operation's thread: the final response, after what is held; returns once
+        the loop wrote it. Waiting costs a thread wake-up, but otherwise the loop would wait
+        for the GIL while this thread goes on to audit and log the operation."""
+        self.flush()
+        written = threading.Event()
+
+        def write() -> None:
+            self.assoc.write_all(pdus)
+            written.set()
+
+        self.loop.call_soon_threadsafe(write)
+        written.wait(FINAL_WAIT_S)
+        self.answered = True
+
     def take_held(self) -> list[bytes]:
         """On the loop, once the operation's thread returned: the responses still held."""
         held, self._held = self._held, []
@@ -226,11 +252,11 @@ class ThreadPort:
         try:
             yield AssociationSender(requestor, self.loop, self, originator)
         finally:
-            release = asyncio.run_coroutine_threadsafe(requestor.release(), self.loop)
-            try:
-                release.result(timeout)
-            except Exception as exc:
-                self.assoc.handle.log.warning("sub-association release failed", reason=_reason(exc))
+            # Released on the loop while this operation goes on to its final response, as
+            # Orthanc does: a release round trip and the teardown no longer delay the answer.
+            self.loop.call_soon_threadsafe(
+                engine.release_later, requestor, peer, self.assoc.handle.log
+            )
 
 
 def _reason(exc: BaseException) -> str:

@@ -152,8 +152,13 @@ def run_stream(
     request: Request,
     handle: ClientHandle,
     port: OperationPort,
+    answer: Callable[[StreamReport], None] | None = None,
 ) -> StreamReport:
-    """Check the policy and run a streaming operation; its final status is in the report."""
+    """Check the policy and run a streaming operation; its final status is in the report.
+
+    `answer(report)` sends the final response before the operation is counted, audited and
+    logged (finish): the peer waits for the response, not for those.
+    """
     name = request.name
     handle.operation_started(name)
     started = time.perf_counter()
@@ -166,6 +171,8 @@ def run_stream(
     except Exception:
         handle.log.exception("operation failed unexpectedly", operation=name)
         report.status, report.comment = UNABLE_TO_PROCESS, "processing failure"
+    if answer is not None:
+        answer(report)
     finish(handle, request, started, report.status, report.comment, **report.fields)
     return report
 

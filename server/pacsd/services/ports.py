@@ -29,12 +29,25 @@ class SubOperationCounts:
     warning: int
 
 
+# Outgoing.offset of a local Part 10 file pacsd stored: its data set begins after the file
+# meta group, which the engine reads when it opens the file to send it (no earlier open).
+AFTER_FILE_META = -1
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """A C-STORE sub-operation's failure reason for a stored file that could not be read."""
+    if isinstance(exc, FileNotFoundError):
+        return "stored file missing"
+    return f"stored file unreadable: {type(exc).__name__}"
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A stored instance to send in a C-STORE sub-operation, in `transfer_syntax`: the stored
-    data set as it is, bytes [`offset`:] of a local file (`path`) or of an object store's
-    reader (`stream`, `size` bytes long, read by the engine in an executor thread and closed
-    by the caller once `send_c_store` returned), or a transcoded one (`data`)."""
+    data set as it is, bytes [`offset`:] of a local file (`path`; or AFTER_FILE_META) or of
+    an object store's reader (`stream`, `size` bytes long, read by the engine in an executor
+    thread and closed by the caller once `send_c_store` returned), or a transcoded one
+    (`data`)."""
 
     sop_class_uid: str
     sop_instance_uid: str

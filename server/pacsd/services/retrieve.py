@@ -44,7 +44,7 @@ from pacsd.dicom.frames import (
     read_stored,
     without_bulk_data,
 )
-from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset, read_layout
+from pacsd.dicom.part10 import IMPLEMENTATION_CLASS_UID, read_layout
 from pacsd.dicom.qr_models import Level, level_of, model_of, retrieve_keys
 from pacsd.dicom.transcode import (
     WRITABLE_UNCOMPRESSED,
@@ -62,11 +62,13 @@ from pacsd.index.database import IndexDatabase
 from pacsd.index.retrieve import Selection, StoredInstance, select_instances, stored_instances
 from pacsd.services.guard import MOVE_DESTINATION_UNKNOWN, StreamReport, error_comment
 from pacsd.services.ports import (
+    AFTER_FILE_META,
     OperationPort,
     Outgoing,
     StoreSender,
     SubOperationCounts,
     SubOperationError,
+    unreadable_reason,
 )
 from pacsd.services.query import CANCELLED, PENDING, decoded_identifier
 from pacsd.settings import Peer
@@ -208,7 +210,7 @@ class StoredSource:
         """The stored data set as it is, from its file meta's end (PS3.10 7.1)."""
         uids = (sop_class_uid, sop_instance_uid)
         if self._local is not None:
-            return Outgoing(*uids, syntax, path=self._local, offset=dataset_offset(self._local))
+            return Outgoing(*uids, syntax, path=self._local, offset=AFTER_FILE_META)
         stream = self._held.enter_context(self.files.open(self.relative_path))
         layout = read_layout(stream)
         return Outgoing(
@@ -452,12 +454,10 @@ class RetrieveService:
                 batch.tally.convert(instance.transfer_syntax_uid, outgoing.transfer_syntax)
         except TranscodeError as exc:
             return str(exc)
-        except FileNotFoundError:
-            return "stored file missing"
         except SubOperationError as exc:
             return str(exc)
         except (OSError, DicomStatusError) as exc:  # an unreadable stored file: this one fails
-            return f"stored file unreadable: {type(exc).__name__}"
+            return unreadable_reason(exc)
         batch.sent_alone(instance, status)
         return None
 
