@@ -38,3 +38,23 @@ def test_a_refused_data_set_keeps_nothing(tmp_path: Path) -> None:
     assert incoming.refused is not None
     assert incoming.contents() is None
     assert incoming.path.stat().st_size == 0
+
+
+def test_discard_removes_the_file_once_and_never_a_kept_one(tmp_path: Path) -> None:
+    """Discarding twice removes the file once; after the storage moved it away, discarding
+    touches nothing, not even a file that took its name since."""
+    dropped = IncomingFile(tmp_path, b"META", 1 << 30)
+    dropped.discard()
+    assert not dropped.path.exists()
+    dropped.path.write_bytes(b"another file of that name")
+    dropped.discard()
+    assert dropped.path.exists()
+
+    kept = IncomingFile(tmp_path, b"META", 1 << 30)
+    kept.close()
+    kept.path.rename(tmp_path / "archived.dcm")
+    kept.moved()
+    kept.path.write_bytes(b"another file of that name")
+    kept.discard()
+    assert kept.path.exists()
+    assert (tmp_path / "archived.dcm").read_bytes() == b"META"

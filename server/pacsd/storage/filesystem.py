@@ -127,6 +127,7 @@ class FilesystemStore:
             incoming.sync()
             incoming.close()
             self._move_into_place(incoming.path, final_path)
+            incoming.moved()
         except OSError as exc:
             final_path.unlink(missing_ok=True)
             if exc.errno in _FULL_DISK_ERRNOS:

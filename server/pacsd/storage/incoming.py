@@ -32,6 +32,7 @@ class IncomingFile:
 
     __slots__ = (
         "_descriptor",
+        "_gone",
         "_hasher",
         "_kept",
         "dataset_size",
@@ -55,6 +56,7 @@ class IncomingFile:
         self._hasher = hashlib.sha256(head)
         self._kept: list[bytes] | None = [head]
         self._descriptor = -1
+        self._gone = False  # moved into the archive, or removed
         try:
             self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             self._write_all(head)
@@ -131,8 +133,14 @@ class IncomingFile:
         if descriptor >= 0:
             os.close(descriptor)
 
+    def moved(self) -> None:
+        """The storage renamed or uploaded and removed the file: nothing is left to discard."""
+        self._gone = True
+
     def discard(self) -> None:
-        """Close and remove the file unless it was kept (idempotent)."""
+        """Close and remove the file unless it was kept (idempotent: one unlink at most)."""
         self.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        if not self._gone:
+            self._gone = True
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)

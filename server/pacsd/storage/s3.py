@@ -138,6 +138,7 @@ class S3Store:
         relative = (directory / f"{stem}-{uuid.uuid4().hex[:16]}.dcm").as_posix()
         self._upload(incoming.path, relative, incoming.size, incoming.sha256)
         incoming.path.unlink(missing_ok=True)
+        incoming.moved()
         return StoredFile(relative, incoming.size, incoming.sha256)
 
     def write(
