@@ -31,13 +31,35 @@ def test_a_larger_data_set_is_only_in_its_file(tmp_path: Path) -> None:
 
 
 def test_a_refused_data_set_keeps_nothing(tmp_path: Path) -> None:
-    """Over the limit: refused, the file emptied, nothing kept."""
-    incoming = IncomingFile(tmp_path, b"META", 8)
-    incoming.write(memoryview(b"0123456789"))
+    """Over the limit: refused, nothing kept; a small one never had a file, a large one's
+    file is emptied at once."""
+    small = IncomingFile(tmp_path, b"META", 8)
+    small.write(memoryview(b"0123456789"))
+    small.close()
+    assert small.refused is not None
+    assert small.contents() is None
+    assert not small.path.exists()
+
+    large = IncomingFile(tmp_path, b"META", KEEP_IN_MEMORY + 10)
+    large.write(memoryview(b"x" * KEEP_IN_MEMORY))  # beyond memory: now in its file
+    assert large.path.stat().st_size == KEEP_IN_MEMORY + 4
+    large.write(memoryview(b"0123456789A"))  # one byte over
+    large.close()
+    assert large.refused is not None
+    assert large.path.stat().st_size == 0
+
+
+def test_a_small_data_set_gets_its_file_when_made_durable(tmp_path: Path) -> None:
+    """Held in memory as it arrives (no file on the event loop); `sync`, in the I/O thread,
+    creates the file with every byte, and discarding it then removes it."""
+    incoming = IncomingFile(tmp_path, b"META", 1 << 30)
+    incoming.write(memoryview(b"data"))
+    assert not incoming.path.exists()
+    incoming.sync()
     incoming.close()
-    assert incoming.refused is not None
-    assert incoming.contents() is None
-    assert incoming.path.stat().st_size == 0
+    assert incoming.path.read_bytes() == b"METAdata"
+    incoming.discard()
+    assert not incoming.path.exists()
 
 
 def test_discard_removes_the_file_once_and_never_a_kept_one(tmp_path: Path) -> None:

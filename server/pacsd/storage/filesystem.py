@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pacsd.storage.incoming import IncomingFile
 
 _COPY_CHUNK = 1 << 20
-_FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 FILE_MODE = 0o640
 TMP_DIR = ".tmp"
 _RENAME_ATTEMPTS = 5  # a folder removed by a deletion under a store's feet: made again
@@ -109,7 +109,7 @@ class FilesystemStore:
             self._move_into_place(temp_path, final_path)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
-            if exc.errno in _FULL_DISK_ERRNOS:
+            if exc.errno in FULL_DISK_ERRNOS:
                 raise OutOfResources("storage is full") from exc
             raise
         except BaseException:
@@ -130,7 +130,7 @@ class FilesystemStore:
             incoming.moved()
         except OSError as exc:
             final_path.unlink(missing_ok=True)
-            if exc.errno in _FULL_DISK_ERRNOS:
+            if exc.errno in FULL_DISK_ERRNOS:
                 raise OutOfResources("storage is full") from exc
             raise
         return StoredFile(str(relative), incoming.size, incoming.sha256)

@@ -37,7 +37,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pacsd.errors import OutOfResources
 from pacsd.storage.base import QUARANTINE_PREFIX, StorageUnavailable, StoredFile, StoredObject
-from pacsd.storage.filesystem import SPOOL_DIR, TMP_DIR, prepare_work_folders, write_new_file
+from pacsd.storage.filesystem import (
+    FULL_DISK_ERRNOS,
+    SPOOL_DIR,
+    TMP_DIR,
+    prepare_work_folders,
+    write_new_file,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -134,7 +140,12 @@ class S3Store:
 
     def keep(self, incoming: IncomingFile, directory: PurePosixPath, stem: str) -> StoredFile:
         """Upload a received file (its SHA-256 known from receiving), then remove it locally."""
-        incoming.close()  # never fsynced: the upload is what makes it durable
+        try:
+            incoming.close()  # never fsynced: the upload is what makes it durable
+        except OSError as exc:  # the spool file, created now when memory held its bytes
+            if exc.errno in FULL_DISK_ERRNOS:
+                raise OutOfResources("work folder is full") from exc
+            raise
         relative = (directory / f"{stem}-{uuid.uuid4().hex[:16]}.dcm").as_posix()
         self._upload(incoming.path, relative, incoming.size, incoming.sha256)
         incoming.path.unlink(missing_ok=True)
