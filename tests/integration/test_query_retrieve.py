@@ -795,3 +795,29 @@ def _remove_stored_file(storage: Path) -> str:
     uid = str(split_dataset(victim)[0].MediaStorageSOPInstanceUID)
     victim.unlink()
     return uid
+
+
+def test_an_association_ends_after_its_operation_is_logged(qr: QRServer) -> None:
+    """A release right after a final response is answered without waiting for the operation's
+    audit record and log line, and yet the association's lines keep their order: the
+    operation's `dimse` line, then "association closed" with the operation counted."""
+    study = identifier("STUDY", StudyInstanceUID=qr.entries[0].study_uid)
+    for operation in ("C-FIND", "C-MOVE"):
+        calling = f"ORDER{operation[2:]}"
+        with qr_association(qr.server, [FIND["S"], MOVE["S"]], calling=calling) as assoc:
+            if operation == "C-FIND":
+                responses = collect(assoc.send_c_find(study, FIND["S"]))
+            else:
+                responses = collect(assoc.send_c_move(study, "DEST", MOVE["S"]))
+            assert responses.final_status == 0x0000
+        deadline = time.monotonic() + 15
+        while not [line for line in qr.server.events("association closed")
+                   if line.get("calling_ae_title") == calling]:  # fmt: skip
+            assert time.monotonic() < deadline, "no 'association closed' line"
+            time.sleep(0.02)
+        mine = [line for line in qr.server.lines if line.get("calling_ae_title") == calling]
+        events = [line["event"] for line in mine]
+        ordered = [event for event in events if event in ("dimse", "association closed")]
+        assert ordered == ["dimse", "association closed"], ordered
+        closed = mine[events.index("association closed")]
+        assert (closed["state"], closed["operations"]) == ("released", 1)

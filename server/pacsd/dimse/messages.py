@@ -68,15 +68,18 @@ class Request:
 
     `cancelled` turns True when a C-CANCEL for it arrives (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3);
     the engine sets it from its event loop and a service reads it between two responses.
+    `answered` turns True on the loop once its final response is written, while the thread
+    may still audit and log it.
     """
 
-    __slots__ = ("_dataset", "cancelled", "command", "context", "data")
+    __slots__ = ("_dataset", "answered", "cancelled", "command", "context", "data")
 
     def __init__(self, command: Command, context: AcceptedContext, data: object) -> None:
         self.command = command
         self.context = context
         self.data = data
         self.cancelled = False
+        self.answered = False
         self._dataset: Dataset | None = None
 
     @property

@@ -4,7 +4,10 @@ The A-ASSOCIATE-RQ is decided by the policy (engine/negotiation.py; off the loop
 password must be hashed). Once established, each request message becomes an operation
 (engine/operations.py) run as a task: up to the negotiated asynchronous operations window at
 once (PS3.7 D.3.3.3), the others queued in order; a C-CANCEL marks its operation wherever it
-is. An A-RELEASE-RQ is answered once the running operations have sent their last response.
+is. An A-RELEASE-RQ is answered once the running operations have sent their last response
+(`answered`), not once they have also been audited and logged; the association's own
+"association closed" line and audit record then wait for those, so that its lines keep their
+order.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class Acceptor(Association):
         # The client's address when a balancer's PROXY header named it (engine/proxied.py).
         self._peer = peer
         self._reading_paused = False
+        # Ended while operations were still being audited and logged after their answer:
+        # its own "association closed" line and audit record wait for them.
+        self._close_logged_later = False
 
     # -- connection ----------------------------------------------------------------------
 
@@ -243,8 +249,19 @@ class Acceptor(Association):
         self.running[request.message_id] = (request, task)
         task.add_done_callback(lambda _task: self._finished(request))
 
+    def answered(self, request: Request) -> None:
+        """On the loop: `request`'s final response is written (its thread may still audit
+        and log it); a release waiting for it can be answered."""
+        request.answered = True
+        if self.state == "releasing":
+            self._release_when_idle()
+
     def _finished(self, request: Request) -> None:
         self.running.pop(request.message_id, None)
+        if self._close_logged_later and not self.running:
+            self._close_logged_later = False
+            self._ended_record()
+            return
         if self.state == "established":
             while self.queued and len(self.running) < self.window:
                 self._start(self.queued.popleft())
@@ -255,8 +272,11 @@ class Acceptor(Association):
             self._release_when_idle()
 
     def _release_when_idle(self) -> None:
-        """PS3.8 AR-2..AR-4: the A-RELEASE-RP once every running operation has answered."""
-        if self.running or self.state != "releasing":
+        """PS3.8 AR-2..AR-4: the A-RELEASE-RP once every running operation has answered
+        (its final response written: what it audits and logs after that needs no peer)."""
+        if self.state != "releasing":
+            return
+        if any(not request.answered for request, _task in self.running.values()):
             return
         self.write(pdus.RELEASE_RP)
         self.handle.state = "released"
@@ -289,6 +309,15 @@ class Acceptor(Association):
             handle.state = "aborted"
         self.engine.negotiator.release(handle)
         self._release_pending()
+        running = [request for request, _task in self.running.values()]
+        if running and all(request.answered for request in running):
+            self._close_logged_later = True  # answered, auditing and logging: those first
+            return
+        self._ended_record()
+
+    def _ended_record(self) -> None:
+        """Unregister and count the ended association, log its line and audit it."""
+        handle = self.handle
         self.engine.unregister(self)
         counters = handle.counters
         # Released or aborted: it was established (the states set above and in abort()).

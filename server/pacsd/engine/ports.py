@@ -216,8 +216,11 @@ class ThreadPort:
         written = threading.Event()
 
         def write() -> None:
-            self.assoc.write_all(pdus)
-            written.set()
+            try:
+                self.assoc.write_all(pdus)
+                self.assoc.answered(self.request)
+            finally:
+                written.set()
 
         self.loop.call_soon_threadsafe(write)
         written.wait(FINAL_WAIT_S)
