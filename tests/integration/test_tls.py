@@ -324,8 +324,14 @@ def test_c_move_to_a_tls_destination(pacsd_server: ServerFactory, pki: Pki, tmp_
     assert store_files(source.host, source.port, [path]) == [(0x0000, "")]
 
     assert c_move(source, "DEST", str(dataset.StudyInstanceUID))[-1] == 0x0000
-    accepted = destination.accepted_associations()
-    assert accepted[-1]["calling_ae_title"] == "PACSD"
+    # The sub-association is released as the final response leaves (engine/core.py
+    # release_later): its "association closed" line may come a moment later.
+    deadline = time.monotonic() + 15
+    while not any(
+        line["calling_ae_title"] == "PACSD" for line in destination.accepted_associations()
+    ):
+        assert time.monotonic() < deadline, "the sub-association never closed"
+        time.sleep(0.05)
     rows = index_rows(f"sqlite:///{destination.config_path.parent / 'index.sqlite'}")
     assert [row["sop_instance_uid"] for row in rows] == [str(dataset.SOPInstanceUID)]
 
