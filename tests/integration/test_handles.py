@@ -40,6 +40,7 @@ Snapshot = dict[str, Any]
 
 STATUS_WAIT_S = 10.0
 POLL_INTERVAL_S = 0.05
+REACTOR_PARK_S = 0.05  # pynetdicom's reactor sleeps 1 ms per turn: 50 of them
 # Under the DICOM root and no SOP class (a UID outside it would be a private storage class, which
 # the default policy accepts): PS3.8 Table 9-18 result 3, abstract syntax not supported.
 UNKNOWN_SOP_CLASS = "1.2.840.10008.9.9.9"
@@ -218,14 +219,22 @@ def assert_contexts(association: Snapshot, assoc: Association) -> None:
     assert (rejected["pacsd_scp"], rejected["pacsd_scu"]) == (False, False)
 
 
+def parked(assoc: Any) -> Any:
+    """`assoc`, after a pause that lets pynetdicom's reactor park between two requests: its
+    requestor race (docs/dicom-notes.md) made the second of two back-to-back C-ECHOs wait
+    out its DIMSE timeout once in CI."""
+    time.sleep(REACTOR_PARK_S)
+    return assoc
+
+
 def test_counters_match_what_was_sent(server: PacsdProcess, tmp_path: Path) -> None:
     """3 C-ECHO and 2 C-STORE: per-service counts, instances, data set and wire bytes."""
     files = ct_files(tmp_path, 2)
     dataset_sizes = sum(len(dataset_bytes(path)) for path in files)
     wire = WireCount()
     with chunked_send(), scu_association(server, wire=wire) as assoc:
-        assert [status_of(assoc.send_c_echo()) for _ in range(3)] == [0x0000] * 3
-        assert [status_of(assoc.send_c_store(path)) for path in files] == [0x0000] * 2
+        assert [status_of(parked(assoc).send_c_echo()) for _ in range(3)] == [0x0000] * 3
+        assert [status_of(parked(assoc).send_c_store(path)) for path in files] == [0x0000] * 2
         # pacsd counts a PDU it sent after writing it: poll until it has seen the last one.
         [association] = wait_for_associations(
             server,
