@@ -732,8 +732,23 @@ def test_sub_associations_leave_no_descriptor_or_thread(
     while (after[0] > before[0] or after[1] > before[1]) and time.monotonic() < deadline:
         time.sleep(0.1)
         after = _descriptors_and_threads(qr.server)
-    assert after[0] <= before[0], f"descriptors {before[0]} -> {after[0]}"
+    assert after[0] <= before[0], f"descriptors {before[0]} -> {after[0]}: {_targets(qr.server)}"
     assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
+
+
+def _targets(server: PacsdProcess) -> list[str]:
+    """What the server's descriptors point at (sockets with their TCP endpoints), for a
+    failure message."""
+    assert server.process is not None
+    pid = server.process.pid
+    endpoints: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                endpoints[f"socket:[{fields[9]}]"] = f"{fields[1]}->{fields[2]} st{fields[3]}"
+    links = [_link(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    return sorted(f"{link} {endpoints.get(link, '')}".strip() for link in links)
 
 
 def test_a_missing_stored_file_fails_its_sub_operation_and_the_others_are_sent(
