@@ -199,7 +199,7 @@ class Operations:
             operation = self._streams[(command.field, group)]
             stream = functools.partial(run_stream, group, operation, answer=send_final)
             report = await loop.run_in_executor(self.work, stream, request, assoc.handle, port)
-            if not port.answered:
+            if not request.answered:  # set by ThreadPort.final once written
                 assoc.write_all(port.take_held() + final_pdus(assoc, request, report))
 
     def _store(self, group: str, request: Request, handle: ClientHandle) -> Response:

@@ -170,7 +170,6 @@ class ThreadPort:
         self._held: list[bytes] = []
         self._held_responses = 0
         self._held_size = 0
-        self.answered = False  # the final response went out through `final`
 
     def pending(
         self,
@@ -224,7 +223,6 @@ class ThreadPort:
 
         self.loop.call_soon_threadsafe(write)
         written.wait(FINAL_WAIT_S)
-        self.answered = True
 
     def take_held(self) -> list[bytes]:
         """On the loop, once the operation's thread returned: the responses still held."""
