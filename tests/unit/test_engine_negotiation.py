@@ -19,6 +19,7 @@ from pacsd.engine.pdu import (
     ProposedContext,
     RoleSelection,
     UserInformation,
+    encode_associate_accept,
 )
 from pacsd.handle import ClientHandle
 from pacsd.policy.engine import REJECT_TRANSIENT_NO_REASON, REJECTIONS, Grant, Policy
@@ -229,6 +230,48 @@ def test_accept_fields_and_handle() -> None:
         (1, 0, True),
         (3, 3, False),
     ]
+
+
+def test_the_same_request_and_grant_are_answered_once() -> None:
+    """A repeated request under the same grant gets the kept answer, and its handle the same
+    contexts as the first; another grant (a reloaded policy) is answered anew. The kept
+    answer's contexts are each association's own copy."""
+    negotiator = Negotiator(lambda: _policy(), 16384)
+    request = _request(
+        ProposedContext(1, VERIFICATION, (IMPLICIT,)),
+        ProposedContext(3, CT_IMAGE, (EXPLICIT, IMPLICIT)),
+        ProposedContext(5, UNKNOWN_DICOM_UID, (IMPLICIT,)),
+    )
+    grant = _grant()
+    first_handle, second_handle = (ClientHandle.connect("127.0.0.1", port) for port in (1, 2))
+    first = negotiator.accept(request, first_handle, grant)
+    second = negotiator.accept(request, second_handle, grant)
+    assert second.accept is first.accept
+    assert second.pdu == first.pdu
+    assert second.pdu == encode_associate_accept(first.accept)
+    assert second.contexts == first.contexts
+    assert second.contexts is not first.contexts
+    assert second_handle.contexts == first_handle.contexts
+    assert second_handle.contexts is not first_handle.contexts
+    assert second_handle.local_max_pdu_size == first_handle.local_max_pdu_size == 16384
+    refusing = _grant(sop_classes=["verification"])
+    third_handle = ClientHandle.connect("127.0.0.1", 3)
+    third = negotiator.accept(request, third_handle, refusing)
+    assert [cx.result for cx in third.accept.contexts] == [0, 3, 3]
+    assert [cx.result for cx in third_handle.contexts] == [0, 3, 3]
+
+
+def test_an_answer_with_an_identity_response_is_not_kept() -> None:
+    """The identity response belongs to one association: the next one without an identity
+    gets none."""
+    negotiator = Negotiator(lambda: _policy(), 16384)
+    request = _request(ProposedContext(1, VERIFICATION, (IMPLICIT,)))
+    grant = _grant(user_identity="optional")
+    verified = ClientHandle.connect("127.0.0.1", 1)
+    verified.identity_response, verified.username, verified.user_verified = b"", "alice", True
+    assert negotiator.accept(request, verified, grant).accept.user.user_identity_response == b""
+    anonymous = ClientHandle.connect("127.0.0.1", 2)
+    assert negotiator.accept(request, anonymous, grant).accept.user.user_identity_response is None
 
 
 def test_peer_maximum_length_is_passed_on() -> None:

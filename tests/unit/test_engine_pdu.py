@@ -376,6 +376,21 @@ def test_malformed_request_raises_pdu_error(body: bytes, message: str) -> None:
         P.decode_associate_request(body)
 
 
+def test_equal_requests_decode_to_one_object_unless_they_carry_an_identity() -> None:
+    """A request is decoded once per distinct body (negotiation keys its answers on that
+    object); one with a user identity is decoded every time, so that no password is kept."""
+    body = _user(_item(0x51, struct.pack(">L", 16384)))
+    first = P.decode_associate_request(body)
+    assert P.decode_associate_request(bytearray(body)) is first
+    assert P.decode_associate_request(_user(_item(0x51, struct.pack(">L", 8192)))) is not first
+    with_identity = _user(_item(0x58, bytes((1, 0)) + struct.pack(">H", 3) + b"bob"))
+    once = P.decode_associate_request(with_identity)
+    again = P.decode_associate_request(with_identity)
+    assert once == again
+    assert once is not again
+    assert with_identity not in P._requests
+
+
 def test_short_reject_abort_and_accept_raise() -> None:
     """A-ASSOCIATE-RJ and A-ABORT are 4 bytes (PS3.8 9.3.4, 9.3.8), an AC 68 at least."""
     with pytest.raises(P.PduError):

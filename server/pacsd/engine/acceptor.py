@@ -177,7 +177,7 @@ class Acceptor(Association):
         self.contexts = accepted.contexts
         self.window = max(1, accepted.invoked_window)
         self.peer_max_pdu, self.local_max_pdu = accepted.peer_max_pdu, accepted.local_max_pdu
-        self.write(pdus.encode_associate_accept(accepted.accept))
+        self.write(accepted.pdu)
         self.state = "established"
         handle = self.handle
         handle.state = "established"
