@@ -3,6 +3,7 @@ association helpers for the policy tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +70,24 @@ def status_of(response: Dataset | None) -> int | None:
     return int(response.Status)
 
 
+# One turn of pynetdicom's reactor loop is a 1 ms sleep and a few checks (_run_reactor).
+REACTOR_TURN_S = 0.003
+
+
+def park_reactor(assoc: Association) -> Association:
+    """`assoc`, its reactor thread parked for real before the next send_*.
+
+    pynetdicom's requestor race (docs/dicom-notes.md): send_* closes the reactor's checkpoint
+    and goes on as soon as the reactor reads "paused", which it may still read from the turn
+    it is leaving; it then takes the response to the new request ("Received unexpected C-STORE
+    service message") and send_* waits out its DIMSE timeout. Closing the checkpoint for
+    longer than one turn first leaves the reactor waiting on it; send_* finds it so.
+    """
+    assoc._reactor_checkpoint.clear()
+    time.sleep(REACTOR_TURN_S)
+    return assoc
+
+
 def store_files(
     host: str, port: int, paths: Sequence[Path], calling: str = "TESTSCU"
 ) -> list[tuple[int | None, str]]:
@@ -77,7 +96,7 @@ def store_files(
     results: list[tuple[int | None, str]] = []
     with chunked_send(), associate(host, port, contexts, calling=calling) as assoc:
         for path in paths:
-            response = assoc.send_c_store(path)
+            response = park_reactor(assoc).send_c_store(path)
             comment = str(response.get("ErrorComment", "")) if response else ""
             results.append((status_of(response), comment))
     return results
