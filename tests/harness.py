@@ -134,6 +134,19 @@ class PacsdProcess:
         """The storage root of a server configured by `base_config`."""
         return self.config_path.parent / "storage"
 
+    def index_database_links(self) -> frozenset[str]:
+        """What /proc/<pid>/fd shows for the descriptors of a SQLite index's connections (the
+        database and its write-ahead log; empty for another database). Its pool keeps up to
+        `database.pool_size` connections, one more whenever reads overlap (a report worker's
+        poll during a request), so their count is not a leak: the resource tests leave them
+        out of their baseline."""
+        config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        url = str(config.get("database", {}).get("url", ""))
+        if not url.startswith("sqlite:///"):
+            return frozenset()
+        database = os.path.realpath(url.removeprefix("sqlite:///"))
+        return frozenset(database + suffix for suffix in ("", "-wal", "-journal"))
+
     def output(self) -> str:
         """Everything the server printed so far."""
         return "\n".join(self.raw_lines)

@@ -670,11 +670,11 @@ def test_back_to_back_moves_use_one_destination_association_at_a_time(
 
 def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
     """The server's open descriptors and threads, not counting its connections to the index
-    database and to the object store: a PostgreSQL pool, and boto's, opens another connection
-    whenever two requests overlap and keeps it."""
+    database and to the object store: a PostgreSQL pool, a SQLite one, and boto's, opens
+    another connection whenever two requests overlap and keeps it."""
     assert server.process is not None
     pid = server.process.pid
-    pooled = _pooled_sockets(pid, _pooled_ports(server))
+    pooled = _pooled_sockets(pid, _pooled_ports(server)) | server.index_database_links()
     descriptors = [
         fd for fd in os.listdir(f"/proc/{pid}/fd") if _link(f"/proc/{pid}/fd/{fd}") not in pooled
     ]
