@@ -147,6 +147,16 @@ class PacsdProcess:
         database = os.path.realpath(url.removeprefix("sqlite:///"))
         return frozenset(database + suffix for suffix in ("", "-wal", "-journal"))
 
+    def descriptors(self) -> tuple[int, int]:
+        """(the process's open descriptors but the index pool's, the index pool's): the
+        resource tests compare the first with a baseline and bound the second."""
+        assert self.process is not None
+        folder = f"/proc/{self.process.pid}/fd"
+        index = self.index_database_links()
+        links = [_link(f"{folder}/{fd}") for fd in os.listdir(folder)]
+        pooled = sum(link in index for link in links)
+        return len(links) - pooled, pooled
+
     def output(self) -> str:
         """Everything the server printed so far."""
         return "\n".join(self.raw_lines)
@@ -295,6 +305,13 @@ class DiskFiles:
         kept = stored_files(folder)
         kept.pop("manifest.jsonl", None)
         return kept
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:  # closed between listdir and readlink
+        return ""
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:

@@ -38,32 +38,33 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT_S) ->
         time.sleep(0.05)
 
 
-def resources(pid: int) -> tuple[int, int]:
-    """(threads, open file descriptors) of a process."""
-    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+def resources(server: PacsdProcess) -> tuple[int, int]:
+    """(threads, open file descriptors but the index pool's) of the server process."""
+    assert server.process is not None
+    return len(os.listdir(f"/proc/{server.process.pid}/task")), server.descriptors()[0]
 
 
-def settled_resources(pid: int, quiet_s: float = 0.5) -> tuple[int, int]:
+def settled_resources(server: PacsdProcess, quiet_s: float = 0.5) -> tuple[int, int]:
     """`resources` once start-up has settled: unchanged for `quiet_s` (the report workers
     open their index connections once a new database's schema exists, after the port
     answers C-ECHO)."""
     deadline = time.monotonic() + WAIT_S
-    last, since = resources(pid), time.monotonic()
+    last, since = resources(server), time.monotonic()
     while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
         time.sleep(0.05)
-        now = resources(pid)
+        now = resources(server)
         if now != last:
             last, since = now, time.monotonic()
     return last
 
 
-def back_to_baseline(pid: int, baseline: tuple[int, int]) -> None:
+def back_to_baseline(server: PacsdProcess, baseline: tuple[int, int]) -> None:
     """Wait until the process has no more threads and descriptors than at `baseline`."""
 
     def settled() -> bool:
-        return all(now <= then for now, then in zip(resources(pid), baseline, strict=True))
+        return all(now <= then for now, then in zip(resources(server), baseline, strict=True))
 
-    eventually(settled, f"threads and descriptors back to {baseline}: {resources(pid)}")
+    eventually(settled, f"threads and descriptors back to {baseline}: {resources(server)}")
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:
@@ -84,9 +85,7 @@ def test_pending_cap_per_address_refuses_at_once_until_artim_closes_the_idle_one
     (a real C-ECHO too) are closed at once, with one warning line; ARTIM closes the idle ones,
     then C-ECHO works again and threads and descriptors are back to their baseline."""
     server = pacsd_server(network={"max_pending_per_address": 4, "acse_timeout": 3})
-    assert server.process is not None
-    pid = server.process.pid
-    baseline = settled_resources(pid)
+    baseline = settled_resources(server)
     idle = [socket.create_connection((server.host, server.port)) for _ in range(4)]
     try:
         eventually(lambda: status(server)["pending_connections"] == 4, "4 pending")
@@ -107,7 +106,7 @@ def test_pending_cap_per_address_refuses_at_once_until_artim_closes_the_idle_one
             sock.close()
     eventually(lambda: status(server)["pending_connections"] == 0, "none pending")
     assert echo(server.host, server.port)
-    back_to_baseline(pid, baseline)
+    back_to_baseline(server, baseline)
 
 
 def test_closed_and_associated_connections_stop_counting(pacsd_server: ServerFactory) -> None:

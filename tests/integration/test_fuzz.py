@@ -54,11 +54,9 @@ class Fuzzed:
     def usage(self) -> tuple[int, int]:
         """Threads, and descriptors other than the index pool's connections (whose number is
         bounded by the pool, checked here: a leak of those would outgrow it)."""
-        index = self.server.index_database_links()
-        links = [_link(f"/proc/{self.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{self.pid}/fd")]
-        pooled = sum(link in index for link in links)
+        descriptors, pooled = self.server.descriptors()
         assert pooled <= INDEX_DESCRIPTORS_AT_MOST, f"{pooled} index database descriptors"
-        return len(os.listdir(f"/proc/{self.pid}/task")), len(links) - pooled
+        return len(os.listdir(f"/proc/{self.pid}/task")), descriptors
 
     def assert_healthy(self, case: str) -> None:
         """C-ECHO works, threads and descriptors return to baseline, no work file is left."""
@@ -78,13 +76,6 @@ class Fuzzed:
 # The index pool's connections to a SQLite index: the database and its write-ahead log each,
 # for the pool's default 10 connections, its overflow when busy, and the index writer's own.
 INDEX_DESCRIPTORS_AT_MOST = 2 * (10 + 10 + 1)
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except FileNotFoundError:  # closed between listdir and readlink
-        return ""
 
 
 # Unchanged this long counts as steady: longer than the commitment and UPS workers' longest
