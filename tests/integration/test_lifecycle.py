@@ -147,8 +147,9 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_serves_on(
         # call, the event loop's stack loses its oldest frames, _serve_associations among them.
         # A dump comes whole or not at all, so a second one settles it.
         for _attempt in range(3):
+            before = _thread_headers(server)  # counted first: the dump may be read at once
             server.send_signal(signal.SIGUSR1)
-            _wait_until(partial(_more_thread_headers, server, _thread_headers(server)))
+            _wait_until(partial(_more_thread_headers, server, before))
             time.sleep(0.2)  # the rest of this dump's lines
             if any("_serve_associations" in line for line in server.raw_lines):
                 break

@@ -284,9 +284,7 @@ def test_silent_tls_clients_do_not_stall_others(pacsd_server: ServerFactory, pki
     """Four clients that connect to the TLS port and say nothing do not hold up a real TLS
     client; after handshake_timeout the server closes them, logging each, leaking nothing."""
     server = tls_server(pacsd_server, pki, {"handshake_timeout": 2})
-    assert server.process is not None
-    pid = server.process.pid
-    baseline = settled_resources(pid)
+    baseline = settled_resources(server)
     silent = [socket.create_connection(("127.0.0.1", server.tls_port)) for _ in range(4)]
     try:
         started = time.monotonic()
@@ -301,7 +299,7 @@ def test_silent_tls_clients_do_not_stall_others(pacsd_server: ServerFactory, pki
             sock.close()
     failures = handshake_failures(server, 4)
     assert {line["reason"] for line in failures} == {"no handshake within 2 s"}
-    back_to_baseline(pid, baseline)
+    back_to_baseline(server, baseline)
 
 
 def test_c_move_to_a_tls_destination(pacsd_server: ServerFactory, pki: Pki, tmp_path: Path) -> None:
