@@ -153,7 +153,7 @@ class PacsdProcess:
         assert self.process is not None
         folder = f"/proc/{self.process.pid}/fd"
         index = self.index_database_links()
-        links = [_link(f"{folder}/{fd}") for fd in os.listdir(folder)]
+        links = [descriptor_target(f"{folder}/{fd}") for fd in os.listdir(folder)]
         pooled = sum(link in index for link in links)
         return len(links) - pooled, pooled
 
@@ -307,7 +307,8 @@ class DiskFiles:
         return kept
 
 
-def _link(path: str) -> str:
+def descriptor_target(path: str) -> str:
+    """What a /proc/<pid>/fd entry points at ("" when it closed meanwhile)."""
     try:
         return os.readlink(path)
     except FileNotFoundError:  # closed between listdir and readlink

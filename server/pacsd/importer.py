@@ -572,32 +572,24 @@ class BarProgress:
 
     def __init__(self) -> None:
         self.bar: Any = None  # click's ProgressBar, made once the totals are known
-        self.files = self.total_files = self.bytes = 0
-        self.started = time.monotonic()
+        self.tally = PlainProgress(lambda _line: None)  # the counts and rate, not its lines
 
     def start(self, files: int, total_bytes: int) -> None:
         """Show the bar with its totals."""
-        self.total_files = files
-        self.started = time.monotonic()
+        self.tally.start(files, total_bytes)
         self.bar = click.progressbar(
             length=max(total_bytes, 1),
             label="importing",
             file=sys.stderr,
             show_percent=True,
             show_eta=True,
-            item_show_func=lambda _: self.figures(),
+            item_show_func=lambda _: self.tally.line(time.monotonic()),
         )
         self.bar.__enter__()
 
-    def figures(self) -> str:
-        """Files done and the rate, shown after the bar."""
-        rate = self.bytes / MB / max(time.monotonic() - self.started, 1e-6)
-        return f"{self.files}/{self.total_files} files, {rate:.1f} MB/s"
-
     def advance(self, result: FileResult) -> None:
         """One more file."""
-        self.files += 1
-        self.bytes += result.candidate.size
+        self.tally.advance(result)
         if self.bar is not None:
             self.bar.update(result.candidate.size, result)
 

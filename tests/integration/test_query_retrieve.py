@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from tests import datagen, qr_archive
 from tests.conftest import POSTGRES_ENV, _backends, archive_storage, index_url, needs_weed
 from tests.datagen import TEST_UID_ROOT
-from tests.harness import PacsdProcess, base_config, echo
+from tests.harness import PacsdProcess, base_config, descriptor_target, echo
 from tests.qr_archive import Entry
 from tests.qr_scu import (
     FIND,
@@ -675,17 +675,8 @@ def _descriptors_and_threads(server: PacsdProcess) -> tuple[int, int]:
     assert server.process is not None
     pid = server.process.pid
     pooled = _pooled_sockets(pid, _pooled_ports(server)) | server.index_database_links()
-    descriptors = [
-        fd for fd in os.listdir(f"/proc/{pid}/fd") if _link(f"/proc/{pid}/fd/{fd}") not in pooled
-    ]
-    return len(descriptors), len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except FileNotFoundError:  # closed between listdir and readlink
-        return ""
+    links = [descriptor_target(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    return sum(link not in pooled for link in links), len(os.listdir(f"/proc/{pid}/task"))
 
 
 def _pooled_ports(server: PacsdProcess) -> set[str]:
@@ -747,7 +738,7 @@ def _targets(server: PacsdProcess) -> list[str]:
             for row in list(rows)[1:]:
                 fields = row.split()
                 endpoints[f"socket:[{fields[9]}]"] = f"{fields[1]}->{fields[2]} st{fields[3]}"
-    links = [_link(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    links = [descriptor_target(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     return sorted(f"{link} {endpoints.get(link, '')}".strip() for link in links)
 
 
