@@ -52,6 +52,7 @@ PENDING = 0xFF00
 PENDING_KEYS_UNSUPPORTED = 0xFF01
 CANCELLED = 0xFE00
 RETRIEVE_AE_TITLE = int(Tag("RetrieveAETitle"))
+SPECIFIC_CHARACTER_SET = 0x00080005
 INSTANCE_AVAILABILITY = int(Tag("InstanceAvailability"))
 
 
@@ -59,7 +60,11 @@ def decoded_identifier(request: Request) -> Dataset:
     """The request identifier, or Cannot Understand (0xC000) when it does not decode."""
     try:
         identifier = request.dataset()
-        identifier.decode()  # apply its Specific Character Set now, not while matching
+        if _needs_decode(identifier):
+            identifier.decode()  # apply its Specific Character Set now, not while matching
+        else:
+            for _element in identifier:  # each value converted now, not while matching
+                pass
         _restore_text_vrs(identifier)
     except Exception as exc:
         raise CannotUnderstand(f"identifier cannot be decoded: {exc}") from None
@@ -91,6 +96,26 @@ TEXT_VRS = frozenset(
 SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UR", "UT"})
 
 
+def _needs_decode(identifier: Dataset) -> bool:
+    """Whether `Dataset.decode` would change a value: only with a Specific Character Set, or
+    a sequence whose items may hold one. Without them every value was read in the default
+    repertoire, and decoding again (about a third of a query's decoding) changes nothing."""
+    return SPECIFIC_CHARACTER_SET in identifier or any(
+        _may_be_sequence(tag, identifier.get_item(tag).VR)
+        for tag in identifier.keys()  # noqa: SIM118 (tags, not elements)
+    )
+
+
+def _may_be_sequence(tag: int, vr: str | None) -> bool:
+    """Whether an element, by the VR it was read with (None: implicit VR), may be a sequence."""
+    if vr is not None:
+        return vr in ("SQ", "UN")
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return True  # a private or unknown element: whatever it is, decode() looks
+
+
 def _restore_text_vrs(identifier: Dataset) -> None:
     """Give UN elements of a known text attribute their VR back (PS3.5 6.2.2, 7.1.2).
 
@@ -98,8 +123,14 @@ def _restore_text_vrs(identifier: Dataset) -> None:
     SCU encodes it as UN (pydicom does, e.g. a C-MOVE listing 2,000 Study Instance UIDs);
     pydicom keeps such an element as UN bytes, which would match nothing.
     """
+    # get_item: the Dataset's own lookup (identifier[tag]) costs several times more.
+    tags = identifier.keys()
+    unknown = [tag for tag in tags if identifier.get_item(tag).VR == "UN"]
+    if not unknown:
+        return
     encodings = convert_encodings(identifier.get("SpecificCharacterSet") or "ISO_IR 6")
-    for element in list(identifier):
+    for tag in unknown:
+        element = identifier[tag]
         if element.VR != "UN" or not isinstance(element.value, bytes):
             continue
         try:
