@@ -1,5 +1,6 @@
 """C-FIND response identifiers encode to exactly the bytes pydicom's own path gives
-(Dataset.from_json, then pydicom's writer), whichever elements take pacsd's raw shortcut."""
+(Dataset.from_json, then pydicom's writer), whichever elements take pacsd's raw shortcut, and
+whether pacsd writes the bytes itself (`response_identifier`) or through a Dataset."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from pacsd.dicom.find_response import choose_charset, response_dataset
+from pacsd.dicom.find_response import choose_charset, response_dataset, response_identifier
 from pacsd.dimse.messages import _flat_encoded, encode_dataset
 
 STUDY_RESPONSE = {
@@ -119,3 +120,38 @@ def test_a_flat_response_is_written_without_pydicom() -> None:
     assert _flat_encoded(response_dataset(STUDY_RESPONSE, [], False), implicit=False)
     nested = response_dataset(CASES["what goes through pydicom"][0], [], False)
     assert _flat_encoded(nested, implicit=False) is None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_identifier_bytes_equal_pydicoms(case: str, implicit: bool) -> None:
+    """`response_identifier` writes a simple response itself; a response with an element
+    pydicom must write comes as a Dataset. Either way the message carries pydicom's bytes."""
+    document, request_charset = CASES[case]
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    identifier = response_identifier(document, request_charset, syntax)
+    ours = identifier if isinstance(identifier, bytes) else encode_dataset(identifier, syntax)
+    assert ours == encode(pydicoms(document, request_charset), implicit, True)
+
+
+def test_simple_responses_are_written_without_a_dataset() -> None:
+    """Bytes for the simple cases (else the test above compares the Dataset path again), a
+    Dataset for the one holding sequences and binary values, and for a big endian syntax."""
+    simple = [name for name in CASES if name != "what goes through pydicom"]
+    for name in simple:
+        document, request_charset = CASES[name]
+        identifier = response_identifier(document, request_charset, ExplicitVRLittleEndian)
+        assert isinstance(identifier, bytes), name
+    nested, _ = CASES["what goes through pydicom"]
+    assert isinstance(response_identifier(nested, [], ExplicitVRLittleEndian), Dataset)
+    big_endian = response_identifier(STUDY_RESPONSE, [], "1.2.840.10008.1.2.2")
+    assert isinstance(big_endian, Dataset)
+
+
+def test_a_requested_character_set_key_is_answered_once() -> None:
+    """A request that lists Specific Character Set as a key gets the response's own, once."""
+    document = {**STUDY_RESPONSE, "00080005": {"vr": "CS"}}
+    identifier = response_identifier(document, ["ISO_IR 100"], ExplicitVRLittleEndian)
+    assert isinstance(identifier, bytes)
+    assert identifier == encode(pydicoms(STUDY_RESPONSE, ["ISO_IR 100"]), False, True)
+    assert identifier.count(b"\x08\x00\x05\x00") == 1

@@ -11,14 +11,18 @@ import codecs
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from pacsd.dicom.matching import JsonRecord, Key
+from pacsd.dimse.messages import encode_flat, flat_syntax
 
 UTF8 = "ISO_IR 192"
+SPECIFIC_CHARACTER_SET = 0x00080005
 _COMPUTED_VR = {"00080061": "CS", "00080062": "UI"}
 
 
@@ -58,6 +62,40 @@ def _items(key: Key, element: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def response_identifier(
+    document: dict[str, Any], request_charset: Sequence[str], transfer_syntax: str
+) -> Dataset | bytes:
+    """The response identifier: already encoded in `transfer_syntax` when that is a little
+    endian one and every element takes the raw shortcut below (no Dataset is made: that cost
+    more than the rest of the response), else `response_dataset`'s Dataset."""
+    charset = choose_charset(document, request_charset)
+    implicit = flat_syntax(transfer_syntax)
+    if implicit is not None:
+        encoded = _encoded(document, charset, implicit)
+        if encoded is not None:
+            return encoded
+    syntax = UID(transfer_syntax)
+    return _dataset(document, charset, syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+def _encoded(document: dict[str, Any], charset: str | list[str], implicit: bool) -> bytes | None:
+    """The bytes of `response_dataset(...)` written in a little endian syntax, or None when an
+    element needs pydicom."""
+    codec = _single_codec(charset)
+    terms = charset if isinstance(charset, str) else "\\".join(charset)
+    elements = [(SPECIFIC_CHARACTER_SET, "CS", _padded(terms, " "))]
+    for name, element in document.items():
+        tag = int(name, 16)
+        if tag == SPECIFIC_CHARACTER_SET:
+            continue  # the response's own, above
+        value = _raw_value(element, codec)
+        if value is None:
+            return None
+        elements.append((tag, element["vr"], value))
+    elements.sort()
+    return encode_flat(elements, implicit)
+
+
 def response_dataset(
     document: dict[str, Any],
     request_charset: Sequence[str],
@@ -76,7 +114,12 @@ def response_dataset(
     JSON into pydicom values and encoding them again took ~1.5 ms per response.
     tests/unit/test_find_response.py checks the bytes against pydicom's own path.
     """
-    charset = choose_charset(document, request_charset)
+    return _dataset(document, choose_charset(document, request_charset), implicit_vr, little_endian)
+
+
+def _dataset(
+    document: dict[str, Any], charset: str | list[str], implicit_vr: bool, little_endian: bool
+) -> Dataset:
     codec = _single_codec(charset)
     dataset = Dataset()
     others: dict[str, Any] = {}
@@ -156,13 +199,22 @@ def _padded_bytes(encoded: bytes, pad: bytes) -> bytes:
 
 def choose_charset(document: Mapping[str, Any], request_charset: Sequence[str]) -> str | list[str]:
     """The Specific Character Set for a response carrying `document`."""
-    texts = [text for text in _texts(document) if not text.isascii()]
+    texts = [] if _all_ascii(document) else [t for t in _texts(document) if not t.isascii()]
     requested = [term for term in request_charset if term]
     if not texts:
         return requested[0] if len(requested) == 1 else list(requested) if requested else ""
     if len(requested) == 1 and _encodes(requested[0], texts):
         return requested[0]
     return UTF8
+
+
+def _all_ascii(document: Mapping[str, Any]) -> bool:
+    """Whether every text of `document` is ASCII: its JSON, whose keys are, is (orjson
+    writes UTF-8, never \\u escapes); one call instead of a walk of every value."""
+    try:
+        return orjson.dumps(document).isascii()
+    except orjson.JSONEncodeError:
+        return False
 
 
 def _encodes(term: str, texts: list[str]) -> bool:

@@ -177,9 +177,33 @@ _LONG_VRS = frozenset(
 )
 
 
+def flat_syntax(transfer_syntax: str) -> bool | None:
+    """Whether `transfer_syntax` is implicit VR, for the two `encode_flat` writes (None:
+    neither little endian syntax: pydicom writes the data set)."""
+    return transfer_syntax == _IMPLICIT if transfer_syntax in _FLAT_SYNTAXES else None
+
+
+def encode_flat(elements: list[tuple[int, str, bytes]], implicit: bool) -> bytes | None:
+    """(tag, VR, encoded value of an even length) in tag order, as a little endian data set;
+    None when a value is too long for its VR's 16-bit length."""
+    parts: list[bytes] = []
+    for tag, vr, value in elements:
+        length = len(value)
+        if implicit:
+            parts.append(_IMPLICIT_HEADER.pack(tag >> 16, tag & 0xFFFF, length))
+        elif vr in _LONG_VRS:
+            parts.append(_LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+        elif length <= 0xFFFF:
+            parts.append(_SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+        else:
+            return None
+        parts.append(value)
+    return b"".join(parts)
+
+
 def _flat_encoded(dataset: Dataset, implicit: bool) -> bytes | None:
     """The encoding of a flat data set (see above), or None when pydicom must write it."""
-    parts: list[bytes] = []
+    elements: list[tuple[int, str, bytes]] = []
     for tag in sorted(dataset._dict):
         element = dataset._dict[tag]
         vr = element.VR
@@ -198,19 +222,10 @@ def _flat_encoded(dataset: Dataset, implicit: bool) -> bytes | None:
             value = _short_text(element.value, vr)
             if value is None:
                 return None
-        length = len(value)
-        if length % 2:
+        if len(value) % 2:
             return None
-        if implicit:
-            parts.append(_IMPLICIT_HEADER.pack(tag >> 16, tag & 0xFFFF, length))
-        elif vr in _LONG_VRS:
-            parts.append(_LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
-        elif length <= 0xFFFF:
-            parts.append(_SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
-        else:
-            return None
-        parts.append(value)
-    return b"".join(parts)
+        elements.append((tag, vr, value))
+    return encode_flat(elements, implicit)
 
 
 def _short_text(value: object, vr: str) -> bytes | None:

@@ -174,12 +174,16 @@ class ThreadPort:
     def pending(
         self,
         status: int,
-        identifier: Dataset | None = None,
+        identifier: Dataset | bytes | None = None,
         counts: SubOperationCounts | None = None,
         hold: bool = False,
     ) -> None:
         request = self.request
-        data = encode_dataset(identifier, request.context.transfer_syntax) if identifier else None
+        if isinstance(identifier, bytes):
+            data: bytes | None = identifier
+        else:
+            syntax = request.context.transfer_syntax
+            data = encode_dataset(identifier, syntax) if identifier else None
         command = response(request.command, status, has_data_set=data is not None, counts=counts)
         context_id = request.context.context_id
         pdus = list(message_pdus(context_id, command, data, self.assoc.peer_max_pdu))

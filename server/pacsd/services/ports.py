@@ -94,11 +94,12 @@ class OperationPort(Protocol):
     def pending(
         self,
         status: int,
-        identifier: Dataset | None = None,
+        identifier: Dataset | bytes | None = None,
         counts: SubOperationCounts | None = None,
         hold: bool = False,
     ) -> None:
-        """Send a pending response (PS3.7 9.1.2.1.6).
+        """Send a pending response (PS3.7 9.1.2.1.6); `identifier` as bytes is already
+        encoded in the request's transfer syntax.
 
         With `hold`, the engine may keep it and hand it to the wire with the next ones: at
         the latest on `flush()`, with a response that is not held, or with the final response

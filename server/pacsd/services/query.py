@@ -20,9 +20,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import UID
 
-from pacsd.dicom.find_response import response_dataset, response_json
+from pacsd.dicom.find_response import response_identifier, response_json
 from pacsd.dicom.matching import (
     TIMEZONE_OFFSET_FROM_UTC,
     Key,
@@ -265,8 +264,7 @@ def stream_matches(
     """One pending response per matching document; C-CANCEL and the `max_results` cap end
     the stream (0xFE00, 0xA700). With `hold`, responses may be held (OperationPort.pending):
     `documents` then flushes the port before any slow step."""
-    syntax = UID(request.context.transfer_syntax)
-    implicit_vr, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+    transfer_syntax = request.context.transfer_syntax
     for count, document in enumerate(documents, start=1):
         if request.cancelled:
             report.status = CANCELLED
@@ -274,7 +272,7 @@ def stream_matches(
         if count > settings.max_results:
             raise OutOfResources(f"more than {settings.max_results} matches: narrow the query")
         report.fields["matches"] = count
-        identifier = response_dataset(document, charset, implicit_vr, little_endian)
+        identifier = response_identifier(document, charset, transfer_syntax)
         port.pending(pending, identifier, hold=hold)
     if request.cancelled:
         report.status = CANCELLED
