@@ -18,10 +18,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, Connection, Select, bindparam, exists, func, null, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Dialect,
+    Select,
+    bindparam,
+    exists,
+    func,
+    null,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from pacsd.dicom.matching import JsonRecord, Key, Record, ZonedRecord
 from pacsd.dicom.qr_models import Level
@@ -233,15 +245,68 @@ def _rows(
     parameters: dict[str, Any],
     counts: tuple[int, ...],
 ) -> list[_Row]:
+    driver = _DriverSelect.of(statement, connection.dialect)
+    found = (
+        connection.execute(statement, parameters)
+        if driver is None
+        else driver.rows(connection, parameters)
+    )
     rows = []
-    for values in connection.execute(statement, parameters):
+    for values in found:
         computed: dict[int, list[str]] = {}
         if values[3] is not None:
             computed[MODALITIES_IN_STUDY] = [m for m in values[3].split("\\") if m]
         for tag, count in zip(counts, values[6:], strict=True):
             computed[tag] = [str(count)]
-        rows.append(_Row(values[0], values[2], values[5], computed))
+        header = values[5]
+        if isinstance(header, str | bytes):  # SQLite's text; PostgreSQL's driver decodes
+            header = orjson.loads(header)
+        rows.append(_Row(values[0], values[2], header, computed))
     return rows
+
+
+class _DriverSelect:
+    """A batch statement compiled once for a dialect and run on the connection's DB-API
+    cursor: SQLAlchemy's execution of an already compiled statement (an execution context,
+    a result, its row processing; for SQLite a BEGIN of its own) cost more than SQLite's
+    query, about 0.3 ms of a small C-FIND's 2 on the 2-core test machine. The header
+    column comes as the driver gives it (`_rows` decodes SQLite's text). On SQLite the
+    statement runs in its own implicit read transaction, as it did in the one SQLAlchemy
+    began: one statement sees one snapshot."""
+
+    def __init__(self, statement: AnySelect, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.compiled = compiled
+        self.sql = str(compiled)
+        self.positions = tuple(compiled.positiontup or ()) if dialect.positional else None
+        self.processors = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))
+        }
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def of(statement: AnySelect, dialect: Dialect) -> _DriverSelect | None:
+        """The driver form of `statement`; None when SQLAlchemy must render it per run (a
+        list of values bound as IN (...): one placeholder per value)."""
+        driver = _DriverSelect(statement, dialect)
+        return None if driver.compiled.post_compile_params else driver
+
+    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[Any]:
+        bound = self.compiled.construct_params(dict(values))
+        for name, processor in self.processors.items():
+            bound[name] = processor(bound[name])
+        parameters: Any = (
+            bound if self.positions is None else tuple(bound[name] for name in self.positions)
+        )
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self.sql, parameters)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
 
 def _condition(tag: int, shape: Shape, names: Iterator[str]) -> ColumnElement[bool]:
