@@ -18,11 +18,11 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from pacsd.dicom.header_bytes import SPECIFIC_CHARACTER_SET
 from pacsd.dicom.matching import JsonRecord, Key
 from pacsd.dimse.messages import encode_flat, flat_syntax
 
 UTF8 = "ISO_IR 192"
-SPECIFIC_CHARACTER_SET = 0x00080005
 _COMPUTED_VR = {"00080061": "CS", "00080062": "UI"}
 
 

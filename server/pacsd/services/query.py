@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from pacsd.dicom.find_response import response_identifier, response_json
+from pacsd.dicom.header_bytes import SPECIFIC_CHARACTER_SET
 from pacsd.dicom.matching import (
     TIMEZONE_OFFSET_FROM_UTC,
     Key,
@@ -51,7 +52,6 @@ PENDING = 0xFF00
 PENDING_KEYS_UNSUPPORTED = 0xFF01
 CANCELLED = 0xFE00
 RETRIEVE_AE_TITLE = int(Tag("RetrieveAETitle"))
-SPECIFIC_CHARACTER_SET = 0x00080005
 INSTANCE_AVAILABILITY = int(Tag("InstanceAvailability"))
 
 
