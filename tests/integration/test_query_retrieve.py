@@ -778,11 +778,17 @@ def test_a_missing_stored_file_fails_its_sub_operation_and_the_others_are_sent(
                 assert failed_list is not None
                 assert failed_list.FailedSOPInstanceUIDList == gone  # one value: VM 1
             assert set(received.datasets) == set(got) == uids - {gone}
-            reasons = [
-                line["failure_reasons"]
-                for line in server.lines
-                if line.get("event") == "dimse" and "failure_reasons" in line
-            ]
+            # Each operation's line is written after its final response: wait for both.
+            deadline = time.monotonic() + 15
+            while True:
+                reasons = [
+                    line["failure_reasons"]
+                    for line in server.lines
+                    if line.get("event") == "dimse" and "failure_reasons" in line
+                ]
+                if len(reasons) >= 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert reasons == [{"stored file missing": 1}] * 2
             assert echo(server.host, server.port)
         finally:
