@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.values import convert_value
 
 from pacsd.dimse.commands import COMMAND_NAMES, MOVE_DESTINATION, PRIORITY, Command
 
@@ -127,9 +130,55 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     if syntax == DeflatedExplicitVRLittleEndian:
         data = _inflate(data)
     try:
-        return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        dataset = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        _convert_public_text(dataset)
     except Exception as exc:  # pydicom raises many kinds on broken input
         raise DataSetError(f"{type(exc).__name__}: {exc}") from None
+    return dataset
+
+
+def _convert_public_text(dataset: Dataset) -> None:
+    """Convert every element of `dataset` now, when all are public text elements and no
+    Specific Character Set is given (a typical C-FIND identifier); otherwise leave them raw.
+
+    The values are those `Dataset.__getitem__` would make (the same `convert_value`, in the
+    data set's own character set), made without its per-access work (hooks, tag conversion,
+    `__setitem__`'s checks, none of which applies to such elements): a 10-key identifier's
+    conversion took a third of the time.
+    """
+    raw_elements = dataset._dict
+    if _SPECIFIC_CHARACTER_SET in raw_elements:
+        return  # the query services decode it as a whole (Dataset.decode)
+    encodings = dataset.original_character_set
+    converted: list[DataElement] = []
+    for raw in raw_elements.values():
+        if not isinstance(raw, RawDataElement) or raw.tag.group % 2:
+            return  # a private element's VR and value depend on its creator
+        vr = raw.VR if raw.VR is not None else _public_vr(raw.tag)
+        if vr not in _TEXT_VRS:
+            return
+        value = convert_value(vr, raw, encodings)
+        undefined = raw.length == 0xFFFFFFFF
+        converted.append(
+            DataElement(raw.tag, vr, value, raw.value_tell, undefined, already_converted=True)
+        )
+    for element in converted:
+        raw_elements[element.tag] = element
+
+
+def stored_elements(dataset: Dataset) -> Iterable[DataElement | RawDataElement]:
+    """The top-level elements of `dataset` as stored, raw or converted, in no set order:
+    what a check of their VRs needs, without `Dataset.elements()`'s sort and lookups (three
+    such checks of an identifier cost 80 us)."""
+    return dataset._dict.values()
+
+
+def _public_vr(tag: int) -> str | None:
+    try:
+        vr: str = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr
 
 
 def _inflate(data: bytes) -> bytes:
@@ -167,6 +216,7 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
 # of by pydicom's writer: C-FIND responses (dicom/find_response.py builds them of raw
 # elements) cost ~0.2 ms each that way.
 _IMPLICIT = "1.2.840.10008.1.2"
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _FLAT_SYNTAXES = frozenset({_IMPLICIT, "1.2.840.10008.1.2.1"})
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -38,7 +38,7 @@ from pacsd.dicom.qr_models import (
     level_of,
     model_of,
 )
-from pacsd.dimse.messages import Request
+from pacsd.dimse.messages import Request, stored_elements
 from pacsd.errors import CannotUnderstand, OutOfResources
 from pacsd.handle import ClientHandle
 from pacsd.index.database import IndexDatabase
@@ -61,7 +61,7 @@ def decoded_identifier(request: Request) -> Dataset:
         identifier = request.dataset()
         if _needs_decode(identifier):
             identifier.decode()  # apply its Specific Character Set now, not while matching
-        else:
+        elif any(isinstance(element, RawDataElement) for element in stored_elements(identifier)):
             for _element in identifier:  # each value converted now, not while matching
                 pass
         _restore_text_vrs(identifier)
@@ -100,8 +100,7 @@ def _needs_decode(identifier: Dataset) -> bool:
     a sequence whose items may hold one. Without them every value was read in the default
     repertoire, and decoding again (about a third of a query's decoding) changes nothing."""
     return SPECIFIC_CHARACTER_SET in identifier or any(
-        _may_be_sequence(tag, identifier.get_item(tag).VR)
-        for tag in identifier.keys()  # noqa: SIM118 (tags, not elements)
+        _may_be_sequence(element.tag, element.VR) for element in stored_elements(identifier)
     )
 
 
@@ -122,9 +121,7 @@ def _restore_text_vrs(identifier: Dataset) -> None:
     SCU encodes it as UN (pydicom does, e.g. a C-MOVE listing 2,000 Study Instance UIDs);
     pydicom keeps such an element as UN bytes, which would match nothing.
     """
-    # get_item: the Dataset's own lookup (identifier[tag]) costs several times more.
-    tags = identifier.keys()
-    unknown = [tag for tag in tags if identifier.get_item(tag).VR == "UN"]
+    unknown = [element.tag for element in stored_elements(identifier) if element.VR == "UN"]
     if not unknown:
         return
     encodings = convert_encodings(identifier.get("SpecificCharacterSet") or "ISO_IR 6")
