@@ -104,6 +104,9 @@ class NetworkSettings(StrictModel):
     connection_timeout: Seconds = 10.0
     # Processes accepting associations on the port (SO_REUSEPORT); 1 = this process alone.
     workers: int = Field(default=1, ge=1, le=64)
+    # auto: with several workers and at least as many CPUs, each worker on a CPU of its own
+    # (pacsd.workers); none: wherever the kernel schedules them.
+    cpu_affinity: Literal["auto", "none"] = "auto"
     # Behind a TCP balancer: PROXY protocol headers from its addresses (plain and TLS ports).
     proxy_protocol: ProxyProtocolSettings = ProxyProtocolSettings()
 

@@ -15,6 +15,17 @@ Storage Commitment worker, which reads pending requests from the database and so
 those received by any worker (on a new association when the request came to another one).
 Association limits (`network.max_associations`, a policy's `max_associations`) hold per worker.
 
+With `network.cpu_affinity: auto` (the default) and no more workers than CPUs, each worker
+pins itself to a CPU of its own (`worker_cpus`) before it starts any thread. A worker's
+threads run one at a time anyway (one GIL), and every hand-over between them (the event loop
+to an executor thread and back, twice per C-FIND or C-STORE) is a thread wake-up: on one CPU it
+took half as long as across two (a loop-to-executor round trip 37 against 80 us on the
+2-core test machine), with no cache lines crossing. Measured on a full pacsd, pinned against
+unpinned, workers=2, alternated rounds: C-FIND per query 0.92x the time, C-STORE 64x64 1.09x
+and 0.5 MB 1.09x (one association) and 1.0x and 1.24x (eight), associations/s 1.04x. With more
+workers than CPUs the kernel balances them better than a fixed map; a single process keeps
+every CPU for the work it does without the GIL (SQLite, hashing, fsync).
+
 The supervisor forwards SIGTERM/SIGINT (graceful, then forced) and SIGHUP (reload) to the
 workers. When a worker ends on its own, the supervisor stops the others and exits 1, so that
 systemd or Docker restarts the whole service rather than running with fewer workers unseen.
@@ -31,7 +42,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pacsd.engine.listeners import Listeners
 from pacsd.logs import get_logger
@@ -76,13 +87,15 @@ def supervise(
     # advice for fork without exec): a collection writes to each object it visits, and in the
     # supervisor that copied every page it shared with the workers (49 MB of its own, idle).
     gc.freeze()
-    pids = [_fork(index, run_worker) for index in range(network.workers)]
+    cpus = worker_cpus(network.workers, network.cpu_affinity, os.sched_getaffinity(0))
+    pids = [_fork(index, run_worker, cpus[index]) for index in range(network.workers)]
     log.info(
         "workers started",
         workers=len(pids),
         host=listeners.host,
         port=listeners.port,
         tls_port=listeners.tls_port,
+        cpus=cpus if any(cpu is not None for cpu in cpus) else None,
     )
     listeners.close()  # the workers accept; the supervisor's copies would only linger
     gc.enable()  # off while the command started (pacsd.__main__); each worker's own is too
@@ -93,8 +106,29 @@ def supervise(
     return code
 
 
-def _fork(index: int, run_worker: Worker) -> int:
-    """A worker process running `run_worker(index)`; it never returns into the caller."""
+def worker_cpus(workers: int, affinity: str, allowed: Iterable[int]) -> list[int | None]:
+    """The CPU each worker pins itself to (None: not pinned): with `affinity` auto, several
+    workers and at least as many `allowed` CPUs (the supervisor's own affinity: a container's
+    cpuset, a systemd CPUAffinity), worker i takes the i-th of them."""
+    usable = sorted(allowed)
+    if affinity != "auto" or workers < 2 or workers > len(usable):
+        return [None] * workers
+    return list(usable[:workers])
+
+
+def _pin(index: int, cpu: int | None) -> None:
+    """In a worker, before it starts a thread (its threads inherit the mask)."""
+    if cpu is None:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # a CPU gone offline since: the worker runs unpinned
+        log.warning("cannot pin the worker to its CPU", worker=index, cpu=cpu, error=str(exc))
+
+
+def _fork(index: int, run_worker: Worker, cpu: int | None = None) -> int:
+    """A worker process running `run_worker(index)` on `cpu` (None: wherever the kernel
+    runs it); it never returns into the caller."""
     # A stop signal reaching the child before it has reset the supervisor's handlers (they
     # came with the fork) would run them in the child and be lost: the worker would then
     # serve on, deaf to that stop. Blocked across the fork, it waits until SIG_DFL is in place.
@@ -112,6 +146,7 @@ def _fork(index: int, run_worker: Worker) -> int:
         for signum in _STOP_SIGNALS:  # until the worker installs its own: a stop kills it
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        _pin(index, cpu)
         code = run_worker(index)
     except BaseException:
         log.exception("worker failed", worker=index)

@@ -94,6 +94,49 @@ def test_workers_share_the_port_and_index_every_instance_once(
     assert set(range(WORKERS)) <= accepted_by  # the kernel spread them (2 x 2^-16 it did not)
 
 
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of process `pid`."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def store_over_associations(server: PacsdProcess, folder: Path, count: int) -> None:
+    """`count` associations one after the other, one CT each (the workers' threads start)."""
+    study = datagen.StudyContext()
+    for number in range(count):
+        path = datagen.write_part10(
+            datagen.ct_image(study, number + 1, 64), folder / f"{number}.dcm"
+        )
+        assert store_files(server.host, server.port, [path]) == [(0x0000, "")]
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < WORKERS, reason="fewer CPUs than workers: none is pinned"
+)
+def test_each_worker_runs_on_a_cpu_of_its_own(workers: PacsdProcess, tmp_path: Path) -> None:
+    """network.cpu_affinity auto (the default): worker i and every thread it starts stay on
+    the i-th CPU the supervisor may use."""
+    pids = wait_for_workers(workers)
+    store_over_associations(workers, tmp_path, 6)
+    allowed = sorted(os.sched_getaffinity(workers.process.pid))  # the supervisor: unpinned
+    assert allowed == sorted(os.sched_getaffinity(0))
+    for index, pid in pids.items():
+        assert thread_cpus(pid) == {frozenset({allowed[index]})}, (index, pid)
+    (started,) = workers.events("workers started")
+    assert started["cpus"] == allowed[:WORKERS]
+
+
+def test_cpu_affinity_none_leaves_the_workers_unpinned(
+    pacsd_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = pacsd_server(network={"workers": WORKERS, "cpu_affinity": "none"})
+    pids = wait_for_workers(server)
+    store_over_associations(server, tmp_path, 2)
+    for pid in pids.values():
+        assert thread_cpus(pid) == {frozenset(os.sched_getaffinity(0))}
+    (started,) = server.events("workers started")
+    assert started["cpus"] is None
+
+
 def test_sigterm_stops_every_worker(workers: PacsdProcess) -> None:
     pids = wait_for_workers(workers)
     assert workers.stop(STOP_TIMEOUT_S) == 0
