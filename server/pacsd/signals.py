@@ -17,10 +17,10 @@ def dump_stacks(_signum: int = 0, _frame: FrameType | None = None) -> None:
     A Python-level handler, not `faulthandler.register`: faulthandler's C handler reads the
     other threads' frames while they run, and crashed pacsd (SIGSEGV in 1 of 6 and 1 of 9
     runs of a test signalling a pacsd just started, a thread busy importing), as it crashes
-    other programs (CPython issue 116008). Here no other
-    thread runs Python code during the dump, so every stack stands still. The handler runs at
-    the main thread's next bytecode, or when the event loop wakes for the signal; a main
-    thread stuck in C code holding the GIL would not print it."""
+    other programs (CPython issue 116008). Here no other thread runs Python code during the
+    dump, so every stack stands still. The handler runs at the main thread's next bytecode,
+    or when the event loop wakes for the signal; a main thread stuck in C code holding the
+    GIL would not print it."""
     faulthandler.dump_traceback(all_threads=True)
 
 
@@ -31,7 +31,7 @@ def install_stack_dump() -> None:
 
 class Signals:
     """SIGTERM/SIGINT: the first asks for a graceful stop, the second forces it. SIGHUP: reload.
-    SIGUSR1: every thread's stack to stderr (faulthandler), for a server that does not stop.
+    SIGUSR1: every thread's stack to stderr (`dump_stacks`), for a server that does not stop.
 
     Handlers only set flags and wake the main thread, which does the work outside the handler.
     """

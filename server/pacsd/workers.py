@@ -126,7 +126,7 @@ def _pin(index: int, cpu: int | None) -> None:
         log.warning("cannot pin the worker to its CPU", worker=index, cpu=cpu, error=str(exc))
 
 
-def _fork(index: int, run_worker: Worker, cpu: int | None = None) -> int:
+def _fork(index: int, run_worker: Worker, cpu: int | None) -> int:
     """A worker process running `run_worker(index)` on `cpu` (None: wherever the kernel
     runs it); it never returns into the caller."""
     # A stop signal reaching the child before it has reset the supervisor's handlers (they
