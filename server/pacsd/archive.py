@@ -100,8 +100,8 @@ class Archive:
 
     def store_received(self, received: IncomingFile, incoming: IncomingInstance) -> StoreResult:
         """Store a data set received into `received` (its file meta is pacsd's: built from
-        the request, which the checks below hold the data set to): check, fsync, rename
-        into place, index. The caller discards `received` whatever happens."""
+        the request, which the checks below hold the data set to): check, rename into
+        place, fsync, index. The caller discards `received` whatever happens."""
         if received.refused is not None:
             raise OutOfResources(received.refused)
         self.files.ensure_free_space(received.size)  # as for a copy: room for it once more

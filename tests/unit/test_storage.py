@@ -11,6 +11,7 @@ import pytest
 
 from pacsd.errors import OutOfResources
 from pacsd.storage.filesystem import FilesystemStore, instance_directory, uid_hash
+from pacsd.storage.incoming import KEEP_IN_MEMORY, IncomingFile
 
 HOSTILE_UIDS = ["../../x", "a/b", "/etc/passwd", "..", "1.2.3\x00evil", "9" * 200, "", "ü.1"]
 
@@ -85,6 +86,26 @@ def test_every_write_gets_its_own_file(store: FilesystemStore) -> None:
     assert first.sha256 == second.sha256
     store.remove(second.relative_path)
     assert store.absolute(first.relative_path).read_bytes() == b"Hdata"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [100, KEEP_IN_MEMORY + 1])
+def test_keep_puts_a_received_file_in_place_whole_and_closed(
+    store: FilesystemStore, size: int
+) -> None:
+    """A received data set, held in memory or already in its file, ends at its final path
+    with every byte and the SHA-256 of them; nothing stays in .tmp, no descriptor stays open,
+    and discarding it afterwards (as every request's end does) leaves the kept file alone."""
+    incoming = IncomingFile(store.tmp_dir, b"HEAD", 1 << 30)
+    payload = bytes(range(256)) * (size // 256 + 1)
+    incoming.write(memoryview(payload[:size]))
+    kept = store.keep(incoming, PurePosixPath("aa", "bb", "cc"), "instance")
+    incoming.discard()
+    stored = store.absolute(kept.relative_path).read_bytes()
+    assert stored == b"HEAD" + payload[:size]
+    assert kept.size == len(stored)
+    assert kept.sha256 == hashlib.sha256(stored).hexdigest()
+    assert incoming.descriptor == -1
     assert list(store.tmp_dir.iterdir()) == []
 
 

@@ -258,7 +258,7 @@ def _remove_files(files: InstanceStore, deletion: Deletion) -> None:
 def _remove_empty_folders(files: InstanceStore, folder: PurePosixPath) -> None:
     """rmdir the series folder and its study folders while they are empty. A store that
     created one of them an instant before renaming its file into it finds it gone and makes it
-    again (FilesystemStore._move_into_place)."""
+    again (FilesystemStore._rename_into_place)."""
     while folder.parts:
         local = files.local_path(str(folder))  # None: an object store has no folders
         if local is None:

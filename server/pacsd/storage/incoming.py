@@ -124,6 +124,11 @@ class IncomingFile:
         """SHA-256 of the file's bytes."""
         return self._hasher.hexdigest()
 
+    def materialize(self) -> None:
+        """Create the file when memory held its bytes (OSError when the disk has no room)."""
+        if not self._opened:
+            self._create()
+
     def sync(self) -> None:
         """Make the file's bytes durable (creating it first when memory held them); OSError
         when the disk has no room, as when it is written."""
