@@ -103,3 +103,43 @@ def test_perf_smoke_run_measures_every_goal_and_its_answers_are_right(tmp_path: 
     for prefix in RETRIEVAL_GOAL_PREFIXES:
         assert any(goal.startswith(prefix) for goal in goals), result.stdout
     assert "PROBLEM" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("what", "sizes", "summary"),
+    [
+        ("find", ["--instances", "30", "--queries", "10"], "C-FIND latency: new/base median of 2"),
+        ("store", ["--count", "12", "--size", "16"], "C-STORE rate: new/base median of 2"),
+    ],
+)
+def test_ab_tool_compares_two_copies_with_checked_answers(
+    tmp_path: Path, what: str, sizes: list[str], summary: str
+) -> None:
+    """`python -m tests.perf.ab`: two copies of the server package (here this checkout's,
+    copied) each answer every C-FIND right or store every instance (exit 0), and both get a
+    figure per round."""
+    base = tmp_path / "base"
+    archived = subprocess.run(
+        ["git", "archive", "HEAD", "server"], cwd=REPOSITORY, capture_output=True, check=False
+    )
+    if archived.returncode != 0:
+        pytest.skip("not a git checkout: no copy of the server package to compare with")
+    base.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archived.stdout, check=True)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "tests.perf.ab", what, "--base", str(base / "server")),
+            *("--rounds", "2", "--workers", "1", *sizes),
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary in result.stdout, result.stdout
+    for name in ("base", "new"):
+        rounds = [line for line in result.stdout.splitlines() if line.startswith(f"{name:>4} ")]
+        assert len(rounds) == 1, result.stdout
+        assert rounds[0].count(",") == 1, result.stdout  # a figure for each of the 2 rounds
