@@ -7,11 +7,12 @@ first and fsynced in place, then its folder: on ext4 the file's fsync then also 
 directory entry durable (with a journal, it commits the transaction that holds the rename;
 without one, ext4 syncs the parent folder of a newly created file, the folder it is in at that
 moment), so the folder's fsync that follows finds little left to write: 0.10 ms against
-0.2-0.4 ms here, about 5 % more C-STOREs per second. Its row is
-committed, and the peer answered, only after both, so a power loss can leave an incomplete
-file only where no row points: an orphan, which `pacsd fsck` reports and `--repair` moves to
-quarantine. Paths come only from SHA-256 hashes of UIDs plus a random suffix: no received value
-ever becomes part of a path.
+0.2-0.4 ms here, about 5 % more C-STOREs per second. Its row is committed, and the peer
+answered, only after both, so a power loss can leave an incomplete file only where no row
+points: an orphan, which `pacsd fsck` reports and `--repair` moves to quarantine.
+
+Paths come only from SHA-256 hashes of UIDs plus a random suffix: no received value ever
+becomes part of a path.
 """
 
 from __future__ import annotations
