@@ -113,7 +113,7 @@ def worker_cpus(workers: int, affinity: str, allowed: Iterable[int]) -> list[int
     usable = sorted(allowed)
     if affinity != "auto" or workers < 2 or workers > len(usable):
         return [None] * workers
-    return list(usable[:workers])
+    return [*usable[:workers]]
 
 
 def _pin(index: int, cpu: int | None) -> None:

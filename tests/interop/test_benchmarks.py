@@ -21,21 +21,23 @@ TIMEOUT_S = 240
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 
-def run_benchmark(module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    """`python -m benchmarks.<module>` from the repository root."""
+def run_module(
+    module: str, *arguments: str, timeout: float = TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <module>` from the repository root, its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", *arguments],
+        [sys.executable, "-m", module, *arguments],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
 
 
 def test_query_benchmark_runs_and_its_answers_are_right(tmp_path: Path) -> None:
-    result = run_benchmark(
-        "query",
+    result = run_module(
+        "benchmarks.query",
         "--instances",
         "40",
         "--repeat",
@@ -56,8 +58,8 @@ def test_ingest_benchmark_runs_and_stores_everything(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{ORTHANC} is missing: .ci/run installs Debian's orthanc")
         pytest.skip("Orthanc is not installed (apt-get install orthanc)")
-    result = run_benchmark(
-        "ingest", "--count", "4", "--associations", "1,2", "--reference", "--orthanc",
+    result = run_module(
+        "benchmarks.ingest", "--count", "4", "--associations", "1,2", "--reference", "--orthanc",
         "--work", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -88,14 +90,7 @@ def test_perf_smoke_run_measures_every_goal_and_its_answers_are_right(tmp_path: 
         if os.environ.get("CI"):
             pytest.fail(f"{ORTHANC} is missing: .ci/run installs Debian's orthanc")
         pytest.skip("Orthanc is not installed (apt-get install orthanc)")
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.perf", "--smoke", "--work", str(tmp_path)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_S,
-        check=False,
-    )
+    result = run_module("tests.perf", "--smoke", "--work", str(tmp_path), timeout=SMOKE_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     goals = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line[:2] == "| "]
     for goal in PERF_GOALS:
@@ -126,17 +121,8 @@ def test_ab_tool_compares_two_copies_with_checked_answers(
         pytest.skip("not a git checkout: no copy of the server package to compare with")
     base.mkdir()
     subprocess.run(["tar", "-x", "-C", str(base)], input=archived.stdout, check=True)
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "tests.perf.ab", what, "--base", str(base / "server")),
-            *("--rounds", "2", "--workers", "1", *sizes),
-        ],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    arguments = [what, "--base", str(base / "server"), "--rounds", "2", "--workers", "1"]
+    result = run_module("tests.perf.ab", *arguments, *sizes)
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary in result.stdout, result.stdout
     for name in ("base", "new"):

@@ -43,7 +43,7 @@ from benchmarks.ingest import split
 from benchmarks.query import plan, write_archive
 from tests.datagen import StudyContext, ct_series
 from tests.harness import PacsdProcess
-from tests.perf.cpu_cost import process_tree, server, tree_cpu
+from tests.perf.cpu_cost import cpu_per, process_tree, server, tree_cpu
 from tests.perf.find_client import FindClient, find_association
 from tests.perf.latency import find_queries
 
@@ -81,11 +81,11 @@ class CpuMeter:
     def __init__(self, pacsd_server: PacsdProcess) -> None:
         assert pacsd_server.process is not None
         self.pids = process_tree(pacsd_server.process.pid)
-        self.before = sum(tree_cpu(self.pids))
+        self.before = tree_cpu(self.pids)
 
     def ms_per(self, operations: int) -> float:
-        """Milliseconds of CPU per operation since the meter started."""
-        return (sum(tree_cpu(self.pids)) - self.before) / operations * 1e3
+        """Milliseconds of CPU (user and system) per operation since the meter started."""
+        return sum(cpu_per(self.before, tree_cpu(self.pids), operations, 1e3))
 
 
 def rounds_in_turn(rounds: int) -> Iterator[tuple[int, tuple[str, ...]]]:

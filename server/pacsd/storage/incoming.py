@@ -132,8 +132,7 @@ class IncomingFile:
     def sync(self) -> None:
         """Make the file's bytes durable (creating it first when memory held them); OSError
         when the disk has no room, as when it is written."""
-        if not self._opened:
-            self._create()
+        self.materialize()
         os.fsync(self._descriptor)
 
     @property
